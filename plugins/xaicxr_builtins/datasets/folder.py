@@ -1,0 +1,63 @@
+"""``folder``: any ``root/<class>/**`` tree of PNG, JPEG, BMP, TIFF or DICOM files."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from xaicxr.data.dataset import Dataset, Progress, require_dir, walk_images
+from xaicxr.data.records import Record, Scan, Skipped
+from xaicxr.errors import DataError
+
+
+class FolderDataset(Dataset):
+    """Class = the first folder level under ``path``; files may sit at any depth below it.
+
+    ``classes`` fixes the class order (and subset); by default it is the sorted folder names.
+    ``patient_pattern`` is a regular expression searched in the file name whose first group
+    (or whole match) is the patient id, so splits can keep a patient's images together.
+    """
+
+    def __init__(self, path: str | None = None, classes: list[str] | None = None,
+                 patient_pattern: str | None = None) -> None:
+        self.path = path
+        self.wanted = list(classes) if classes else None
+        try:
+            self.patient_re = re.compile(patient_pattern) if patient_pattern else None
+        except re.error as exc:
+            raise DataError(f"folder: invalid patient_pattern {patient_pattern!r}: {exc}") from None
+
+    def external(self, path: str) -> "FolderDataset":
+        clone = FolderDataset(path, self.wanted)
+        clone.patient_re = self.patient_re
+        return clone
+
+    def scan(self, workdir: Path | None = None, progress: Progress | None = None) -> Scan:
+        root = require_dir(self.path, "folder dataset")
+        found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        classes = self.wanted or found
+        missing = [c for c in classes if c not in found]
+        if missing:
+            raise DataError(f"folder dataset {root}: no class folder {missing[0]!r} (found: {', '.join(found) or 'none'})")
+        if not classes:
+            raise DataError(f"folder dataset {root}: no class folders; expected {root}/<class>/<images>")
+        scan = Scan(classes=list(classes))
+        for entry in sorted(root.iterdir()):
+            if entry.is_file() or entry.is_symlink() and not entry.is_dir():
+                scan.skipped.append(Skipped(str(entry), "not inside a class folder"))
+            elif entry.is_dir() and not entry.name.startswith(".") and entry.name not in classes:
+                scan.skipped.append(Skipped(str(entry) + "/", "folder not among the configured classes"))
+        for label in classes:
+            for path in walk_images(root / label, scan.skipped):
+                rel = path.relative_to(root).as_posix()
+                scan.records.append(Record(id=rel, label=label, path=path,
+                                           patient=self._patient(path.name)))
+        return scan
+
+    def _patient(self, filename: str) -> str | None:
+        if self.patient_re is None:
+            return None
+        match = self.patient_re.search(filename)
+        if match is None:
+            return None
+        return match.group(1) if match.groups() else match.group(0)

@@ -1,0 +1,148 @@
+"""``phantom``: synthetic chest radiographs with lesion and lung masks, written to disk from a seed.
+
+On disk: ``images/<class>/<id>.png``, ``masks/lesion/<class>/<id>.png``,
+``masks/lung/<class>/<id>.png`` and ``manifest.json`` (the generation parameters and every
+image's own parameters). Each image depends only on (seed, class, index, size, difficulty), so
+generation is parallel and byte-identical; the manifest is written last, so a set without one
+is incomplete and is generated again.
+"""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+from PIL import Image
+
+from xaicxr import storage
+from xaicxr.data.dataset import Dataset, Progress
+from xaicxr.data.records import Record, Scan, Skipped
+from xaicxr.errors import DataError
+
+from .phantom_render import CLASSES, DIFFICULTIES, render_phantom
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+Difficulty = Literal["easy", "standard", "subtle"]
+
+
+def phantom_id(label: str, index: int) -> str:
+    return f"{label}-{index:05d}"
+
+
+def generate_phantom_set(out: str | Path, n_per_class: int = 250, size: int = 128, seed: int = 0,
+                         difficulty: str = "standard", workers: int | None = None,
+                         progress: Callable[[int], None] | None = None) -> Path:
+    """Write a phantom set to ``out`` and return the manifest path."""
+    if difficulty not in DIFFICULTIES:
+        raise DataError(f"unknown phantom difficulty {difficulty!r}; one of {', '.join(DIFFICULTIES)}")
+    if n_per_class < 1 or size < 16:
+        raise DataError("phantom needs n_per_class >= 1 and size >= 16")
+    out = Path(out)
+    params = _set_params(n_per_class, size, seed, difficulty)
+    existing = _read_manifest(out)
+    if existing is not None and existing["params"] == params:
+        return out / MANIFEST
+    jobs = [(label, i) for label in CLASSES for i in range(n_per_class)]
+
+    def make(job: tuple[str, int]) -> dict:
+        label, index = job
+        ph = render_phantom(seed, label, index, size=size, difficulty=difficulty)
+        pid = phantom_id(label, index)
+        _write_png(out / "images" / label / f"{pid}.png", _to_uint8(ph.image))
+        _write_png(out / "masks" / "lesion" / label / f"{pid}.png", ph.lesion.astype(np.uint8) * 255)
+        _write_png(out / "masks" / "lung" / label / f"{pid}.png", ph.lung.astype(np.uint8) * 255)
+        return {"id": pid, "label": label, "index": index,
+                "lesion_fraction": round(float(ph.lesion.mean()), 6), "params": ph.params}
+
+    items = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for item in pool.map(make, jobs):
+            items.append(item)
+            if progress is not None:
+                progress(1)
+    storage.write_json(out / MANIFEST, {"format": FORMAT_VERSION, "params": params, "items": items})
+    return out / MANIFEST
+
+
+class PhantomDataset(Dataset):
+    """Generated on first use into ``path`` (default: the run directory's ``data/phantom``).
+
+    Options left unset take the values of a set already at ``path`` (so a generated set can be
+    read as it is), or the defaults when generating. A set whose parameters differ from the
+    options given is generated again: it is derived data, byte-identical from its seed.
+    """
+
+    classes = CLASSES
+    defaults = {"n_per_class": 250, "size": 128, "seed": 0, "difficulty": "standard"}
+
+    def __init__(self, n_per_class: int | None = None, size: int | None = None,
+                 seed: int | None = None, difficulty: Difficulty | None = None,
+                 path: str | None = None) -> None:
+        self.given = {k: v for k, v in {"n_per_class": n_per_class, "size": size, "seed": seed,
+                                         "difficulty": difficulty}.items() if v is not None}
+        self.path = path
+
+    def external(self, path: str) -> "PhantomDataset":
+        return PhantomDataset(path=path, **self.given)
+
+    def scan(self, workdir: Path | None = None, progress: Progress | None = None) -> Scan:
+        root = self._root(workdir)
+        manifest = _read_manifest(root)
+        on_disk = manifest["params"] if manifest is not None else {}
+        wanted = _set_params(**{**self.defaults, **{k: on_disk[k] for k in self.defaults if k in on_disk}, **self.given})
+        if manifest is None or on_disk != wanted:
+            generate_phantom_set(root, wanted["n_per_class"], wanted["size"], wanted["seed"],
+                                 wanted["difficulty"], progress=progress)
+            manifest = _read_manifest(root)
+        return scan_phantom_set(root, manifest)
+
+    def _root(self, workdir: Path | None) -> Path:
+        if self.path is not None:
+            return Path(self.path).expanduser()
+        if workdir is None:
+            raise DataError("phantom: give a path, or run inside a run directory")
+        return Path(workdir) / "phantom"
+
+
+def scan_phantom_set(root: Path, manifest: dict) -> Scan:
+    scan = Scan(classes=list(CLASSES))
+    for item in manifest["items"]:
+        label, pid = item["label"], item["id"]
+        path = root / "images" / label / f"{pid}.png"
+        if not path.is_file():
+            scan.skipped.append(Skipped(str(path), "listed in manifest but missing"))
+            continue
+        scan.records.append(Record(
+            id=f"{label}/{pid}", label=label, path=path, patient=f"{label}/{pid}",
+            lesion_mask=root / "masks" / "lesion" / label / f"{pid}.png",
+            lung_mask=root / "masks" / "lung" / label / f"{pid}.png"))
+    return scan
+
+
+def _set_params(n_per_class: int, size: int, seed: int, difficulty: str, **_: object) -> dict:
+    return {"n_per_class": n_per_class, "size": size, "seed": seed, "difficulty": difficulty,
+            "format": FORMAT_VERSION}
+
+
+def _read_manifest(root: Path) -> dict | None:
+    try:
+        manifest = storage.read_json(root / MANIFEST)
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and "items" in manifest else None
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    """Written atomically with fixed settings, so the same array gives the same bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", compress_level=6)
+    storage.write_bytes(path, buf.getvalue())

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CXR3 = SHARED_DATA / "cxr3-real"
+
+
+@pytest.fixture
+def fresh_plugins():
+    """Rediscover plugins before and after the test, so fixtures installed by it don't leak."""
+    from xaicxr import plugins
+
+    plugins.reset()
+    yield plugins
+    plugins.reset()
+
+
+@pytest.fixture
+def fake_distribution(tmp_path, monkeypatch, fresh_plugins):
+    """Install a real distribution (a ``.dist-info`` with entry points) on ``sys.path``.
+
+    ``make(dist, modules={name: source}, entry_points={ep_name: module})``.
+    """
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+
+    def make(dist: str, modules: dict[str, str], entry_points: dict[str, str], version: str = "1.0") -> Path:
+        for name, source in modules.items():
+            (site / f"{name}.py").write_text(textwrap.dedent(source))
+        info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        eps = "\n".join(f"{k} = {v}" for k, v in entry_points.items())
+        (info / "entry_points.txt").write_text(f"[xaicxr]\n{eps}\n")
+        for name in modules:
+            sys.modules.pop(name, None)
+        fresh_plugins.reset()
+        return info
+
+    yield make
+    fresh_plugins.reset()

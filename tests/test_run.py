@@ -1,0 +1,155 @@
+"""``xaicxr run`` so far (dataset -> split), config validation and patient-grouped splits."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from xaicxr.cli import app
+from xaicxr.config import load_config
+from xaicxr.data.records import Record
+from xaicxr.data.split import split_records
+from xaicxr.errors import ConfigError
+
+runner = CliRunner()
+
+TINY = """
+[dataset]
+name = "phantom"
+n_per_class = 12
+size = 32
+seed = 3
+
+[split]
+test = 0.25
+val = 0.25
+seed = 1
+"""
+
+
+def _write(tmp_path: Path, text: str, name: str = "run.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _run(*args: str):
+    result = runner.invoke(app, ["run", *args, "--json"])
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_run_writes_config_split_and_skipped(tmp_path):
+    out = tmp_path / "run"
+    summary = _run(str(_write(tmp_path, TINY)), "--out", str(out))
+    assert summary["stages_run"] == ["dataset", "split"]
+    cfg = tomllib.loads((out / "config.toml").read_text())
+    assert cfg["dataset"] == {"name": "phantom", "n_per_class": 12, "size": 32, "seed": 3,
+                              "max_pixels": 100_000_000}
+    assert cfg["split"]["group_by_patient"] is True
+    split = json.loads((out / "split.json").read_text())
+    assert split["sizes"] == {"train": 24, "val": 12, "test": 12}
+    assert all(split["counts"][s]["covid"] == n for s, n in (("train", 6), ("val", 3), ("test", 3)))
+    assert json.loads((out / "skipped.json").read_text()) == []
+    ids = split["train"] + split["val"] + split["test"]
+    assert len(ids) == len(set(ids)) == 48
+
+
+def test_run_resumes_and_reruns_what_changed(tmp_path):
+    out = tmp_path / "run"
+    config = _write(tmp_path, TINY)
+    _run(str(config), "--out", str(out))
+    again = _run(str(config), "--out", str(out))
+    assert again["stages_run"] == [] and again["stages_skipped"] == ["dataset", "split"]
+    changed = _write(tmp_path, TINY.replace("seed = 1", "seed = 2"), "changed.toml")
+    third = _run(str(changed), "--out", str(out))
+    assert third["stages_run"] == ["split"]
+
+
+def test_run_with_external_test_path(tmp_path):
+    for name, value in (("train_set", 40), ("other_site", 200)):
+        for cls in ("a", "b"):
+            for i in range(6):
+                path = tmp_path / name / cls / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("L", (20, 20), value + i).save(path)
+    config = _write(tmp_path, f"""
+[dataset]
+name = "folder"
+path = "{tmp_path / 'train_set'}"
+test_path = "{tmp_path / 'other_site'}"
+[split]
+val = 0.5
+""")
+    _run(str(config), "--out", str(tmp_path / "run"))
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert split["external_test"] is True
+    assert len(split["test"]) == 12 and all(i.startswith("external/") for i in split["test"])
+    assert split["sizes"]["train"] == 6 and split["sizes"]["val"] == 6
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[dataset]\nname = 'phantom'\nn_per_klass = 3\n", "unknown key 'n_per_klass' in [dataset] in {file}"),
+    ("[dataset]\nname = 'phantom'\nsize = 'big'\n", "wrong type for 'size' in [dataset] in {file}"),
+    ("[split]\ntest = 'a lot'\n", "wrong type for 'test' in [split] in {file}: got 'a lot', expected a number"),
+    ("[split]\nshuffle = true\n", "unknown key 'shuffle' in [split] in {file}"),
+    ("[splits]\ntest = 0.1\n", "unknown table [splits] in {file}"),
+    ("[dataset]\nname = 'phantomm'\n", "Did you mean 'phantom'?"),
+    ("[dataset\n", "is not valid TOML"),
+])
+def test_config_errors_name_key_and_file(tmp_path, text, message):
+    config = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(config)
+    assert message.format(file=config) in str(err.value)
+    result = runner.invoke(app, ["run", str(config), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert message.format(file=config) in result.stderr
+
+
+def test_default_config_is_the_phantom_demo():
+    cfg = load_config(None)
+    assert cfg["dataset"]["name"] == "phantom"
+
+
+def _patients_records(n_patients: int = 60) -> list[Record]:
+    records = []
+    for p in range(n_patients):
+        label = ("normal", "sick")[p % 2]
+        for k in range(1 + p % 4):
+            records.append(Record(id=f"{p}/{k}", label=label, path=Path(f"{p}-{k}.png"), patient=f"p{p}"))
+    return records
+
+
+def test_split_keeps_patients_together_and_is_stratified_and_seeded():
+    records = _patients_records()
+    split = split_records(records, ["normal", "sick"], test=0.2, val=0.1, seed=5)
+    owner = {}
+    for name, ids in split.items():
+        for i in ids:
+            patient = i.split("/")[0]
+            assert owner.setdefault(patient, name) == name, f"patient {patient} in two splits"
+    total = len(records)
+    assert abs(len(split["test"]) / total - 0.2) < 0.05
+    assert abs(len(split["val"]) / total - 0.1) < 0.05
+    for name in ("train", "val", "test"):
+        labels = {int(i.split("/")[0]) % 2 for i in split[name]}
+        assert labels == {0, 1}
+    assert split == split_records(records, ["normal", "sick"], test=0.2, val=0.1, seed=5)
+    assert split != split_records(records, ["normal", "sick"], test=0.2, val=0.1, seed=6)
+    ungrouped = split_records(records, ["normal", "sick"], test=0.2, val=0.1, seed=5, group_by_patient=False)
+    shared = {i.split("/")[0] for i in ungrouped["test"]} & {i.split("/")[0] for i in ungrouped["train"]}
+    assert shared, "without grouping, some patient should straddle splits (the test's premise)"
+
+
+def test_dataset_split_folders_are_honoured():
+    records = [Record(id=f"{s}/{i}", label=("a", "b")[i % 2], path=Path("x"), subset=s)
+               for s in ("train", "test") for i in range(20)]
+    split = split_records(records, ["a", "b"], val=0.2, use_dataset_split=True)
+    assert all(i.startswith("test/") for i in split["test"]) and len(split["test"]) == 20
+    assert len(split["val"]) == 4 and all(i.startswith("train/") for i in split["val"])

@@ -1,0 +1,189 @@
+"""The ``xaicxr`` command line. Results go to stdout (one JSON object with ``--json``);
+progress, tables and errors go to stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from . import __version__, plugins
+from .config import load_config
+from .errors import ConfigError, XaicxrError
+from .imaging import DEFAULT_MAX_PIXELS
+from .options import check_options
+from .progress import console, progress_bar
+
+app = typer.Typer(name="xaicxr", no_args_is_help=True, add_completion=False,
+                  help="Explainability for chest X-ray classifiers: heatmaps and per-class heatmap templates.")
+data_app = typer.Typer(no_args_is_help=True, help="Generate and inspect datasets.")
+app.add_typer(data_app, name="data")
+
+JsonOpt = typer.Option(False, "--json", help="Print exactly one JSON object on stdout.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"xaicxr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Show the version and exit.")) -> None:
+    """xaicxr: what does my X-ray model look at, and is it the disease?"""
+
+
+def _emit(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _fail(exc: XaicxrError) -> None:
+    console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+@app.command("plugins")
+def plugins_cmd(as_json: bool = JsonOpt) -> None:
+    """List loaded plugins (kind, name, module, distribution) and plugin modules that failed."""
+    rows = plugins.available()
+    if as_json:
+        _emit({"plugins": [r for r in rows if "kind" in r], "failed": [r for r in rows if "error" in r]})
+        return
+    table = Table(title="xaicxr plugins")
+    for col in ("kind", "name", "module", "distribution", "version"):
+        table.add_column(col)
+    for r in rows:
+        if "kind" in r:
+            table.add_row(r["kind"], r["name"], r["module"], r["distribution"], r["version"])
+    console.print(table)
+    conflicts = plugins.registry().conflicts()
+    for (kind, name), infos in conflicts.items():
+        console.print(f"[yellow]conflict:[/] {kind} {name!r} registered by "
+                      + " and ".join(i.distribution for i in infos))
+    for r in rows:
+        if "error" in r:
+            console.print(f"[red]failed to load[/] {escape(r['module'])} ({escape(r['distribution'])}): {escape(r['error'])}", soft_wrap=True)
+
+
+@data_app.command("phantom")
+def data_phantom(out: Path = typer.Argument(..., help="Folder to write the phantom set to."),
+                 n_per_class: int = typer.Option(250, "--n-per-class", min=1),
+                 size: int = typer.Option(128, "--size", min=16),
+                 seed: int = typer.Option(0, "--seed"),
+                 difficulty: str = typer.Option("standard", "--difficulty", help="easy, standard or subtle."),
+                 as_json: bool = JsonOpt) -> None:
+    """Generate synthetic chest radiographs with lesion and lung masks."""
+    try:
+        phantom = plugins.get("dataset", "phantom")
+        options = {"path": str(out), "n_per_class": n_per_class, "size": size, "seed": seed,
+                   "difficulty": difficulty}
+        check_options(phantom, options, "xaicxr data phantom")
+        with progress_bar("generating phantoms", 4 * n_per_class) as advance:
+            scan = phantom(**options).scan(None, progress=advance)
+    except XaicxrError as exc:
+        _fail(exc)
+    result = {"out": str(out), "images": len(scan.records), "classes": scan.classes,
+              "size": size, "seed": seed, "difficulty": difficulty}
+    if as_json:
+        _emit(result)
+    else:
+        console.print(f"wrote {result['images']} phantoms to {out}")
+
+
+def _parse_options(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--option {pair!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+@data_app.command("inspect")
+def data_inspect(path: Path = typer.Argument(..., help="Dataset root folder."),
+                 dataset: str = typer.Option("folder", "--dataset", "-d", help="Dataset plugin name."),
+                 option: list[str] = typer.Option([], "--option", "-o", help="Extra plugin option KEY=VALUE (TOML value)."),
+                 workers: Optional[int] = typer.Option(None, "--workers", min=1),
+                 max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1),
+                 as_json: bool = JsonOpt) -> None:
+    """Count images per class, sizes, modes and patients; list every skipped file with its reason."""
+    from .data.inventory import take_inventory
+
+    try:
+        cls = plugins.get("dataset", dataset)
+        options = {"path": str(path), **_parse_options(option)}
+        check_options(cls, options, f"options of dataset {dataset!r}")
+        ds = cls(**options)
+        with progress_bar("scanning", None) as advance:
+            scan = ds.scan(None, progress=advance)
+        with progress_bar("decoding", len(scan.records)) as advance:
+            inv = take_inventory(scan, workers=workers, max_pixels=max_pixels, progress=advance)
+    except XaicxrError as exc:
+        _fail(exc)
+    summary = {"dataset": dataset, "path": str(path), **inv.summary()}
+    if as_json:
+        _emit(summary)
+        return
+    _print_inventory(summary)
+
+
+def _print_inventory(s: dict[str, Any]) -> None:
+    table = Table(title=f"{s['dataset']}: {s['path']}")
+    table.add_column("class")
+    table.add_column("images", justify="right")
+    table.add_column("patients", justify="right")
+    for c in s["classes"]:
+        table.add_row(c, str(s["counts"][c]), str(s["patients"][c]) if s["patients"] else "-")
+    console.print(table)
+    if s["sizes"]:
+        w, h = s["sizes"]["width"], s["sizes"]["height"]
+        console.print(f"sizes: width {w['min']}..{w['max']} (median {w['median']}), "
+                      f"height {h['min']}..{h['max']} (median {h['median']}), {s['sizes']['distinct']} distinct")
+    console.print(f"modes: {s['modes']}  formats: {s['formats']}")
+    console.print(f"decoded {s['decoded']} files in {s['seconds']} s ({s['images_per_s']} images/s)")
+    console.print(f"skipped: {len(s['skipped'])}")
+    for item in s["skipped"]:
+        console.print(f"  {item['path']}: {item['reason']}", highlight=False, markup=False)
+
+
+@app.command("run")
+def run_cmd(config: Optional[Path] = typer.Argument(None, help="Run configuration (TOML); default: the embedded phantom demo."),
+            out: Path = typer.Option(..., "--out", "-o", help="Run directory."),
+            as_json: bool = JsonOpt) -> None:
+    """Run the pipeline (resuming from what the run directory already holds)."""
+    from .pipeline import run_pipeline
+
+    try:
+        cfg = load_config(config)
+        if config is None:
+            console.print("[yellow]Embedded default:[/] synthetic phantom radiographs, not real patients.")
+        summary = run_pipeline(cfg, out)
+    except XaicxrError as exc:
+        _fail(exc)
+    if as_json:
+        _emit(summary)
+        return
+    console.print(f"[green]done[/] {summary['run_dir']}: ran {', '.join(summary['stages_run']) or 'nothing'}"
+                  f"; up to date: {', '.join(summary['stages_skipped']) or 'nothing'}")
+    ds = summary.get("dataset", {})
+    if ds:
+        console.print(f"images: {ds['images']} {ds['counts']}; skipped files: {ds['skipped']} (skipped.json)")
+    sp = summary.get("split", {})
+    if sp:
+        console.print(f"split: {sp}")
+
+
+if __name__ == "__main__":
+    app()

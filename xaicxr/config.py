@@ -1,0 +1,102 @@
+"""Load, validate and resolve a run configuration (TOML).
+
+Core keys have fixed types here; every other key of a plugin's table is checked against the
+plugin class's keyword parameters (:mod:`xaicxr.options`). Errors name the key and the file.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from . import plugins
+from .errors import ConfigError, PluginError
+from .options import check_options, describe, matches
+
+DEFAULT_SOURCE = "the embedded default configuration"
+
+CORE_KEYS: dict[str, dict[str, tuple[Any, Any]]] = {
+    "dataset": {"name": (str, "phantom"), "test_path": (str | None, None),
+                "max_pixels": (int, 100_000_000), "workers": (int | None, None)},
+    "split": {"test": (float, 0.2), "val": (float, 0.1), "seed": (int, 0),
+              "group_by_patient": (bool, True), "use_dataset_split": (bool, False)},
+}
+"""Core keys per table: ``{key: (type, default)}``. Plugin tables also take their plugin's options."""
+
+PLUGIN_TABLES = {"dataset": "dataset"}
+"""Tables whose ``name`` selects a plugin of this kind."""
+
+
+def default_text() -> str:
+    return files("xaicxr").joinpath("default.toml").read_text(encoding="utf-8")
+
+
+def load_config(path: str | Path | None = None) -> dict[str, Any]:
+    """The resolved configuration: defaults filled in, every key checked."""
+    if path is None:
+        raw, source = tomllib.loads(default_text()), DEFAULT_SOURCE
+    else:
+        source = str(path)
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return resolve(raw, source)
+
+
+def resolve(raw: dict[str, Any], source: str = "<config>") -> dict[str, Any]:
+    unknown = sorted(set(raw) - set(CORE_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown table [{unknown[0]}] in {source}; known tables: "
+                          + ", ".join(f"[{t}]" for t in CORE_KEYS))
+    cfg: dict[str, Any] = {}
+    for table, keys in CORE_KEYS.items():
+        given = raw.get(table, {})
+        if not isinstance(given, dict):
+            raise ConfigError(f"[{table}] in {source} must be a table")
+        cfg[table] = _resolve_table(table, given, keys, source)
+    return cfg
+
+
+def _resolve_table(table: str, given: dict[str, Any], keys: dict[str, tuple[Any, Any]],
+                   source: str) -> dict[str, Any]:
+    where = f"[{table}] in {source}"
+    out = {k: copy.deepcopy(default) for k, (_, default) in keys.items()}
+    plugin_options = {}
+    for key, value in given.items():
+        if key in keys:
+            hint = keys[key][0]
+            if not matches(value, hint):
+                raise ConfigError(f"wrong type for {key!r} in {where}: got {value!r}, expected {describe(hint)}")
+            out[key] = float(value) if hint is float else value
+        elif table in PLUGIN_TABLES:
+            plugin_options[key] = value
+        else:
+            raise ConfigError(f"unknown key {key!r} in {where}; known keys: {', '.join(keys)}")
+    if table in PLUGIN_TABLES:
+        kind = PLUGIN_TABLES[table]
+        try:
+            cls = plugins.get(kind, out["name"])
+        except PluginError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        check_options(cls, plugin_options, f"{where} (options of {kind} {out['name']!r})")
+        out.update(plugin_options)
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def plugin_options(table: dict[str, Any], table_name: str) -> dict[str, Any]:
+    """The keys of a resolved plugin table that belong to the plugin, not the core."""
+    core = CORE_KEYS.get(table_name, {})
+    return {k: v for k, v in table.items() if k not in core}
+
+
+def dump_config(cfg: dict[str, Any]) -> str:
+    return tomli_w.dumps(cfg)
+

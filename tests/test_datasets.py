@@ -45,7 +45,7 @@ def test_folder_layout_nested_any_format(tmp_path):
     _png(root / "sick" / "p7_d.tiff", mode="RGBA")
     write_dicom(root / "sick" / "p9_e.dcm", np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 4)
     _png(root / "stray.png")
-    report = _inspect("--dataset", "folder", str(root), "-o", r'patient_pattern="^(p\d+)_"')
+    report = _inspect("--dataset", "folder", str(root), "-o", r"patient_pattern='^(p\d+)_'")
     assert report["counts"] == {"healthy": 2, "sick": 3}
     assert report["patients"] == {"healthy": 0, "sick": 2}
     assert report["formats"] == {"BMP": 1, "DICOM": 1, "JPEG": 1, "PNG": 1, "TIFF": 1}

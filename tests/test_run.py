@@ -39,7 +39,7 @@ def _write(tmp_path: Path, text: str, name: str = "run.toml") -> Path:
 
 
 def _run(*args: str):
-    result = runner.invoke(app, ["run", *args, "--json"])
+    result = runner.invoke(app, ["run", *args, "--until", "split", "--json"])
     assert result.exit_code == 0, result.stderr
     return json.loads(result.stdout)
 

@@ -106,7 +106,9 @@ def _parse_options(pairs: list[str]) -> dict[str, Any]:
             raise ConfigError(f"--option {pair!r}: expected KEY=VALUE")
         try:
             out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
+        except tomllib.TOMLDecodeError as exc:
+            if value.strip()[:1] in ("'", '"', "[", "{"):
+                raise ConfigError(f"--option {pair!r}: not a valid TOML value ({exc})") from None
             out[key.strip()] = value
     return out
 
@@ -161,15 +163,18 @@ def _print_inventory(s: dict[str, Any]) -> None:
 @app.command("run")
 def run_cmd(config: Optional[Path] = typer.Argument(None, help="Run configuration (TOML); default: the embedded phantom demo."),
             out: Path = typer.Option(..., "--out", "-o", help="Run directory."),
+            until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage."),
             as_json: bool = JsonOpt) -> None:
     """Run the pipeline (resuming from what the run directory already holds)."""
-    from .pipeline import run_pipeline
+    from .pipeline import STAGE_NAMES, run_pipeline
 
     try:
         cfg = load_config(config)
         if config is None:
             console.print("[yellow]Embedded default:[/] synthetic phantom radiographs, not real patients.")
-        summary = run_pipeline(cfg, out)
+        if until is not None and until not in STAGE_NAMES:
+            raise ConfigError(f"--until {until!r}: stages are {', '.join(STAGE_NAMES)}")
+        summary = run_pipeline(cfg, out, until=until)
     except XaicxrError as exc:
         _fail(exc)
     if as_json:

@@ -25,10 +25,17 @@ CORE_KEYS: dict[str, dict[str, tuple[Any, Any]]] = {
                 "max_pixels": (int, 100_000_000), "workers": (int | None, None)},
     "split": {"test": (float, 0.2), "val": (float, 0.1), "seed": (int, 0),
               "group_by_patient": (bool, True), "use_dataset_split": (bool, False)},
+    "backbone": {"name": (str, "vgg19")},
+    "train": {"epochs": (int, 30), "batch_size": (int, 32), "learning_rate": (float, 1e-3),
+              "augment": (bool, False), "cache_features": (bool, True), "patience": (int, 6),
+              "seed": (int, 0), "class_weights": (bool, True)},
+    "binary": {},
 }
 """Core keys per table: ``{key: (type, default)}``. Plugin tables also take their plugin's options."""
 
-PLUGIN_TABLES = {"dataset": "dataset"}
+PLUGIN_TABLES = {"dataset": "dataset", "backbone": "backbone"}
+FREE_TABLES = {"binary"}
+"""Tables whose keys are user-chosen names (binary tasks)."""
 """Tables whose ``name`` selects a plugin of this kind."""
 
 
@@ -52,17 +59,38 @@ def load_config(path: str | Path | None = None) -> dict[str, Any]:
 
 
 def resolve(raw: dict[str, Any], source: str = "<config>") -> dict[str, Any]:
+    """A table left out of ``raw`` is the embedded demo's table; a table given is resolved from
+    the core and plugin defaults, so ``[backbone] name = "vgg19"`` alone means the paper's VGG19."""
     unknown = sorted(set(raw) - set(CORE_KEYS))
     if unknown:
         raise ConfigError(f"unknown table [{unknown[0]}] in {source}; known tables: "
                           + ", ".join(f"[{t}]" for t in CORE_KEYS))
     cfg: dict[str, Any] = {}
+    demo = tomllib.loads(default_text())
     for table, keys in CORE_KEYS.items():
-        given = raw.get(table, {})
+        given = raw[table] if table in raw else demo.get(table, {})
         if not isinstance(given, dict):
             raise ConfigError(f"[{table}] in {source} must be a table")
-        cfg[table] = _resolve_table(table, given, keys, source)
+        if table in FREE_TABLES:
+            cfg[table] = _resolve_binary(given, source)
+        else:
+            cfg[table] = _resolve_table(table, given, keys, source)
     return cfg
+
+
+def _resolve_binary(given: dict[str, Any], source: str) -> dict[str, Any]:
+    """``[binary]``: ``task = { positive = ["covid"] }``; empty means the defaults for the classes."""
+    for task, spec in given.items():
+        where = f"[binary] {task!r} in {source}"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where} must be a table like {{ positive = [\"covid\"] }}")
+        unknown = sorted(set(spec) - {"positive"})
+        if unknown:
+            raise ConfigError(f"unknown key {unknown[0]!r} in {where}; known keys: positive")
+        positive = spec.get("positive")
+        if not (isinstance(positive, list) and positive and all(isinstance(c, str) for c in positive)):
+            raise ConfigError(f"wrong type for 'positive' in {where}: expected a non-empty list of class names")
+    return copy.deepcopy(given)
 
 
 def _resolve_table(table: str, given: dict[str, Any], keys: dict[str, tuple[Any, Any]],

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from . import plugins, storage
 from .config import dump_config, plugin_options
 from .data.inventory import take_inventory
@@ -100,10 +102,83 @@ def load_dataset_index(run_dir: Path) -> dict[str, Any]:
     return {**raw, "records": as_records(raw["records"]), "external_test": as_records(raw["external_test"])}
 
 
+def read_split(run_dir: Path) -> dict[str, Any]:
+    return storage.read_json(Path(run_dir) / "split.json")
+
+
+def build_backbone(cfg: dict[str, Any]):
+    table = cfg["backbone"]
+    return plugins.get("backbone", table["name"])(**plugin_options(table, "backbone"))
+
+
+def stage_train(run: Run) -> dict[str, Any]:
+    from .imagecache import build_image_cache
+    from .models import save_model
+    from .train import fit
+
+    data = load_dataset_index(run.dir)
+    split = read_split(run.dir)
+    backbone = build_backbone(run.cfg)
+    cache = build_image_cache(run.dir, split, data["records"] + data["external_test"], data["classes"],
+                              backbone.input_size, workers=run.cfg["dataset"].get("workers"),
+                              max_pixels=run.cfg["dataset"]["max_pixels"])
+    import keras
+
+    keras.utils.set_random_seed(run.cfg["train"]["seed"])
+    model = backbone.build(list(data["classes"]))
+    preprocessing = json.dumps({"backbone": run.cfg["backbone"]["name"],
+                                "input_size": backbone.input_size,
+                                "layer": _preprocess_config(model)}, sort_keys=True)
+    result = fit(model, backbone.freeze_until, cache, run.dir, run.cfg["train"], preprocessing)
+    save_model(model, run.path("model.keras"))
+    storage.write_json(run.path("train.json"), {
+        "backbone": run.cfg["backbone"], "train": run.cfg["train"],
+        "freeze_until": backbone.freeze_until, "default_layer": backbone.default_layer,
+        "input_size": backbone.input_size, "parameters": int(model.count_params()),
+        "trainable_parameters": int(sum(int(np.prod(w.shape)) for w in model.trainable_weights)),
+        **result.to_json()})
+    return {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+            "best_val_loss": round(result.best_val_loss, 4), "timings_s": result.timings_s,
+            "feature_cache_reused": result.feature_cache_reused}
+
+
+def _preprocess_config(model) -> Any:
+    try:
+        return model.get_layer("preprocess").get_config()
+    except ValueError:
+        return None
+
+
+def stage_evaluate(run: Run) -> dict[str, Any]:
+    from .evaluate import evaluation, predict_cache, write_predictions
+    from .imagecache import image_cache_path, open_image_cache
+    from .models import load_model
+
+    model = load_model(run.path("model.keras"))
+    size = int(model.input_shape[1])
+    cache = open_image_cache(image_cache_path(run.dir, size))
+    probs = predict_cache(model, cache)
+    classes = read_split(run.dir)["classes"]
+    write_predictions(run.dir, cache, probs, classes, run.path("model.keras"))
+    for task, spec in run.cfg["binary"].items():
+        missing = [c for c in spec["positive"] if c not in classes]
+        if missing:
+            raise DataError(f"[binary] {task!r}: class {missing[0]!r} is not one of {classes}")
+    figures = evaluation(classes, cache.labels, cache.splits, probs, run.cfg["binary"],
+                         external=bool(read_split(run.dir)["external_test"]), seed=run.cfg["split"]["seed"])
+    storage.update_json(run.path("metrics.json"), figures)
+    return {"accuracy": round(figures["accuracy"], 4), "macro_f1": round(figures["macro_f1"], 4),
+            "binary_auc": {k: round(v["auc"], 4) for k, v in figures["binary"].items()},
+            "test_set": figures["test_set"]}
+
+
 STAGES: tuple[Stage, ...] = (
     Stage("dataset", ("dataset",), ("dataset.json", "skipped.json"), stage_dataset),
     Stage("split", ("dataset", "split"), ("split.json",), stage_split),
+    Stage("train", ("dataset", "split", "backbone", "train"), ("model.keras", "train.json"), stage_train),
+    Stage("evaluate", ("binary",), ("metrics.json", "predictions.h5"), stage_evaluate),
 )
+STAGE_NAMES = tuple(s.name for s in STAGES)
 
 
 def config_hash(cfg: dict[str, Any], tables: tuple[str, ...]) -> str:
@@ -111,34 +186,43 @@ def config_hash(cfg: dict[str, Any], tables: tuple[str, ...]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def run_pipeline(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
-    """Run every stage (or skip it when its outputs are current); return a summary."""
+def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, *, until: str | None = None,
+                 force: str | None = None) -> dict[str, Any]:
+    """Run every stage (or skip it when its outputs are current); return a summary.
+
+    ``until`` stops after that stage; ``force`` reruns that stage (and so everything after it).
+    """
     run = Run(Path(run_dir), cfg)
     run.dir.mkdir(parents=True, exist_ok=True)
     storage.write_text(run.path("config.toml"), dump_config(cfg))
     state = _read_state(run.dir)
     stale = False
     timings, ran, skipped_stages = {}, [], []
+    digest = ""
     for stage in STAGES:
-        digest = config_hash(cfg, stage.tables)
+        digest = config_hash({**cfg, "upstream": digest}, ("upstream", *stage.tables))
         done = state.get(stage.name, {})
-        current = (not stale and done.get("hash") == digest
+        current = (not stale and stage.name != force and done.get("hash") == digest
                    and all(run.path(o).exists() for o in stage.outputs))
         if current:
             skipped_stages.append(stage.name)
             run.results[stage.name] = done.get("result", {})
             timings[stage.name] = done.get("seconds", 0.0)
-            continue
-        stale = True
-        console.print(f"[bold cyan]stage[/] {stage.name}")
-        start = time.perf_counter()
-        result = stage.run(run)
-        seconds = round(time.perf_counter() - start, 3)
-        state[stage.name] = {"hash": digest, "seconds": seconds, "result": result}
-        storage.write_json(run.path(STAGES_FILE), state)
-        run.results[stage.name] = result
-        timings[stage.name] = seconds
-        ran.append(stage.name)
+        else:
+            stale = True
+            console.print(f"[bold cyan]stage[/] {stage.name}")
+            start = time.perf_counter()
+            result = stage.run(run)
+            seconds = round(time.perf_counter() - start, 3)
+            state[stage.name] = {"hash": digest, "seconds": seconds, "result": result}
+            storage.write_json(run.path(STAGES_FILE), state)
+            run.results[stage.name] = result
+            timings[stage.name] = seconds
+            ran.append(stage.name)
+        if stage.name == until:
+            break
+    if run.path("metrics.json").exists():
+        storage.update_json(run.path("metrics.json"), {"timings_s": timings})
     return {"run_dir": str(run.dir), "stages_run": ran, "stages_skipped": skipped_stages,
             "timings_s": timings, **run.results}
 

@@ -41,3 +41,12 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def update_json(path: str | Path, values: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``values`` into the JSON object at ``path`` (each writer owns its keys), atomically."""
+    path = Path(path)
+    current = read_json(path) if path.exists() else {}
+    current.update(values)
+    write_json(path, current)
+    return current

@@ -1,0 +1,520 @@
+"""Synthetic PA chest radiographs ("phantoms") with a known lesion mask for each class.
+
+An image is built as a map of attenuation (tissue density times path length) in *patient*
+coordinates: x runs from the image's left (patient's right) to its right, y from the top down,
+both in half-image-widths, so that anatomy and lesions are defined independently of ``size``.
+The map is then exposed (``1 - exp(-mu * A)``: bright = dense, as a CXR is displayed), windowed,
+blurred and given quantum noise.
+
+Every nuisance (pose, body habitus, lung shape, heart, ribs, vessels, exposure, noise) is drawn
+from a generator that does not know the class, with the same distribution for every class, so
+the only class evidence is the lesion pattern inside the lungs. The class patterns follow their
+radiological descriptions:
+
+* ``bacteria``: unilateral lobar consolidation, dense and homogeneous, one side bounded by a
+  fissure, sometimes with air bronchograms;
+* ``virus``: bilateral perihilar interstitial pattern, streaks radiating from both hila over a
+  fine reticular net;
+* ``covid``: bilateral, peripheral, lower-zone ground-glass patches, faint and hazy.
+
+The difficulty sets the range of lesion density and extent; nuisances do not depend on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable
+
+import numpy as np
+from scipy import ndimage
+
+CLASSES = ("normal", "bacteria", "virus", "covid")
+DIFFICULTIES = ("easy", "standard", "subtle")
+
+_SIDES = (-1, 1)
+"""Image-left (patient's right lung) and image-right (patient's left lung)."""
+
+
+@dataclass(frozen=True)
+class Phantom:
+    """One rendered radiograph: ``image`` in [0, 1], lesion and lung masks, and its parameters."""
+
+    image: np.ndarray
+    lesion: np.ndarray
+    lung: np.ndarray
+    params: dict
+
+
+@dataclass(frozen=True)
+class _Difficulty:
+    contrast: tuple[float, float]
+    """Range of the lesion density, as a multiple of the class's nominal density."""
+    extent: tuple[float, float]
+    """Range of the lesion size, as a multiple of the class's nominal size."""
+
+
+_DIFFICULTY = {
+    "easy": _Difficulty(contrast=(0.9, 1.3), extent=(1.0, 1.3)),
+    "standard": _Difficulty(contrast=(0.5, 1.0), extent=(0.7, 1.1)),
+    "subtle": _Difficulty(contrast=(0.25, 0.6), extent=(0.5, 0.85)),
+}
+
+
+@dataclass(frozen=True)
+class _Lung:
+    """One lung field: its soft mask, and lung-local coordinates used to place lesions.
+
+    ``u`` runs from the medial (0) to the lateral (1) border, ``v`` from the apex (0) to the
+    costophrenic level (1); both are only meaningful where ``soft`` > 0.
+    """
+
+    side: int
+    soft: np.ndarray
+    inside: np.ndarray
+    u: np.ndarray
+    v: np.ndarray
+    hilum: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class _Body:
+    x: np.ndarray
+    y: np.ndarray
+    px: float
+    lungs: tuple[_Lung, _Lung]
+
+
+def render_phantom(seed: int, label: str, index: int, size: int = 128,
+                   difficulty: str = "standard") -> Phantom:
+    """Render one phantom; the result depends only on the arguments."""
+    if label not in CLASSES:
+        raise ValueError(f"unknown phantom class {label!r}; one of {', '.join(CLASSES)}")
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"unknown phantom difficulty {difficulty!r}; one of {', '.join(DIFFICULTIES)}")
+    if size < 16:
+        raise ValueError("phantom size must be at least 16")
+    root = np.random.SeedSequence([seed, CLASSES.index(label), index, DIFFICULTIES.index(difficulty)])
+    anatomy_rng, lesion_rng, film_rng = (np.random.default_rng(s) for s in root.spawn(3))
+
+    anatomy = _draw_anatomy(anatomy_rng)
+    body = _body_geometry(size, anatomy)
+    attenuation = _anatomy_attenuation(body, anatomy, anatomy_rng)
+    density, envelope, lesion_params = _LESIONS[label](lesion_rng, body, _DIFFICULTY[difficulty])
+    lung_soft = np.maximum(body.lungs[0].soft, body.lungs[1].soft)
+    attenuation += density * lung_soft
+    image, film = _expose(attenuation, body.px, film_rng)
+
+    lung = body.lungs[0].inside | body.lungs[1].inside
+    lesion = (envelope > 0.5) & lung
+    params = {"label": label, "index": index, "seed": seed, "size": size, "difficulty": difficulty,
+              **{k: _jsonable(v) for k, v in anatomy.items()}, **film, "lesion": lesion_params}
+    return Phantom(image=image, lesion=lesion, lung=lung, params=params)
+
+
+# ---------------------------------------------------------------- grids and random fields
+
+@lru_cache(maxsize=8)
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel centres in [-1, 1], x across and y down."""
+    t = ((np.arange(size, dtype=np.float32) + 0.5) / size) * 2.0 - 1.0
+    x, y = np.meshgrid(t, t)
+    x.flags.writeable = False
+    y.flags.writeable = False
+    return x, y
+
+
+@lru_cache(maxsize=32)
+def _basis(size: int, k: int) -> np.ndarray:
+    """A (size, k) matrix of Gaussian bumps; ``B @ G @ B.T`` turns k*k numbers into a smooth field."""
+    t = ((np.arange(size) + 0.5) / size) * 2.0 - 1.0
+    centres = np.linspace(-1.1, 1.1, k)
+    width = centres[1] - centres[0]
+    b = np.exp(-0.5 * ((t[:, None] - centres[None, :]) / width) ** 2).astype(np.float32)
+    b.flags.writeable = False
+    return b
+
+
+def _smooth_field(rng: np.random.Generator, size: int, k: int) -> np.ndarray:
+    """A zero-mean, roughly unit-variance random field with about k blobs across the image."""
+    b = _basis(size, k)
+    field = b @ rng.standard_normal((k, k), dtype=np.float32) @ b.T
+    return field / np.float32(1.25)
+
+
+def _smoothstep(t: np.ndarray) -> np.ndarray:
+    t = np.clip(t, 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+def _soft_inside(margin: np.ndarray, edge: float) -> np.ndarray:
+    """0 outside, 1 inside, a linear ramp ``edge`` wide across the boundary (margin = 0)."""
+    return np.clip(margin / np.float32(edge) + 0.5, 0.0, 1.0)
+
+
+# ---------------------------------------------------------------- anatomy
+
+def _draw_anatomy(rng: np.random.Generator) -> dict:
+    """Every anatomical nuisance parameter; drawn the same way for every class."""
+    u = rng.uniform
+    return {
+        "rotation_deg": u(-4.0, 4.0),
+        "shift": (u(-0.06, 0.06), u(-0.05, 0.06)),
+        "scale": u(0.9, 1.04),
+        "aspect": u(0.94, 1.06),
+        "body_half_width": u(0.8, 0.93),
+        "tissue": u(1.35, 1.7),
+        "lung_top": (u(-0.88, -0.78), u(-0.88, -0.78)),
+        "lung_base": (u(0.44, 0.58), u(0.5, 0.64)),
+        "lung_medial": (u(0.08, 0.12), u(0.08, 0.12)),
+        "lung_span": (u(0.56, 0.66), u(0.56, 0.66)),
+        "dome": (u(0.14, 0.24), u(0.12, 0.22)),
+        "air": u(0.68, 0.78),
+        "heart_centre": (u(0.12, 0.18), u(0.28, 0.36)),
+        "heart_radii": (u(0.36, 0.42), u(0.25, 0.3)),
+        "heart_tilt_deg": u(20.0, 35.0),
+        "rib_spacing": u(0.15, 0.17),
+        "rib_phase": u(0.0, 1.0),
+        "rib_density": u(0.07, 0.13),
+        "hilum_height": u(-0.1, 0.02),
+        "gastric_bubble": bool(rng.random() < 0.5),
+        "breast_shadow": u(0.06, 0.2) if rng.random() < 0.45 else 0.0,
+        "lung_mottle": u(0.0, 0.08),
+    }
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float):
+        return round(value, 5)
+    return value
+
+
+def _patient_coords(size: int, a: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Image grid mapped into patient coordinates (pose: rotation, shift, scale)."""
+    gx, gy = _grid(size)
+    theta = np.deg2rad(a["rotation_deg"])
+    c, s = np.float32(np.cos(theta)), np.float32(np.sin(theta))
+    sx = np.float32(1.0 / (a["scale"] * a["aspect"]))
+    sy = np.float32(a["aspect"] / a["scale"])
+    dx, dy = (gx - np.float32(a["shift"][0])), (gy - np.float32(a["shift"][1]))
+    return (c * dx + s * dy) * sx, (c * dy - s * dx) * sy
+
+
+def _body_geometry(size: int, a: dict) -> _Body:
+    x, y = _patient_coords(size, a)
+    px = 2.0 / size
+    lungs = tuple(_lung_field(x, y, i, a, px) for i in range(2))
+    return _Body(x=x, y=y, px=px, lungs=lungs)  # type: ignore[arg-type]
+
+
+def _ellipse_level(x: np.ndarray, y: np.ndarray, centre: tuple[float, float],
+                   radii: tuple[float, float], tilt_deg: float = 0.0) -> np.ndarray:
+    """1 at the centre of a (tilted) ellipse, 0 on its border, negative outside."""
+    t = np.deg2rad(tilt_deg)
+    c, s = np.float32(np.cos(t)), np.float32(np.sin(t))
+    dx, dy = x - np.float32(centre[0]), y - np.float32(centre[1])
+    p = (c * dx + s * dy) / np.float32(radii[0])
+    q = (c * dy - s * dx) / np.float32(radii[1])
+    return 1.0 - p * p - q * q
+
+
+def _lung_field(x: np.ndarray, y: np.ndarray, i: int, a: dict, px: float) -> _Lung:
+    """A teardrop lung: a straight-ish medial border, a curved lateral wall, a domed base.
+
+    The lateral wall meets the diaphragm dome at a sharp costophrenic angle. The heart (and on
+    the patient's left the aortic knob) is cut out of the lung, as lung segmentation masks do;
+    the mediastinum is then simply the airless gap between the lungs.
+    """
+    side = _SIDES[i]
+    top, base, medial = a["lung_top"][i], a["lung_base"][i], a["lung_medial"][i]
+    span, dome = a["lung_span"][i], a["dome"][i]
+    d = x * np.float32(side)
+    v = (y - np.float32(top)) / np.float32(base - top)
+    vc = np.clip(v, 0.0, 1.0)
+    apex = medial + 0.4 * span
+    grow = (vc * (2.0 - vc)) ** 0.55
+    lateral = np.float32(apex) + np.float32(medial + span - apex) * grow
+    medial_edge = np.float32(apex) - np.float32(apex - medial) * grow ** 0.4
+    if side == 1:
+        medial_edge = medial_edge + np.float32(0.03) * np.exp(-(((v - 0.3) / 0.12) ** 2))
+    width = np.maximum(lateral - medial_edge, np.float32(1e-3))
+    u = (d - medial_edge) / width
+    arch = np.clip(1.0 - ((u - 0.4) / 0.6) ** 2, 0.0, 1.0) ** 0.7
+    bottom = np.float32(base) - np.float32(dome) * arch
+    margin = np.minimum(np.minimum(d - medial_edge, lateral - d), bottom - y)
+    margin = np.where(v < 0.0, np.float32(-1.0), margin)
+    heart = _ellipse_level(x, y, a["heart_centre"], a["heart_radii"], a["heart_tilt_deg"])
+    margin = np.minimum(margin, -heart * np.float32(min(a["heart_radii"]) / 2))
+    hilum = (side * (medial + 0.1), top + 0.55 * (base - top) + a["hilum_height"])
+    return _Lung(side=side, soft=_soft_inside(margin, 1.5 * px), inside=margin > 0,
+                 u=u, v=v, hilum=hilum)
+
+
+def _anatomy_attenuation(body: _Body, a: dict, rng: np.random.Generator) -> np.ndarray:
+    """Soft tissue minus lung air, plus spine, ribs, clavicles and vessels."""
+    x, y = body.x, body.y
+    right, left = body.lungs
+    lung_soft = np.maximum(right.soft, left.soft)
+    atten = _soft_tissue(x, y, a, body.px)
+    atten *= 1.0 - np.float32(a["air"]) * (_lung_depth(right) + _lung_depth(left))
+    atten -= _trachea(x, y, body.px)
+    atten += _spine(x, y, body.px)
+    atten += _ribs(x, y, a, body.px) * (0.5 + 0.5 * lung_soft)
+    atten += _clavicles(x, y, body.px)
+    atten += _vessels(body, rng) * lung_soft
+    atten += np.float32(a["lung_mottle"]) * _smooth_field(rng, x.shape[0], 4) * lung_soft
+    if a["breast_shadow"] > 0:
+        atten += np.float32(a["breast_shadow"]) * _breast_shadows(x, y, a, body.px)
+    if a["gastric_bubble"]:
+        atten -= _gastric_bubble(x, y, a, rng)
+    return atten
+
+
+def _soft_tissue(x: np.ndarray, y: np.ndarray, a: dict, px: float) -> np.ndarray:
+    """A torso thickest in the middle, with a neck and sloping shoulders at the top."""
+    hw = np.float32(a["body_half_width"]) + np.float32(0.04) * np.clip(y, 0, 1)
+    d = np.abs(x)
+    torso = _soft_inside(hw - d, 2.5 * px)
+    shoulder_top = -0.93 + 0.12 * _smoothstep((d - 0.22) / 0.6)
+    torso = torso * _soft_inside(y - shoulder_top, 3 * px)
+    neck = _soft_inside(0.23 - d, 2.5 * px)
+    r = np.minimum(d / hw, 1.0)
+    thickness = np.sqrt(1.0 - r * r) ** 1.5
+    return np.float32(a["tissue"]) * np.maximum(torso * (0.12 + 0.88 * thickness), 0.6 * neck)
+
+
+def _lung_depth(lung: _Lung) -> np.ndarray:
+    """Air path length through a lung: largest mid-lung, thinning at the borders."""
+    w = np.clip(lung.u * (1.0 - lung.u), 0.0, 0.25) * 4.0
+    return lung.soft * (0.6 + 0.4 * np.sqrt(w))
+
+
+def _trachea(x: np.ndarray, y: np.ndarray, px: float) -> np.ndarray:
+    return 0.35 * _soft_inside(0.035 - np.abs(x - 0.01), 2 * px) * _soft_inside(-0.3 - y, 6 * px)
+
+
+def _spine(x: np.ndarray, y: np.ndarray, px: float) -> np.ndarray:
+    """Vertebral column with disc spaces and pedicles, seen through the mediastinum."""
+    d = np.abs(x)
+    column = _soft_inside(0.065 - d, 2 * px)
+    rings = np.cos(2.0 * np.pi * y / 0.13)
+    pedicles = np.exp(-((d - 0.045) / 0.012) ** 2) * (0.5 + 0.5 * rings)
+    return 0.2 * column * (0.8 + 0.2 * rings) + 0.1 * pedicles
+
+
+def _ribs(x: np.ndarray, y: np.ndarray, a: dict, px: float) -> np.ndarray:
+    """Posterior ribs (rise laterally from the spine, then curve down at the wall) and fainter
+    anterior ribs (slope down towards the sternum).
+
+    Each set is one periodic function of a curved coordinate, so the cost does not depend on
+    the number of ribs; spacing widens slightly towards the base.
+    """
+    d = np.abs(x)
+    spacing = np.float32(a["rib_spacing"])
+    posterior = np.clip(y + 1.15 + 0.45 * d - 0.6 * d * d, 0.0, None) ** 1.12
+    post = np.clip(np.cos(2.0 * np.pi * (posterior / spacing + np.float32(a["rib_phase"]))), 0.0, None)
+    post = np.sqrt(post) * _soft_inside(d - 0.08, 3 * px)
+    anterior = y + 1.15 + 0.5 * d
+    ant = np.clip(np.cos(2.0 * np.pi * anterior / (spacing * 1.6)), 0.0, None) ** 2
+    ant = ant * _soft_inside(d - 0.2, 0.15)
+    thorax = _soft_inside(np.minimum(y + 0.9, 0.6 - y), 0.12)
+    wall = _soft_inside(a["body_half_width"] - 0.02 - d, 3 * px)
+    return np.float32(a["rib_density"]) * (post + 0.45 * ant) * thorax * wall
+
+
+def _clavicles(x: np.ndarray, y: np.ndarray, px: float) -> np.ndarray:
+    """Two gently S-shaped bands from the sternal notch up and out to the shoulders."""
+    d = np.abs(x)
+    centre = -0.6 - 0.25 * (d - 0.08) + 0.025 * np.sin(np.pi * (d - 0.08) / 0.3)
+    along = _soft_inside(np.minimum(d - 0.06, 0.74 - d), 3 * px)
+    bone = np.exp(-((y - centre) / 0.035) ** 2)
+    return 0.3 * bone * along
+
+
+def _ray_profile(rng: np.random.Generator, n: int, width: tuple[float, float],
+                 spread: float, bins: int = 512) -> np.ndarray:
+    """Sum of n narrow bumps over angle (-pi, pi], pointing mostly away from the midline."""
+    angles = np.linspace(-np.pi, np.pi, bins, endpoint=False, dtype=np.float32)
+    centres = rng.normal(0.0, spread, n).astype(np.float32)
+    widths = rng.uniform(*width, n).astype(np.float32)
+    amps = rng.uniform(0.4, 1.0, n).astype(np.float32)
+    diff = (angles[None, :] - centres[:, None] + np.float32(np.pi)) % np.float32(2 * np.pi) - np.float32(np.pi)
+    return (amps[:, None] * np.exp(-0.5 * (diff / widths[:, None]) ** 2)).sum(axis=0)
+
+
+def _rays(body: _Body, lung: _Lung, profile: np.ndarray, curl: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rays radiating from a hilum: (intensity by angle, distance from the hilum).
+
+    Angles are measured from the lateral direction, so a profile centred on 0 points outwards.
+    """
+    hx, hy = lung.hilum
+    dx = (body.x - np.float32(hx)) * np.float32(lung.side)
+    dy = body.y - np.float32(hy)
+    r = np.sqrt(dx * dx + dy * dy)
+    theta = np.arctan2(dy, dx) + np.float32(curl) * r
+    bins = profile.shape[0]
+    idx = ((theta / np.float32(2 * np.pi) + 0.5) * bins).astype(np.int32) % bins
+    return profile[idx], r
+
+
+def _vessels(body: _Body, rng: np.random.Generator) -> np.ndarray:
+    """Normal bronchovascular markings: tapering branches from each hilum."""
+    out = np.zeros_like(body.x)
+    for lung in body.lungs:
+        profile = _ray_profile(rng, n=int(rng.integers(14, 22)), width=(0.015, 0.03), spread=1.0)
+        along, r = _rays(body, lung, profile, curl=rng.uniform(-0.6, 0.6))
+        out += 0.12 * along * np.exp(-r / 0.3) * _soft_inside(r - 0.04, 0.05)
+    return out
+
+
+def _breast_shadows(x: np.ndarray, y: np.ndarray, a: dict, px: float) -> np.ndarray:
+    """Soft tissue over both lower zones, fading upwards, with a sharp curved lower edge."""
+    d = np.abs(x)
+    base = 0.5 * (a["lung_base"][0] + a["lung_base"][1])
+    level = _ellipse_level(d, y, (0.5, base - 0.05), (0.38, 0.32))
+    upward = _smoothstep((y - (base - 0.5)) / 0.4)
+    below = 1.0 - _smoothstep((y - base + 0.05) / 0.2)
+    return _soft_inside(level, 0.15) * upward * below
+
+
+def _gastric_bubble(x: np.ndarray, y: np.ndarray, a: dict, rng: np.random.Generator) -> np.ndarray:
+    """Gas under the patient's left hemidiaphragm (image right)."""
+    cx = 0.42 + rng.uniform(-0.08, 0.08)
+    cy = a["lung_base"][1] + 0.05 + rng.uniform(0.0, 0.08)
+    rx, ry = rng.uniform(0.08, 0.14), rng.uniform(0.05, 0.08)
+    return 0.3 * _soft_inside(1.0 - ((x - cx) / rx) ** 2 - ((y - cy) / ry) ** 2, 0.6)
+
+
+# ---------------------------------------------------------------- lesions
+
+LesionResult = tuple[np.ndarray, np.ndarray, dict]
+"""(added attenuation, lesion envelope (mask where > 0.5), parameters)."""
+
+
+def _normal(rng: np.random.Generator, body: _Body, diff: _Difficulty) -> LesionResult:
+    zero = np.zeros_like(body.x)
+    return zero, zero, {}
+
+
+def _bacteria(rng: np.random.Generator, body: _Body, diff: _Difficulty) -> LesionResult:
+    """Lobar consolidation in one lung: dense, homogeneous, sharp along a fissure.
+
+    The zone is a band of lung-local height ``v``: the edge facing the rest of the lung is the
+    fissure (sharp), the lateral and medial extent is ragged (a smooth random field shifts it).
+    """
+    i = int(rng.integers(2))
+    lung = body.lungs[i]
+    zone = str(rng.choice(["upper", "middle", "lower"], p=[0.25, 0.3, 0.45]))
+    contrast = float(rng.uniform(*diff.contrast))
+    extent = float(rng.uniform(*diff.extent))
+    size = body.x.shape[0]
+    rag = _smooth_field(rng, size, 7)
+    tilt = rng.uniform(-0.15, 0.15)
+    height = 0.32 * extent
+    fissure = lung.v + np.float32(tilt) * (lung.u - 0.5)
+    if zone == "upper":
+        lo, hi = -1.0, 0.05 + height
+        sharp = hi - fissure
+        soft = fissure - lo
+    elif zone == "middle":
+        centre = rng.uniform(0.4, 0.55)
+        lo, hi = centre - height / 2, centre + height / 2
+        sharp = fissure - lo
+        soft = hi - fissure
+    else:
+        lo, hi = 0.95 - height, 2.0
+        sharp = fissure - lo
+        soft = hi - fissure
+    sharp_edge = _soft_inside(sharp, 0.02)
+    ragged = _soft_inside(soft + 0.06 * rag, 0.12)
+    lateral_cover = rng.uniform(0.5, 1.0) if extent < 1 else 1.0
+    across = _soft_inside(lateral_cover - np.abs(lung.u - 0.5) * 2 + 0.25 + 0.15 * rag, 0.3)
+    envelope = sharp_edge * ragged * across * lung.soft
+    texture = 0.9 + 0.1 * _smooth_field(rng, size, 14)
+    density = 0.8 * contrast * envelope * texture
+    bronchograms = bool(rng.random() < 0.6)
+    if bronchograms:
+        profile = _ray_profile(rng, n=int(rng.integers(3, 7)), width=(0.008, 0.016), spread=0.9)
+        along, r = _rays(body, lung, profile, curl=rng.uniform(-0.5, 0.5))
+        density -= 0.3 * density * along * _soft_inside(r - 0.08, 0.05)
+    params = {"image_side": "left" if lung.side < 0 else "right",
+              "patient_side": "right" if lung.side < 0 else "left", "zone": zone,
+              "contrast": round(contrast, 4), "extent": round(extent, 4),
+              "air_bronchograms": bronchograms}
+    return density, envelope, params
+
+
+def _virus(rng: np.random.Generator, body: _Body, diff: _Difficulty) -> LesionResult:
+    """Bilateral perihilar interstitial pattern: radiating streaks over a reticular net.
+
+    The net is the zero-level set of a random field (a web of thin curved lines); the streaks
+    are rays from each hilum. Both fade with distance from the hilum.
+    """
+    contrast = float(rng.uniform(*diff.contrast))
+    extent = float(rng.uniform(*diff.extent))
+    size = body.x.shape[0]
+    density = np.zeros_like(body.x)
+    envelope = np.zeros_like(body.x)
+    reach = []
+    for lung in body.lungs:
+        radius = 0.32 * extent * rng.uniform(0.85, 1.15)
+        reach.append(round(float(radius), 4))
+        profile = _ray_profile(rng, n=int(rng.integers(26, 38)), width=(0.04, 0.08), spread=1.2)
+        along, r = _rays(body, lung, profile, curl=rng.uniform(-0.8, 0.8))
+        fade = np.exp(-0.5 * (r / np.float32(radius)) ** 2)
+        net = np.exp(-(_smooth_field(rng, size, 18) / 0.25) ** 2)
+        pattern = 0.6 * np.minimum(along, 1.0) + 0.4 * net + 0.12
+        density += fade * pattern * lung.soft
+        envelope = np.maximum(envelope, fade * 1.45 * lung.soft)
+    params = {"contrast": round(contrast, 4), "extent": round(extent, 4), "reach": reach}
+    return 0.8 * contrast * density, envelope, params
+
+
+def _covid(rng: np.random.Generator, body: _Body, diff: _Difficulty) -> LesionResult:
+    """Bilateral, peripheral, lower-zone ground glass: several hazy, mottled patches per lung."""
+    contrast = float(rng.uniform(*diff.contrast))
+    extent = float(rng.uniform(*diff.extent))
+    size = body.x.shape[0]
+    haze = np.zeros_like(body.x)
+    patches = []
+    for lung in body.lungs:
+        n = int(rng.integers(2, 5))
+        patches.append(n)
+        for _ in range(n):
+            cu = rng.uniform(0.72, 1.0)
+            cv = rng.uniform(0.55, 0.95)
+            su = 0.22 * extent * rng.uniform(0.7, 1.3)
+            sv = 0.16 * extent * rng.uniform(0.7, 1.3)
+            blob = np.exp(-0.5 * (((lung.u - cu) / su) ** 2 + ((lung.v - cv) / sv) ** 2))
+            haze = np.maximum(haze, blob * lung.soft)
+    mottle = np.clip(0.55 + 0.6 * _smooth_field(rng, size, 20), 0.0, 1.2)
+    density = 0.7 * contrast * haze * mottle
+    params = {"contrast": round(contrast, 4), "extent": round(extent, 4), "patches": patches}
+    return density, haze * 1.6, params
+
+
+_LESIONS: dict[str, Callable[[np.random.Generator, _Body, _Difficulty], LesionResult]] = {
+    "normal": _normal, "bacteria": _bacteria, "virus": _virus, "covid": _covid,
+}
+
+
+# ---------------------------------------------------------------- film
+
+def _expose(attenuation: np.ndarray, px: float, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """Exposure, window and gamma, detector blur and quantum noise; returns the image and its settings."""
+    mu = rng.uniform(0.8, 1.25)
+    lo, hi = rng.uniform(0.0, 0.1), rng.uniform(0.9, 1.05)
+    gamma = rng.uniform(0.8, 1.25)
+    noise = rng.uniform(0.01, 0.035)
+    blur = rng.uniform(0.4, 0.9)
+    signal = 1.0 - np.exp(-np.float32(mu) * np.clip(attenuation, 0.0, None))
+    signal = np.clip((signal - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0) ** np.float32(gamma)
+    signal = ndimage.gaussian_filter(signal, blur, mode="nearest")
+    grain = rng.standard_normal(signal.shape, dtype=np.float32)
+    image = signal + np.float32(noise) * grain * (0.4 + 0.6 * np.sqrt(signal))
+    image = np.clip(image, 0.0, 1.0).astype(np.float32)
+    film = {"exposure": round(mu, 5), "window": [round(lo, 5), round(hi, 5)], "gamma": round(gamma, 5),
+            "noise": round(noise, 5), "blur_px": round(blur, 5)}
+    return image, film

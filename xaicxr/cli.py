@@ -190,5 +190,57 @@ def run_cmd(config: Optional[Path] = typer.Argument(None, help="Run configuratio
         console.print(f"split: {sp}")
 
 
+def _stage_command(stage: str, run_dir: Path, config: Optional[Path], as_json: bool,
+                   unsafe_load: bool = False) -> dict[str, Any]:
+    from .pipeline import run_config, run_pipeline
+
+    try:
+        cfg = run_config(run_dir, config)
+        summary = run_pipeline(cfg, run_dir, until=stage, force=stage, unsafe_load=unsafe_load)
+    except XaicxrError as exc:
+        _fail(exc)
+    if as_json:
+        _emit(summary)
+    return summary
+
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="Configuration for a new run directory (default: its config.toml).")
+UnsafeOpt = typer.Option(False, "--unsafe-load", help="Load model.keras with Keras safe_mode off (only for models you trust).")
+
+
+@app.command("train")
+def train_cmd(run_dir: Path = typer.Argument(..., help="Run directory."), config: Optional[Path] = ConfigOpt,
+              as_json: bool = JsonOpt) -> None:
+    """(Re)train the model of a run directory (running the data stages first if needed)."""
+    summary = _stage_command("train", run_dir, config, as_json)
+    if not as_json:
+        t = summary["train"]
+        console.print(f"trained {t['epochs_run']} epochs, best epoch {t['best_epoch']} "
+                      f"(val loss {t['best_val_loss']}): {run_dir / 'model.keras'}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(run_dir: Path = typer.Argument(..., help="Run directory."), as_json: bool = JsonOpt,
+                 unsafe_load: bool = UnsafeOpt) -> None:
+    """Evaluate the trained model on the test set: accuracy, per class figures, binary tasks."""
+    summary = _stage_command("evaluate", run_dir, None, as_json, unsafe_load)
+    if not as_json:
+        _print_evaluation(run_dir)
+
+
+def _print_evaluation(run_dir: Path) -> None:
+    m = json.loads((run_dir / "metrics.json").read_text())
+    table = Table(title=f"test set ({m['test_set']}, n = {m['n_test']}): accuracy {m['accuracy']:.3f}, macro F1 {m['macro_f1']:.3f}")
+    for col in ("class", "precision", "recall", "F1", "support"):
+        table.add_column(col, justify="right")
+    for c, v in m["per_class"].items():
+        table.add_row(c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"]))
+    console.print(table)
+    for task, b in m["binary"].items():
+        lo, hi = b["ci95"]["auc"]
+        console.print(f"{task}: AUC {b['auc']:.3f} [{lo:.3f}, {hi:.3f}], sensitivity {b['sensitivity']:.3f}, "
+                      f"specificity {b['specificity']:.3f} at threshold {b['threshold']:.3f} ({b['threshold_from']})")
+
+
 if __name__ == "__main__":
     app()

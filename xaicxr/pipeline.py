@@ -34,6 +34,7 @@ class Run:
     dir: Path
     cfg: dict[str, Any]
     results: dict[str, Any] = field(default_factory=dict)
+    unsafe_load: bool = False
 
     def path(self, name: str) -> Path:
         return self.dir / name
@@ -95,6 +96,19 @@ def stage_split(run: Run) -> dict[str, Any]:
     return summary["sizes"]
 
 
+def run_config(run_dir: Path, config: Path | None = None) -> dict[str, Any]:
+    """The configuration of an existing run directory (its ``config.toml``), or ``config``."""
+    from .config import load_config
+
+    own = Path(run_dir) / "config.toml"
+    if config is not None:
+        return load_config(config)
+    if own.is_file():
+        return load_config(own)
+    raise DataError(f"{run_dir} is not a run directory (no config.toml); start one with "
+                    f"`xaicxr run [CONFIG] --out {run_dir}`")
+
+
 def load_dataset_index(run_dir: Path) -> dict[str, Any]:
     raw = storage.read_json(Path(run_dir) / "dataset.json")
     as_records = lambda rows: [Record(**{**r, **{k: Path(r[k]) for k in ("path", "lesion_mask", "lung_mask") if r[k]}})
@@ -154,7 +168,7 @@ def stage_evaluate(run: Run) -> dict[str, Any]:
     from .imagecache import image_cache_path, open_image_cache
     from .models import load_model
 
-    model = load_model(run.path("model.keras"))
+    model = load_model(run.path("model.keras"), unsafe=run.unsafe_load)
     size = int(model.input_shape[1])
     cache = open_image_cache(image_cache_path(run.dir, size))
     probs = predict_cache(model, cache)
@@ -187,12 +201,12 @@ def config_hash(cfg: dict[str, Any], tables: tuple[str, ...]) -> str:
 
 
 def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, *, until: str | None = None,
-                 force: str | None = None) -> dict[str, Any]:
+                 force: str | None = None, unsafe_load: bool = False) -> dict[str, Any]:
     """Run every stage (or skip it when its outputs are current); return a summary.
 
     ``until`` stops after that stage; ``force`` reruns that stage (and so everything after it).
     """
-    run = Run(Path(run_dir), cfg)
+    run = Run(Path(run_dir), cfg, unsafe_load=unsafe_load)
     run.dir.mkdir(parents=True, exist_ok=True)
     storage.write_text(run.path("config.toml"), dump_config(cfg))
     state = _read_state(run.dir)

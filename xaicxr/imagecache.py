@@ -1,0 +1,100 @@
+"""The decoded, resized images of a run's split, in one HDF5 file per input size.
+
+Training, evaluation and explanation read from it, so each image is decoded once per size.
+Rows are ordered train, val, test; ``content_sha256`` identifies the pixels exactly (the data
+part of the feature-cache key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+
+from . import storage
+from .data.loader import iter_batches
+from .data.records import Record, Skipped
+from .data.split import SPLITS
+from .progress import progress_bar
+
+FORMAT = 1
+
+
+@dataclass
+class ImageCache:
+    path: Path
+    ids: list[str]
+    labels: np.ndarray
+    splits: np.ndarray
+    content_sha256: str
+
+    def rows(self, split: str) -> np.ndarray:
+        if split == "all":
+            return np.arange(len(self.ids))
+        return np.flatnonzero(self.splits == SPLITS.index(split))
+
+
+def image_cache_path(run_dir: Path, size: int) -> Path:
+    return Path(run_dir) / "cache" / f"images-{size}.h5"
+
+
+def _key(split: dict[str, list[str]], size: int) -> str:
+    blob = repr((FORMAT, size, [split[s] for s in SPLITS])).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def open_image_cache(path: Path) -> ImageCache:
+    with h5py.File(path, "r") as h5:
+        return ImageCache(path, [i.decode() for i in h5["ids"][...]], h5["labels"][...],
+                          h5["split"][...], h5.attrs["content_sha256"])
+
+
+def build_image_cache(run_dir: Path, split: dict[str, list[str]], records: Sequence[Record],
+                      classes: Sequence[str], size: int, *, workers: int | None = None,
+                      max_pixels: int = 100_000_000, batch_size: int = 32) -> ImageCache:
+    """Decode every split record at ``size`` (reused when split and size are unchanged).
+
+    A file that no longer decodes is left out and appended to ``skipped.json``.
+    """
+    path = image_cache_path(run_dir, size)
+    key = _key(split, size)
+    if path.is_file():
+        with h5py.File(path, "r") as h5:
+            current = h5.attrs.get("key") == key
+        if current:
+            return open_image_cache(path)
+    by_id = {r.id: r for r in records}
+    ordered = [by_id[i] for s in SPLITS for i in split[s]]
+    split_of = {i: k for k, s in enumerate(SPLITS) for i in split[s]}
+    skipped: list[Skipped] = []
+    digest = hashlib.sha256()
+    ids: list[str] = []
+    labels: list[int] = []
+    with storage.atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        images = h5.create_dataset("images", shape=(0, size, size), maxshape=(None, size, size),
+                                   dtype="float16", chunks=(1, size, size))
+        with progress_bar(f"decoding images at {size} px", len(ordered)) as advance:
+            for batch in iter_batches(ordered, classes, size, batch_size, workers=workers,
+                                      max_pixels=max_pixels, on_skip=skipped.append):
+                start = images.shape[0]
+                block = batch.images.astype(np.float16)
+                images.resize(start + len(block), axis=0)
+                images[start:] = block
+                digest.update(block.tobytes())
+                ids.extend(batch.ids)
+                labels.extend(batch.labels.tolist())
+                advance(len(batch.ids))
+        h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
+        h5.create_dataset("labels", data=np.array(labels, dtype=np.int64))
+        h5.create_dataset("split", data=np.array([split_of[i] for i in ids], dtype=np.int8))
+        h5.attrs["key"] = key
+        h5.attrs["content_sha256"] = digest.hexdigest()
+        h5.attrs["classes"] = list(classes)
+    if skipped:
+        previous = storage.read_json(Path(run_dir) / "skipped.json") if (Path(run_dir) / "skipped.json").exists() else []
+        storage.write_json(Path(run_dir) / "skipped.json", previous + [s.to_json() for s in skipped])
+    return open_image_cache(path)

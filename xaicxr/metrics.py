@@ -1,0 +1,122 @@
+"""Classification figures: accuracy, per-class precision/recall/F1, confusion, and the binary
+tasks derived from the softmax (ROC AUC, Youden threshold chosen on validation, bootstrap CIs).
+Pure numpy, so they can be checked against hand-computed tables."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy.stats import rankdata
+
+
+def confusion(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> np.ndarray:
+    """Rows are true classes, columns predicted classes."""
+    m = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(m, (labels, predictions), 1)
+    return m
+
+
+def classification_report(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict:
+    labels = np.asarray(labels)
+    pred = np.asarray(probs).argmax(axis=1)
+    m = confusion(labels, pred, len(classes))
+    per_class = {}
+    for i, c in enumerate(classes):
+        tp, support, predicted = m[i, i], m[i].sum(), m[:, i].sum()
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[c] = {"precision": float(precision), "recall": float(recall), "f1": float(f1),
+                        "support": int(support)}
+    present = [c for c in classes if per_class[c]["support"] > 0]
+    return {"accuracy": float((pred == labels).mean()) if len(labels) else 0.0,
+            "per_class": per_class, "confusion": m.tolist(),
+            "macro_f1": float(np.mean([per_class[c]["f1"] for c in present])) if present else 0.0}
+
+
+def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
+    """Probability that a random positive scores above a random negative (ties count half)."""
+    y = np.asarray(y, bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(score)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def roc_curve(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate, thresholds), thresholds descending."""
+    y = np.asarray(y, bool)
+    thresholds = np.concatenate([[np.inf], np.unique(score)[::-1]])
+    tpr = np.array([(score[y] >= t).mean() if y.any() else 0.0 for t in thresholds])
+    fpr = np.array([(score[~y] >= t).mean() if (~y).any() else 0.0 for t in thresholds])
+    return fpr, tpr, thresholds
+
+
+def youden_threshold(y: np.ndarray, score: np.ndarray) -> float:
+    """The threshold maximising sensitivity + specificity - 1 (a score >= threshold is positive)."""
+    fpr, tpr, thresholds = roc_curve(y, score)
+    finite = np.isfinite(thresholds)
+    j = (tpr - fpr)[finite]
+    return float(thresholds[finite][int(np.argmax(j))]) if finite.any() else 0.5
+
+
+def sens_spec(y: np.ndarray, score: np.ndarray, threshold: float) -> tuple[float, float]:
+    y = np.asarray(y, bool)
+    hit = score >= threshold
+    sens = float(hit[y].mean()) if y.any() else float("nan")
+    spec = float((~hit[~y]).mean()) if (~y).any() else float("nan")
+    return sens, spec
+
+
+def bootstrap_ci(y: np.ndarray, score: np.ndarray, threshold: float, n: int = 1000,
+                 seed: int = 0) -> dict[str, list[float]]:
+    """Percentile 95 % intervals of AUC, sensitivity and specificity over resampled test sets."""
+    rng = np.random.default_rng(seed)
+    y = np.asarray(y, bool)
+    stats = {"auc": [], "sensitivity": [], "specificity": []}
+    for _ in range(n):
+        idx = rng.integers(0, len(y), len(y))
+        yy, ss = y[idx], score[idx]
+        if yy.all() or not yy.any():
+            continue
+        stats["auc"].append(roc_auc(yy, ss))
+        se, sp = sens_spec(yy, ss, threshold)
+        stats["sensitivity"].append(se)
+        stats["specificity"].append(sp)
+    return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v else [float("nan")] * 2
+            for k, v in stats.items()}
+
+
+def default_binary_tasks(classes: Sequence[str]) -> dict[str, dict[str, list[str]]]:
+    """``covid-vs-rest`` and ``abnormal-vs-normal`` where those classes exist."""
+    lower = {c.lower(): c for c in classes}
+    tasks = {}
+    covid = [c for c in classes if "covid" in c.lower()]
+    if covid:
+        tasks["covid-vs-rest"] = {"positive": covid}
+    normal = [lower[n] for n in ("normal", "no_findings", "no findings", "healthy") if n in lower]
+    if normal:
+        tasks["abnormal-vs-normal"] = {"positive": [c for c in classes if c not in normal]}
+    return tasks
+
+
+def binary_task(positive: Sequence[str], classes: Sequence[str], val_labels: np.ndarray,
+                val_probs: np.ndarray, test_labels: np.ndarray, test_probs: np.ndarray,
+                *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Score = summed softmax of the positive classes; threshold by Youden on validation."""
+    pos_idx = [classes.index(c) for c in positive]
+    score_val = val_probs[:, pos_idx].sum(axis=1)
+    score_test = test_probs[:, pos_idx].sum(axis=1)
+    y_val = np.isin(val_labels, pos_idx)
+    y_test = np.isin(test_labels, pos_idx)
+    threshold = youden_threshold(y_val, score_val) if y_val.any() and (~y_val).any() else 0.5
+    sens, spec = sens_spec(y_test, score_test, threshold)
+    fpr, tpr, _ = roc_curve(y_test, score_test)
+    return {"positive": list(positive), "auc": roc_auc(y_test, score_test), "sensitivity": sens,
+            "specificity": spec, "threshold": threshold,
+            "threshold_from": "validation (Youden)" if y_val.any() and (~y_val).any() else "default 0.5",
+            "ci95": bootstrap_ci(y_test, score_test, threshold, n=n_boot, seed=seed),
+            "n_positive": int(y_test.sum()), "n_negative": int((~y_test).sum()),
+            "roc": {"fpr": fpr.round(5).tolist(), "tpr": tpr.round(5).tolist()}}

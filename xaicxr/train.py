@@ -1,0 +1,186 @@
+"""Training: Adam, class weights, early stopping with the best epoch kept, optional augmentation,
+and training of the trainable top on cached frozen features when nothing forces the naive path.
+
+Cached features: the frozen part of the network runs once per image; its outputs are stored
+in ``cache/features-<key>.h5`` where the key covers the frozen weights, the freeze point, the
+preprocessing and the exact pixels. Only the layers after the freeze point train, on those
+features: the same computation as a naive ``fit`` with a frozen base, without re-running the
+frozen base every epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import keras
+import numpy as np
+
+from . import storage
+from .arrays import H5Batches, create_rows
+from .imagecache import ImageCache
+from .models import weights_digest
+from .progress import console, progress_bar
+
+@dataclass
+class TrainResult:
+    epochs_run: int
+    best_epoch: int
+    best_val_loss: float
+    history: dict[str, list[float]]
+    timings_s: dict[str, float]
+    feature_cache: str | None
+    feature_cache_reused: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return self.__dict__
+
+
+class KeepBest(keras.callbacks.Callback):
+    """Remember the weights of the epoch with the lowest validation loss; restore them at the end."""
+
+    def __init__(self, monitor: str = "val_loss") -> None:
+        super().__init__()
+        self.monitor = monitor
+        self.best = np.inf
+        self.best_epoch = 0
+        self.weights: list[np.ndarray] | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        value = (logs or {}).get(self.monitor)
+        if value is not None and value < self.best:
+            self.best, self.best_epoch = float(value), epoch + 1
+            self.weights = self.model.get_weights()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.weights is not None:
+            self.model.set_weights(self.weights)
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """A rich progress bar over epochs on stderr, with the latest losses."""
+
+    def __init__(self, epochs: int, advance) -> None:
+        super().__init__()
+        self.advance = advance
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k in
+                          ("loss", "accuracy", "val_loss", "val_accuracy"))
+        console.print(f"epoch {epoch + 1}: {shown}", highlight=False)
+        self.advance(1)
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
+    """Balanced weights n / (k * count_c); a class absent from training gets weight 1."""
+    counts = np.bincount(labels, minlength=n_classes).astype(float)
+    total = counts.sum()
+    return {c: float(total / (n_classes * counts[c])) if counts[c] else 1.0 for c in range(n_classes)}
+
+
+def augmenter(seed: int) -> keras.Sequential:
+    """Small rotation, shift, zoom and contrast changes. No horizontal flip: laterality is
+    anatomy (heart on the patient's left), and a flipped chest is not a plausible radiograph."""
+    return keras.Sequential([
+        keras.layers.RandomRotation(0.03, fill_mode="constant", seed=seed),
+        keras.layers.RandomTranslation(0.05, 0.05, fill_mode="constant", seed=seed + 1),
+        keras.layers.RandomZoom(0.1, fill_mode="constant", seed=seed + 2),
+        keras.layers.RandomContrast(0.1, seed=seed + 3),
+    ], name="augment")
+
+
+def compile_model(model: keras.Model, learning_rate: float) -> None:
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+def fit(model: keras.Model, freeze_until: str | None, cache: ImageCache, run_dir: Path,
+        opts: dict[str, Any], preprocessing: str) -> TrainResult:
+    """Train ``model`` in place on the train rows of ``cache``, validating on the val rows."""
+    keras.utils.set_random_seed(opts["seed"])
+    train_rows, val_rows = cache.rows("train"), cache.rows("val")
+    n_classes = model.output_shape[-1]
+    weights = class_weights(cache.labels[train_rows], n_classes) if opts["class_weights"] else None
+    timings: dict[str, float] = {}
+    use_features = bool(opts["cache_features"] and freeze_until and not opts["augment"])
+    feature_path, reused = None, False
+    if use_features:
+        start = time.perf_counter()
+        feature_path, reused = build_feature_cache(model, freeze_until, cache, run_dir, preprocessing,
+                                                   opts["batch_size"])
+        timings["feature_cache"] = round(time.perf_counter() - start, 3)
+        trainable = keras.Model(model.get_layer(freeze_until).output, model.output)
+        x_name, add_channel, transform = "features", False, None
+        source = feature_path
+    else:
+        trainable = model
+        x_name, add_channel = "images", True
+        transform = _augment_fn(opts["seed"]) if opts["augment"] else None
+        source = cache.path
+    compile_model(trainable, opts["learning_rate"])
+    train = H5Batches(source, x_name, train_rows, cache.labels[train_rows], opts["batch_size"],
+                      shuffle=True, seed=opts["seed"], transform=transform, add_channel=add_channel)
+    val = H5Batches(source, x_name, val_rows, cache.labels[val_rows], opts["batch_size"],
+                    add_channel=add_channel)
+    keep = KeepBest()
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=opts["patience"])
+    start = time.perf_counter()
+    with progress_bar("training", opts["epochs"], unit="epoch") as advance:
+        history = trainable.fit(train, validation_data=val if len(val_rows) else None,
+                                epochs=opts["epochs"], class_weight=weights, verbose=0,
+                                callbacks=[keep, stop, EpochProgress(opts["epochs"], advance)])
+    timings["fit"] = round(time.perf_counter() - start, 3)
+    train.close()
+    val.close()
+    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    return TrainResult(epochs_run=len(hist.get("loss", [])), best_epoch=keep.best_epoch,
+                       best_val_loss=float(keep.best), history=hist, timings_s=timings,
+                       feature_cache=str(feature_path) if feature_path else None,
+                       feature_cache_reused=reused)
+
+
+def _augment_fn(seed: int):
+    layers = augmenter(seed)
+
+    def transform(x: np.ndarray) -> np.ndarray:
+        return np.clip(keras.ops.convert_to_numpy(layers(x, training=True)), 0.0, 1.0)
+
+    return transform
+
+
+def feature_key(model: keras.Model, freeze_until: str, cache: ImageCache, preprocessing: str) -> str:
+    names = [layer.name for layer in model.layers]
+    frozen = model.layers[: names.index(freeze_until) + 1]
+    blob = json.dumps({"weights": weights_digest(frozen), "freeze_until": freeze_until,
+                       "preprocessing": preprocessing, "pixels": cache.content_sha256,
+                       "layers": [layer.get_config().get("name") for layer in frozen]}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def build_feature_cache(model: keras.Model, freeze_until: str, cache: ImageCache, run_dir: Path,
+                        preprocessing: str, batch_size: int) -> tuple[Path, bool]:
+    """Run the frozen part once over every cached image; reuse the file when its key matches."""
+    key = feature_key(model, freeze_until, cache, preprocessing)
+    path = Path(run_dir) / "cache" / f"features-{key}.h5"
+    if path.is_file():
+        return path, True
+    frozen = keras.Model(model.input, model.get_layer(freeze_until).output)
+    shape = tuple(frozen.output_shape[1:])
+    n = len(cache.ids)
+    with storage.atomic_path(path) as tmp, h5py.File(tmp, "w") as out, h5py.File(cache.path, "r") as src:
+        feats = create_rows(out, "features", shape, n, "float32")
+        images = src["images"]
+        with progress_bar("caching frozen features", n) as advance:
+            for start in range(0, n, batch_size):
+                x = images[start:start + batch_size].astype(np.float32)[..., None]
+                feats[start:start + len(x)] = keras.ops.convert_to_numpy(frozen(x, training=False))
+                advance(len(x))
+        out.attrs["key"] = key
+        out.attrs["freeze_until"] = freeze_until
+    return path, False

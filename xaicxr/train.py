@@ -34,6 +34,7 @@ class TrainResult:
     best_val_loss: float
     history: dict[str, list[float]]
     timings_s: dict[str, float]
+    epoch_s: list[float]
     feature_cache: str | None
     feature_cache_reused: bool
 
@@ -63,13 +64,19 @@ class KeepBest(keras.callbacks.Callback):
 
 
 class EpochProgress(keras.callbacks.Callback):
-    """A rich progress bar over epochs on stderr, with the latest losses."""
+    """A rich progress bar over epochs on stderr, with the latest losses; records epoch times."""
 
-    def __init__(self, epochs: int, advance) -> None:
+    def __init__(self, advance) -> None:
         super().__init__()
         self.advance = advance
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.seconds.append(round(time.perf_counter() - self._start, 4))
         logs = logs or {}
         shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k in
                           ("loss", "accuracy", "val_loss", "val_accuracy"))
@@ -132,15 +139,17 @@ def fit(model: keras.Model, freeze_until: str | None, cache: ImageCache, run_dir
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=opts["patience"])
     start = time.perf_counter()
     with progress_bar("training", opts["epochs"], unit="epoch") as advance:
+        epochs = EpochProgress(advance)
         history = trainable.fit(train, validation_data=val if len(val_rows) else None,
                                 epochs=opts["epochs"], class_weight=weights, verbose=0,
-                                callbacks=[keep, stop, EpochProgress(opts["epochs"], advance)])
+                                callbacks=[keep, stop, epochs])
     timings["fit"] = round(time.perf_counter() - start, 3)
     train.close()
     val.close()
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     return TrainResult(epochs_run=len(hist.get("loss", [])), best_epoch=keep.best_epoch,
                        best_val_loss=float(keep.best), history=hist, timings_s=timings,
+                       epoch_s=epochs.seconds,
                        feature_cache=str(feature_path) if feature_path else None,
                        feature_cache_reused=reused)
 

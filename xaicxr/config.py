@@ -10,7 +10,7 @@ import copy
 import tomllib
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import tomli_w
 
@@ -30,10 +30,20 @@ CORE_KEYS: dict[str, dict[str, tuple[Any, Any]]] = {
               "augment": (bool, False), "cache_features": (bool, True), "patience": (int, 6),
               "seed": (int, 0), "class_weights": (bool, True)},
     "binary": {},
+    "explain": {"name": (str, "gradcam"), "layer": (str | None, None),
+                "targets": (Literal["true", "predicted", "all"], "true"),
+                "split": (Literal["test", "val", "train", "all"], "test"),
+                "batch_size": (int, 16)},
+    "aggregate": {"name": (str, "mean")},
+    "templates": {"by": (Literal["true", "predicted"], "true"), "correct_only": (bool, False),
+                  "sanity": (bool, True), "sanity_images": (int, 64), "quality_splits": (int, 20)},
 }
 """Core keys per table: ``{key: (type, default)}``. Plugin tables also take their plugin's options."""
 
-PLUGIN_TABLES = {"dataset": "dataset", "backbone": "backbone"}
+PLUGIN_TABLES = {"dataset": "dataset", "backbone": "backbone", "explain": "explainer",
+                 "aggregate": "aggregator"}
+ARRAY_TABLES = {"explain", "aggregate"}
+"""Arrays of tables (``[[explain]]``): one entry per explainer / aggregator."""
 FREE_TABLES = {"binary"}
 """Tables whose keys are user-chosen names (binary tasks)."""
 """Tables whose ``name`` selects a plugin of this kind."""
@@ -69,13 +79,29 @@ def resolve(raw: dict[str, Any], source: str = "<config>") -> dict[str, Any]:
     demo = tomllib.loads(default_text())
     for table, keys in CORE_KEYS.items():
         given = raw[table] if table in raw else demo.get(table, {})
-        if not isinstance(given, dict):
+        if not isinstance(given, dict) and table not in ARRAY_TABLES:
             raise ConfigError(f"[{table}] in {source} must be a table")
         if table in FREE_TABLES:
             cfg[table] = _resolve_binary(given, source)
+        elif table in ARRAY_TABLES:
+            cfg[table] = _resolve_array(table, given, keys, source)
         else:
             cfg[table] = _resolve_table(table, given, keys, source)
     return cfg
+
+
+def _resolve_array(table: str, given: Any, keys: dict[str, tuple[Any, Any]], source: str) -> list:
+    if isinstance(given, dict):
+        given = [given]
+    if not isinstance(given, list) or not all(isinstance(t, dict) for t in given):
+        raise ConfigError(f"[[{table}]] in {source} must be an array of tables ([[{table}]] entries)")
+    out = [_resolve_table(table, entry, keys, f"{source} (entry {i + 1})") for i, entry in enumerate(given)]
+    names = [e["name"] for e in out]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"[[{table}]] in {source}: {duplicates[0]!r} appears twice; "
+                          "compare variants in a study instead (xaicxr study)")
+    return out
 
 
 def _resolve_binary(given: dict[str, Any], source: str) -> dict[str, Any]:
@@ -103,7 +129,9 @@ def _resolve_table(table: str, given: dict[str, Any], keys: dict[str, tuple[Any,
             hint = keys[key][0]
             if not matches(value, hint):
                 raise ConfigError(f"wrong type for {key!r} in {where}: got {value!r}, expected {describe(hint)}")
-            out[key] = float(value) if hint is float else value
+            if hint is float:
+                value = float(value)
+            out[key] = value
         elif table in PLUGIN_TABLES:
             plugin_options[key] = value
         else:

@@ -2,7 +2,9 @@
 
 Training, evaluation and explanation read from it, so each image is decoded once per size.
 Rows are ordered train, val, test; ``content_sha256`` identifies the pixels exactly (the data
-part of the feature-cache key).
+part of the feature-cache key). Lesion and lung masks, where the dataset has them, are stored
+beside the images at the same geometry (``lesion``, ``lung``; ``has_lesion``/``has_lung`` say
+which rows have one).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from .data.records import Record, Skipped
 from .data.split import SPLITS
 from .progress import progress_bar
 
-FORMAT = 1
+FORMAT = 2
+MASKS = ("lesion", "lung")
 
 
 @dataclass
@@ -36,6 +39,18 @@ class ImageCache:
         if split == "all":
             return np.arange(len(self.ids))
         return np.flatnonzero(self.splits == SPLITS.index(split))
+
+
+def read_block(cache: ImageCache, rows: np.ndarray) -> dict[str, np.ndarray | None]:
+    """Images (n, S, S) float32 and masks (None where no row of the block has one) for ``rows``."""
+    from .arrays import read_rows
+
+    with h5py.File(cache.path, "r") as h5:
+        out: dict[str, np.ndarray | None] = {"images": read_rows(h5["images"], rows).astype(np.float32)}
+        for m in MASKS:
+            flags = h5[f"has_{m}"][...][rows]
+            out[m] = read_rows(h5[m], rows) if flags.any() else None
+    return out
 
 
 def image_cache_path(run_dir: Path, size: int) -> Path:
@@ -77,6 +92,10 @@ def build_image_cache(run_dir: Path, split: dict[str, list[str]], records: Seque
     with storage.atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
         images = h5.create_dataset("images", shape=(0, size, size), maxshape=(None, size, size),
                                    dtype="float16", chunks=(1, size, size))
+        masks = {m: h5.create_dataset(m, shape=(0, size, size), maxshape=(None, size, size),
+                                      dtype="bool", chunks=(1, size, size), compression="lzf")
+                 for m in MASKS}
+        has = {m: [] for m in MASKS}
         with progress_bar(f"decoding images at {size} px", len(ordered)) as advance:
             for batch in iter_batches(ordered, classes, size, batch_size, workers=workers,
                                       max_pixels=max_pixels, on_skip=skipped.append):
@@ -84,6 +103,12 @@ def build_image_cache(run_dir: Path, split: dict[str, list[str]], records: Seque
                 block = batch.images.astype(np.float16)
                 images.resize(start + len(block), axis=0)
                 images[start:] = block
+                for m in MASKS:
+                    masks[m].resize(start + len(block), axis=0)
+                    value = getattr(batch, m)
+                    if value is not None:
+                        masks[m][start:] = value
+                    has[m].extend(r.__dict__[f"{m}_mask"] is not None for r in batch.records)
                 digest.update(block.tobytes())
                 ids.extend(batch.ids)
                 labels.extend(batch.labels.tolist())
@@ -91,6 +116,8 @@ def build_image_cache(run_dir: Path, split: dict[str, list[str]], records: Seque
         h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
         h5.create_dataset("labels", data=np.array(labels, dtype=np.int64))
         h5.create_dataset("split", data=np.array([split_of[i] for i in ids], dtype=np.int8))
+        for m in MASKS:
+            h5.create_dataset(f"has_{m}", data=np.array(has[m], dtype=bool))
         h5.attrs["key"] = key
         h5.attrs["content_sha256"] = digest.hexdigest()
         h5.attrs["classes"] = list(classes)

@@ -44,8 +44,12 @@ class Run:
 class Stage:
     name: str
     tables: tuple[str, ...]
-    outputs: tuple[str, ...]
+    outputs: Callable[[dict[str, Any]], list[str]]
     run: Callable[[Run], dict[str, Any]]
+
+
+def _files(*names: str) -> Callable[[dict[str, Any]], list[str]]:
+    return lambda cfg: list(names)
 
 
 def stage_dataset(run: Run) -> dict[str, Any]:
@@ -186,11 +190,54 @@ def stage_evaluate(run: Run) -> dict[str, Any]:
             "test_set": figures["test_set"]}
 
 
+def _run_cache(run: Run):
+    from .imagecache import image_cache_path, open_image_cache
+
+    size = int(storage.read_json(run.path("train.json"))["input_size"])
+    return open_image_cache(image_cache_path(run.dir, size))
+
+
+def stage_explain(run: Run) -> dict[str, Any]:
+    from .explaining import explain_split
+    from .models import load_model, model_sha256
+
+    model = load_model(run.path("model.keras"), unsafe=run.unsafe_load)
+    sha = model_sha256(run.path("model.keras"))
+    cache = _run_cache(run)
+    written = {}
+    for spec in run.cfg["explain"]:
+        path = explain_split(run.dir, model, sha, cache, spec, overwrite=True)
+        written[spec["name"]] = str(path.relative_to(run.dir))
+    return written
+
+
+def stage_templates(run: Run) -> dict[str, Any]:
+    from .models import load_model
+    from .templating import build_all
+
+    figures = build_all(run.dir, run.cfg, _run_cache(run),
+                        lambda: load_model(run.path("model.keras"), unsafe=run.unsafe_load))
+    storage.update_json(run.path("metrics.json"), figures)
+    return {"templates": sorted(figures["templates"]),
+            "sanity_mean_template_r": {k: v.get("mean_template_r") for k, v in figures["sanity"].items()}}
+
+
+def stage_report(run: Run) -> dict[str, Any]:
+    from .report import write_report
+
+    return {"report": str(write_report(run.dir, run.cfg, _run_cache(run)))}
+
+
 STAGES: tuple[Stage, ...] = (
-    Stage("dataset", ("dataset",), ("dataset.json", "skipped.json"), stage_dataset),
-    Stage("split", ("dataset", "split"), ("split.json",), stage_split),
-    Stage("train", ("dataset", "split", "backbone", "train"), ("model.keras", "train.json"), stage_train),
-    Stage("evaluate", ("binary",), ("metrics.json", "predictions.h5"), stage_evaluate),
+    Stage("dataset", ("dataset",), _files("dataset.json", "skipped.json"), stage_dataset),
+    Stage("split", ("dataset", "split"), _files("split.json"), stage_split),
+    Stage("train", ("dataset", "split", "backbone", "train"), _files("model.keras", "train.json"), stage_train),
+    Stage("evaluate", ("binary",), _files("metrics.json", "predictions.h5"), stage_evaluate),
+    Stage("explain", ("explain",), lambda cfg: [f"heatmaps/{e['name']}.h5" for e in cfg["explain"]], stage_explain),
+    Stage("templates", ("aggregate", "templates"),
+          lambda cfg: [f"templates/{e['name']}-{a['name']}.h5" for e in cfg["explain"] for a in cfg["aggregate"]],
+          stage_templates),
+    Stage("report", (), _files("report/index.html"), stage_report),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
@@ -217,7 +264,7 @@ def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, *, until: str | None 
         digest = config_hash({**cfg, "upstream": digest}, ("upstream", *stage.tables))
         done = state.get(stage.name, {})
         current = (not stale and stage.name != force and done.get("hash") == digest
-                   and all(run.path(o).exists() for o in stage.outputs))
+                   and all(run.path(o).exists() for o in stage.outputs(cfg)))
         if current:
             skipped_stages.append(stage.name)
             run.results[stage.name] = done.get("result", {})

@@ -1,0 +1,142 @@
+"""The templates stage: per-class templates for every explainer x aggregator, their quality
+figures against the masks, and the model-randomisation sanity check.
+
+Consistency and split-half reliability say nothing on their own (an untrained network's
+Grad-CAM templates can be perfectly "reliable"); they are always reported together with the
+sanity check (Adebayo et al. 2018): the layers above the explained layer are re-initialised,
+the same images are explained again, and the similarity of the resulting templates to the
+real ones is reported. High similarity means the heatmaps do not depend on what was learned.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from . import plugins
+from .config import plugin_options
+from .imagecache import ImageCache, read_block
+from .lungs import segment_lungs
+from .quality import ClassQuality, distinctiveness, pearson
+from .templates import build_templates, finalize_templates, write_templates
+
+QUALITY_CHUNK = 256
+
+
+def make_aggregators(specs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {s["name"]: plugins.get("aggregator", s["name"])(**plugin_options(s, "aggregate")) for s in specs}
+
+
+def selected_rows(labels: np.ndarray, predictions: np.ndarray, by: str, correct_only: bool) -> tuple[np.ndarray, np.ndarray]:
+    group = labels if by == "true" else predictions
+    keep = np.ones(len(labels), bool) if not correct_only else labels == predictions
+    return group, keep
+
+
+def quality_figures(store, cache: ImageCache, by: str, correct_only: bool, n_splits: int,
+                    seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Per-class figures of the store's heatmaps; masks come from the image cache, and where a
+    row has no lung mask the lung fields are segmented from the image."""
+    shape = store.shape[1:]
+    classes = store.classes
+    quality = {c: ClassQuality(shape, n_splits=n_splits, seed=seed + i) for i, c in enumerate(classes)}
+    row_of = {i: r for r, i in enumerate(cache.ids)}
+    cache_rows = np.array([row_of[i] for i in store.ids], dtype=np.int64)
+    group, keep = selected_rows(store.labels, store.predictions, by, correct_only)
+    segmented = 0
+    for rows, maps in store.batches(QUALITY_CHUNK):
+        block = read_block(cache, cache_rows[rows])
+        lung = block["lung"]
+        if lung is None:
+            lung = np.stack([segment_lungs(im) for im in block["images"]])
+            segmented += len(rows)
+        for k, cls in enumerate(classes):
+            pick = keep[rows] & (group[rows] == k)
+            if pick.any():
+                lesion = block["lesion"][pick] if block["lesion"] is not None else None
+                quality[cls].update(maps[pick], lesion, lung[pick])
+    out = {c: q.result() for c, q in quality.items()}
+    for figures in out.values():
+        figures["lung_source"] = "segmented (scikit-image)" if segmented else "mask"
+    return out
+
+
+def randomised_copy(model, layer_path: str, seed: int = 0):
+    """A copy of ``model`` whose weighted layers above ``layer_path`` are re-initialised."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    clone = keras.models.clone_model(model)
+    top = layer_path.split("/")[0]
+    names = [layer.name for layer in model.layers]
+    cut = names.index(top) if top in names else len(names) - 1
+    randomised = []
+    for i, (src, dst) in enumerate(zip(model.layers, clone.layers)):
+        if i <= cut or not src.weights:
+            dst.set_weights(src.get_weights())
+        else:
+            randomised.append(src.name)
+    return clone, randomised
+
+
+def sanity_check(store, cache: ImageCache, model, explainer, n_images: int, seed: int = 0) -> dict[str, Any]:
+    """Explain a class-balanced sample again with the top layers re-initialised."""
+    rng = np.random.default_rng(seed)
+    per_class = max(1, n_images // max(len(store.classes), 1))
+    rows = np.sort(np.concatenate([
+        rng.permutation(np.flatnonzero(store.labels == k))[:per_class] for k in range(len(store.classes))]))
+    if len(rows) == 0:
+        return {"n": 0}
+    row_of = {i: r for r, i in enumerate(cache.ids)}
+    images = read_block(cache, np.array([row_of[store.ids[r]] for r in rows]))["images"][..., None]
+    layer = store.layer or None
+    random_model, randomised = randomised_copy(model, layer or "", seed)
+    original = store.read(rows)
+    shuffled = explainer.explain(random_model, images, store.targets[rows], layer=layer)
+    template_r = {}
+    for k, cls in enumerate(store.classes):
+        pick = store.labels[rows] == k
+        if pick.sum() >= 1:
+            template_r[cls] = pearson(original[pick].mean(axis=0), shuffled[pick].mean(axis=0))
+    rank_r = [spearmanr(a.ravel(), b.ravel()).statistic for a, b in zip(original, shuffled)
+              if np.ptp(a) > 0 and np.ptp(b) > 0]
+    finite = [v for v in template_r.values() if np.isfinite(v)]
+    return {"method": "re-initialise the layers above the explained layer, explain again (Adebayo et al. 2018)",
+            "layer": store.layer, "randomised_layers": randomised, "n": int(len(rows)),
+            "template_r": template_r, "mean_template_r": float(np.mean(finite)) if finite else None,
+            "map_spearman": float(np.nanmean(rank_r)) if rank_r else None,
+            "reading": "similarity near 1 means the heatmaps ignore what the model learned; "
+                       "near 0 means they depend on it (as they should)"}
+
+
+def build_all(run_dir: Path, cfg: dict[str, Any], cache: ImageCache, model_loader) -> dict[str, Any]:
+    """Templates, quality and sanity for every explainer of the run; returns metrics keys."""
+    from .explaining import make_explainer
+    from .heatmaps import read_store, store_path
+
+    opts = cfg["templates"]
+    aggregators = make_aggregators(cfg["aggregate"])
+    figures: dict[str, Any] = {"templates": {}, "distinctiveness": {}, "sanity": {}}
+    model = None
+    for spec in cfg["explain"]:
+        path = store_path(run_dir, spec["name"])
+        states = build_templates(path, aggregators, by=opts["by"], correct_only=opts["correct_only"],
+                                 progress=True)
+        write_templates(run_dir, spec["name"], states, aggregators, by=opts["by"],
+                        correct_only=opts["correct_only"])
+        finished = finalize_templates(states, aggregators)
+        with read_store(path) as store:
+            quality = quality_figures(store, cache, opts["by"], opts["correct_only"], opts["quality_splits"])
+            for name, agg in aggregators.items():
+                key = f"{spec['name']}-{name}"
+                figures["templates"][key] = quality
+                if not getattr(agg, "components", False):
+                    figures["distinctiveness"][key] = distinctiveness(finished[name])
+            if opts["sanity"]:
+                model = model if model is not None else model_loader()
+                figures["sanity"][spec["name"]] = sanity_check(
+                    store, cache, model, make_explainer(spec), opts["sanity_images"])
+    return figures

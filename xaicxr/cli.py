@@ -4,6 +4,7 @@ progress, tables and errors go to stderr."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -19,6 +20,10 @@ from .errors import ConfigError, XaicxrError
 from .imaging import DEFAULT_MAX_PIXELS
 from .options import check_options
 from .progress import console, progress_bar
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 app = typer.Typer(name="xaicxr", no_args_is_help=True, add_completion=False,
                   help="Explainability for chest X-ray classifiers: heatmaps and per-class heatmap templates.")
@@ -240,6 +245,94 @@ def _print_evaluation(run_dir: Path) -> None:
         lo, hi = b["ci95"]["auc"]
         console.print(f"{task}: AUC {b['auc']:.3f} [{lo:.3f}, {hi:.3f}], sensitivity {b['sensitivity']:.3f}, "
                       f"specificity {b['specificity']:.3f} at threshold {b['threshold']:.3f} ({b['threshold_from']})")
+
+
+@app.command("explain")
+def explain_cmd(run_dir: Path = typer.Argument(..., help="Run directory with a trained model."),
+                explainer: str = typer.Option(..., "--explainer", "-e", help="Explainer plugin name."),
+                layer: Optional[str] = typer.Option(None, "--layer", help="Target layer (default: the backbone's)."),
+                split: str = typer.Option("test", "--split", help="test, val, train or all."),
+                targets: str = typer.Option("true", "--targets", help="true, predicted or all (every class)."),
+                batch_size: int = typer.Option(16, "--batch-size", min=1),
+                shard: Optional[str] = typer.Option(None, "--shard", help="K/N: explain only the K-th of N parts."),
+                overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store made with another model."),
+                as_json: bool = JsonOpt, unsafe_load: bool = UnsafeOpt) -> None:
+    """Write heatmaps/<explainer>.h5 for a split of a run (resumes an interrupted one)."""
+    from .config import resolve_entry
+    from .explaining import explain_split
+    from .imagecache import image_cache_path, open_image_cache
+    from .models import load_model, model_sha256
+    from .pipeline import run_config
+
+    try:
+        run_config(run_dir)
+        spec = resolve_entry("explain", {"name": explainer, "split": split, "targets": targets,
+                                         "batch_size": batch_size, **({"layer": layer} if layer else {})},
+                             "the command line")
+        part = _parse_shard(shard)
+        model = load_model(run_dir / "model.keras", unsafe=unsafe_load)
+        cache = open_image_cache(image_cache_path(run_dir, int(model.input_shape[1])))
+        path = explain_split(run_dir, model, model_sha256(run_dir / "model.keras"), cache, spec,
+                             overwrite=overwrite, shard=part)
+    except XaicxrError as exc:
+        _fail(exc)
+    result = {"store": str(path), "explainer": explainer, "split": split, "targets": targets}
+    if as_json:
+        _emit(result)
+    else:
+        console.print(f"heatmaps written to {path}")
+
+
+def _parse_shard(text: Optional[str]) -> Optional[tuple[int, int]]:
+    if text is None:
+        return None
+    k, sep, n = text.partition("/")
+    if not (sep and k.isdigit() and n.isdigit() and 0 <= int(k) < int(n)):
+        raise ConfigError(f"--shard {text!r}: expected K/N with 0 <= K < N")
+    return int(k), int(n)
+
+
+@app.command("template")
+def template_cmd(run_dir: Path = typer.Argument(..., help="Run directory with heatmaps."),
+                 as_json: bool = JsonOpt, unsafe_load: bool = UnsafeOpt) -> None:
+    """(Re)build the per-class templates, their quality figures and the sanity check."""
+    summary = _stage_command("templates", run_dir, None, as_json, unsafe_load)
+    if not as_json:
+        console.print(f"templates: {', '.join(summary['templates']['templates'])}")
+
+
+@app.command("report")
+def report_cmd(run_dir: Path = typer.Argument(..., help="Run directory."), as_json: bool = JsonOpt) -> None:
+    """(Re)write report/index.html."""
+    summary = _stage_command("report", run_dir, None, as_json)
+    if not as_json:
+        console.print(f"report: {summary['report']['report']}")
+
+
+@app.command("detect")
+def detect_cmd(run_dir: Path = typer.Argument(..., help="Run directory with a model and templates."),
+               images: list[Path] = typer.Argument(..., help="PNG, JPEG, DICOM ... of any size."),
+               explainer: Optional[str] = typer.Option(None, "--explainer", "-e"),
+               out: Optional[Path] = typer.Option(None, "--out", help="Folder for overlay PNGs (default RUN_DIR/detect)."),
+               as_json: bool = JsonOpt, unsafe_load: bool = UnsafeOpt) -> None:
+    """Classify and explain images, and match each heatmap against the class templates."""
+    from .detect import detect
+
+    try:
+        result = detect(run_dir, list(images), explainer=explainer, out=out, unsafe_load=unsafe_load)
+    except XaicxrError as exc:
+        _fail(exc)
+    if as_json:
+        _emit(result)
+        return
+    for r in result["results"]:
+        if "error" in r:
+            console.print(f"[red]{escape(r['path'])}[/]: skipped: {escape(r['error'])}")
+            continue
+        console.print(f"[bold]{escape(r['path'])}[/]: {r['prediction']} "
+                      f"({r['probabilities'][r['prediction']]:.3f}); best template {r['best_template']}; "
+                      f"lung energy {r['lung_energy'] if r['lung_energy'] is None else round(r['lung_energy'], 3)}; "
+                      f"overlay {escape(r['overlay'])}")
 
 
 if __name__ == "__main__":

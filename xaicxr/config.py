@@ -104,6 +104,11 @@ def _resolve_array(table: str, given: Any, keys: dict[str, tuple[Any, Any]], sou
     return out
 
 
+def resolve_entry(table: str, given: dict[str, Any], source: str) -> dict[str, Any]:
+    """One entry of an array table (an ``[[explain]]`` built on the command line, say)."""
+    return _resolve_table(table, given, CORE_KEYS[table], source)
+
+
 def _resolve_binary(given: dict[str, Any], source: str) -> dict[str, Any]:
     """``[binary]``: ``task = { positive = ["covid"] }``; empty means the defaults for the classes."""
     for task, spec in given.items():

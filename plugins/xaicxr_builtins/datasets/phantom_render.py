@@ -6,9 +6,12 @@ both in half-image-widths, so that anatomy and lesions are defined independently
 The map is then exposed (``1 - exp(-mu * A)``: bright = dense, as a CXR is displayed), windowed,
 blurred and given quantum noise.
 
-Every nuisance (pose, body habitus, lung shape, heart, ribs, vessels, exposure, noise) is drawn
-from a generator that does not know the class, with the same distribution for every class, so
-the only class evidence is the lesion pattern inside the lungs. The class patterns follow their
+Every nuisance (pose, body habitus, lung shape, heart, ribs, hila and vessels, breast shadows,
+exposure, noise) is drawn by code that does not know the class, from its own generator, with
+the same distribution for every class, so the only class evidence is the lesion pattern inside
+the lungs. Some nuisances (hilar prominence, breast shadows, patchy lung density) deliberately
+overlap the classes' favourite regions, so that "brighter here on average" is not enough to
+classify; the lesions' textures (a sharp fissure, streaks, mottled haze) are. The class patterns follow their
 radiological descriptions:
 
 * ``bacteria``: unilateral lobar consolidation, dense and homogeneous, one side bounded by a
@@ -31,6 +34,10 @@ from scipy import ndimage
 
 CLASSES = ("normal", "bacteria", "virus", "covid")
 DIFFICULTIES = ("easy", "standard", "subtle")
+
+_REFERENCE_SIZE = 128
+"""Noise and blur are given for this size and scaled with it, so a smaller rendering looks like
+a downsampled larger one."""
 
 _SIDES = (-1, 1)
 """Image-left (patient's right lung) and image-right (patient's left lung)."""
@@ -55,9 +62,9 @@ class _Difficulty:
 
 
 _DIFFICULTY = {
-    "easy": _Difficulty(contrast=(0.9, 1.3), extent=(1.0, 1.3)),
-    "standard": _Difficulty(contrast=(0.5, 1.0), extent=(0.7, 1.1)),
-    "subtle": _Difficulty(contrast=(0.25, 0.6), extent=(0.5, 0.85)),
+    "easy": _Difficulty(contrast=(1.2, 1.6), extent=(1.0, 1.3)),
+    "standard": _Difficulty(contrast=(0.9, 1.35), extent=(0.85, 1.2)),
+    "subtle": _Difficulty(contrast=(0.4, 0.8), extent=(0.6, 0.95)),
 }
 
 
@@ -74,7 +81,10 @@ class _Lung:
     inside: np.ndarray
     u: np.ndarray
     v: np.ndarray
-    hilum: tuple[float, float]
+    hilum_r: np.ndarray
+    """Distance from the hilum."""
+    hilum_theta: np.ndarray
+    """Angle about the hilum, 0 pointing laterally."""
 
 
 @dataclass(frozen=True)
@@ -126,7 +136,7 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 @lru_cache(maxsize=32)
 def _basis(size: int, k: int) -> np.ndarray:
-    """A (size, k) matrix of Gaussian bumps; ``B @ G @ B.T`` turns k*k numbers into a smooth field."""
+    """A (size, k) matrix of Gaussian bumps; ``B G B^T`` turns k*k numbers into a smooth field."""
     t = ((np.arange(size) + 0.5) / size) * 2.0 - 1.0
     centres = np.linspace(-1.1, 1.1, k)
     width = centres[1] - centres[0]
@@ -136,10 +146,17 @@ def _basis(size: int, k: int) -> np.ndarray:
 
 
 def _smooth_field(rng: np.random.Generator, size: int, k: int) -> np.ndarray:
-    """A zero-mean, roughly unit-variance random field with about k blobs across the image."""
+    """A zero-mean, unit-variance random field with about k blobs across the image.
+
+    Each pixel is a sum of k*k unit normals weighted by products of bumps whose squares sum
+    to sqrt(pi) along each axis, hence the normalisation. einsum rather than ``@``: a threaded
+    BLAS is slower here at 256 px when images are rendered in parallel threads, and its
+    summation order may depend on the thread count.
+    """
     b = _basis(size, k)
-    field = b @ rng.standard_normal((k, k), dtype=np.float32) @ b.T
-    return field / np.float32(1.25)
+    weights = rng.standard_normal((k, k), dtype=np.float32)
+    field = np.einsum("il,jl->ij", np.einsum("ik,kl->il", b, weights), b)
+    return field / np.float32(np.sqrt(np.pi))
 
 
 def _smoothstep(t: np.ndarray) -> np.ndarray:
@@ -178,8 +195,11 @@ def _draw_anatomy(rng: np.random.Generator) -> dict:
         "rib_density": u(0.07, 0.13),
         "hilum_height": u(-0.1, 0.02),
         "gastric_bubble": bool(rng.random() < 0.5),
-        "breast_shadow": u(0.06, 0.2) if rng.random() < 0.45 else 0.0,
-        "lung_mottle": u(0.0, 0.08),
+        "breast_shadow": u(0.06, 0.22) if rng.random() < 0.6 else 0.0,
+        "lung_mottle": u(0.02, 0.08),
+        "vessel_density": u(0.08, 0.16),
+        "hilar_density": u(0.0, 0.3),
+        "hilar_radius": u(0.1, 0.3),
     }
 
 
@@ -205,7 +225,8 @@ def _patient_coords(size: int, a: dict) -> tuple[np.ndarray, np.ndarray]:
 def _body_geometry(size: int, a: dict) -> _Body:
     x, y = _patient_coords(size, a)
     px = 2.0 / size
-    lungs = tuple(_lung_field(x, y, i, a, px) for i in range(2))
+    heart = _ellipse_level(x, y, a["heart_centre"], a["heart_radii"], a["heart_tilt_deg"])
+    lungs = tuple(_lung_field(x, y, i, a, px, heart) for i in range(2))
     return _Body(x=x, y=y, px=px, lungs=lungs)  # type: ignore[arg-type]
 
 
@@ -220,12 +241,12 @@ def _ellipse_level(x: np.ndarray, y: np.ndarray, centre: tuple[float, float],
     return 1.0 - p * p - q * q
 
 
-def _lung_field(x: np.ndarray, y: np.ndarray, i: int, a: dict, px: float) -> _Lung:
+def _lung_field(x: np.ndarray, y: np.ndarray, i: int, a: dict, px: float, heart: np.ndarray) -> _Lung:
     """A teardrop lung: a straight-ish medial border, a curved lateral wall, a domed base.
 
-    The lateral wall meets the diaphragm dome at a sharp costophrenic angle. The heart (and on
-    the patient's left the aortic knob) is cut out of the lung, as lung segmentation masks do;
-    the mediastinum is then simply the airless gap between the lungs.
+    The lateral wall meets the diaphragm dome at a sharp costophrenic angle; on the patient's
+    left the aortic knob bulges the upper medial border. The heart is cut out of both lungs, as
+    lung segmentation masks do; the mediastinum is then simply the airless gap between them.
     """
     side = _SIDES[i]
     top, base, medial = a["lung_top"][i], a["lung_base"][i], a["lung_medial"][i]
@@ -234,22 +255,22 @@ def _lung_field(x: np.ndarray, y: np.ndarray, i: int, a: dict, px: float) -> _Lu
     v = (y - np.float32(top)) / np.float32(base - top)
     vc = np.clip(v, 0.0, 1.0)
     apex = medial + 0.4 * span
-    grow = (vc * (2.0 - vc)) ** 0.55
+    grow = np.sqrt(vc * (2.0 - vc))
     lateral = np.float32(apex) + np.float32(medial + span - apex) * grow
-    medial_edge = np.float32(apex) - np.float32(apex - medial) * grow ** 0.4
+    medial_edge = np.float32(apex) - np.float32(apex - medial) * np.sqrt(grow)
     if side == 1:
         medial_edge = medial_edge + np.float32(0.03) * np.exp(-(((v - 0.3) / 0.12) ** 2))
     width = np.maximum(lateral - medial_edge, np.float32(1e-3))
     u = (d - medial_edge) / width
-    arch = np.clip(1.0 - ((u - 0.4) / 0.6) ** 2, 0.0, 1.0) ** 0.7
+    arch = np.sqrt(np.clip(1.0 - ((u - 0.4) / 0.6) ** 2, 0.0, 1.0))
     bottom = np.float32(base) - np.float32(dome) * arch
     margin = np.minimum(np.minimum(d - medial_edge, lateral - d), bottom - y)
     margin = np.where(v < 0.0, np.float32(-1.0), margin)
-    heart = _ellipse_level(x, y, a["heart_centre"], a["heart_radii"], a["heart_tilt_deg"])
     margin = np.minimum(margin, -heart * np.float32(min(a["heart_radii"]) / 2))
-    hilum = (side * (medial + 0.1), top + 0.55 * (base - top) + a["hilum_height"])
-    return _Lung(side=side, soft=_soft_inside(margin, 1.5 * px), inside=margin > 0,
-                 u=u, v=v, hilum=hilum)
+    hx, hy = side * (medial + 0.1), top + 0.55 * (base - top) + a["hilum_height"]
+    dx, dy = (x - np.float32(hx)) * np.float32(side), y - np.float32(hy)
+    return _Lung(side=side, soft=_soft_inside(margin, 1.5 * px), inside=margin > 0, u=u, v=v,
+                 hilum_r=np.sqrt(dx * dx + dy * dy), hilum_theta=np.arctan2(dy, dx))
 
 
 def _anatomy_attenuation(body: _Body, a: dict, rng: np.random.Generator) -> np.ndarray:
@@ -263,10 +284,10 @@ def _anatomy_attenuation(body: _Body, a: dict, rng: np.random.Generator) -> np.n
     atten += _spine(x, y, body.px)
     atten += _ribs(x, y, a, body.px) * (0.5 + 0.5 * lung_soft)
     atten += _clavicles(x, y, body.px)
-    atten += _vessels(body, rng) * lung_soft
+    atten += _vessels(body, a, rng) * lung_soft
     atten += np.float32(a["lung_mottle"]) * _smooth_field(rng, x.shape[0], 4) * lung_soft
     if a["breast_shadow"] > 0:
-        atten += np.float32(a["breast_shadow"]) * _breast_shadows(x, y, a, body.px)
+        atten += np.float32(a["breast_shadow"]) * _breast_shadows(x, y, a)
     if a["gastric_bubble"]:
         atten -= _gastric_bubble(x, y, a, rng)
     return atten
@@ -334,7 +355,7 @@ def _clavicles(x: np.ndarray, y: np.ndarray, px: float) -> np.ndarray:
 
 
 def _ray_profile(rng: np.random.Generator, n: int, width: tuple[float, float],
-                 spread: float, bins: int = 512) -> np.ndarray:
+                 spread: float, bins: int = 360) -> np.ndarray:
     """Sum of n narrow bumps over angle (-pi, pi], pointing mostly away from the midline."""
     angles = np.linspace(-np.pi, np.pi, bins, endpoint=False, dtype=np.float32)
     centres = rng.normal(0.0, spread, n).astype(np.float32)
@@ -344,32 +365,38 @@ def _ray_profile(rng: np.random.Generator, n: int, width: tuple[float, float],
     return (amps[:, None] * np.exp(-0.5 * (diff / widths[:, None]) ** 2)).sum(axis=0)
 
 
-def _rays(body: _Body, lung: _Lung, profile: np.ndarray, curl: float) -> tuple[np.ndarray, np.ndarray]:
+def _rays(lung: _Lung, profile: np.ndarray, curl: float,
+          wobble: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Rays radiating from a hilum: (intensity by angle, distance from the hilum).
 
     Angles are measured from the lateral direction, so a profile centred on 0 points outwards.
+    ``curl`` bends all rays the same way; ``wobble`` (radians, per pixel) makes them irregular.
     """
-    hx, hy = lung.hilum
-    dx = (body.x - np.float32(hx)) * np.float32(lung.side)
-    dy = body.y - np.float32(hy)
-    r = np.sqrt(dx * dx + dy * dy)
-    theta = np.arctan2(dy, dx) + np.float32(curl) * r
+    r = lung.hilum_r
+    theta = lung.hilum_theta + np.float32(curl) * r
+    if wobble is not None:
+        theta = theta + wobble
     bins = profile.shape[0]
     idx = ((theta / np.float32(2 * np.pi) + 0.5) * bins).astype(np.int32) % bins
     return profile[idx], r
 
 
-def _vessels(body: _Body, rng: np.random.Generator) -> np.ndarray:
-    """Normal bronchovascular markings: tapering branches from each hilum."""
+def _vessels(body: _Body, a: dict, rng: np.random.Generator) -> np.ndarray:
+    """Normal hila and bronchovascular markings: a hilar shadow, tapering branches from it.
+
+    How prominent the hila and vessels are varies from patient to patient, as it does on real
+    films; it also keeps "denser near the hilum" from being evidence of the perihilar class.
+    """
     out = np.zeros_like(body.x)
     for lung in body.lungs:
         profile = _ray_profile(rng, n=int(rng.integers(14, 22)), width=(0.015, 0.03), spread=1.0)
-        along, r = _rays(body, lung, profile, curl=rng.uniform(-0.6, 0.6))
-        out += 0.12 * along * np.exp(-r / 0.3) * _soft_inside(r - 0.04, 0.05)
+        along, r = _rays(lung, profile, curl=rng.uniform(-0.6, 0.6))
+        out += np.float32(a["vessel_density"]) * along * np.exp(-r / 0.3) * _soft_inside(r - 0.04, 0.05)
+        out += np.float32(a["hilar_density"]) * np.exp(-0.5 * (r / np.float32(a["hilar_radius"])) ** 2)
     return out
 
 
-def _breast_shadows(x: np.ndarray, y: np.ndarray, a: dict, px: float) -> np.ndarray:
+def _breast_shadows(x: np.ndarray, y: np.ndarray, a: dict) -> np.ndarray:
     """Soft tissue over both lower zones, fading upwards, with a sharp curved lower edge."""
     d = np.abs(x)
     base = 0.5 * (a["lung_base"][0] + a["lung_base"][1])
@@ -389,56 +416,49 @@ def _gastric_bubble(x: np.ndarray, y: np.ndarray, a: dict, rng: np.random.Genera
 
 # ---------------------------------------------------------------- lesions
 
-LesionResult = tuple[np.ndarray, np.ndarray, dict]
-"""(added attenuation, lesion envelope (mask where > 0.5), parameters)."""
+_LesionResult = tuple[np.ndarray, np.ndarray, dict]
+"""(added attenuation, lesion envelope, parameters). The envelope is the pattern's amplitude
+before texture, 1 at its peak; the lesion mask is where it exceeds one half."""
 
 
-def _normal(rng: np.random.Generator, body: _Body, diff: _Difficulty) -> LesionResult:
+def _normal(rng: np.random.Generator, body: _Body, diff: _Difficulty) -> _LesionResult:
     zero = np.zeros_like(body.x)
     return zero, zero, {}
 
 
-def _bacteria(rng: np.random.Generator, body: _Body, diff: _Difficulty) -> LesionResult:
+def _bacteria(rng: np.random.Generator, body: _Body, diff: _Difficulty) -> _LesionResult:
     """Lobar consolidation in one lung: dense, homogeneous, sharp along a fissure.
 
-    The zone is a band of lung-local height ``v``: the edge facing the rest of the lung is the
-    fissure (sharp), the lateral and medial extent is ragged (a smooth random field shifts it).
+    The zone is a band of lung-local height ``v`` across the lung's width. The edge facing the
+    rest of the lung is the fissure (sharp and straight); the opposite edge of an upper or
+    middle zone consolidation, and the medial edge, are ragged (a smooth random field moves
+    them).
     """
     i = int(rng.integers(2))
     lung = body.lungs[i]
-    zone = str(rng.choice(["upper", "middle", "lower"], p=[0.25, 0.3, 0.45]))
+    zone = str(rng.choice(["upper", "middle", "lower"], p=[0.3, 0.3, 0.4]))
     contrast = float(rng.uniform(*diff.contrast))
     extent = float(rng.uniform(*diff.extent))
     size = body.x.shape[0]
-    rag = _smooth_field(rng, size, 7)
-    tilt = rng.uniform(-0.15, 0.15)
-    height = 0.32 * extent
-    fissure = lung.v + np.float32(tilt) * (lung.u - 0.5)
+    rag = _smooth_field(rng, size, 6)
+    fissure = lung.v + np.float32(rng.uniform(-0.2, 0.2)) * (lung.u - 0.5)
+    height = 0.45 * extent
     if zone == "upper":
-        lo, hi = -1.0, 0.05 + height
-        sharp = hi - fissure
-        soft = fissure - lo
+        sharp, ragged = (0.08 + height) - fissure, fissure + 1.0
     elif zone == "middle":
-        centre = rng.uniform(0.4, 0.55)
-        lo, hi = centre - height / 2, centre + height / 2
-        sharp = fissure - lo
-        soft = hi - fissure
+        lo = rng.uniform(0.35, 0.5) - height / 2
+        sharp, ragged = fissure - lo, (lo + height) - fissure
     else:
-        lo, hi = 0.95 - height, 2.0
-        sharp = fissure - lo
-        soft = hi - fissure
-    sharp_edge = _soft_inside(sharp, 0.02)
-    ragged = _soft_inside(soft + 0.06 * rag, 0.12)
-    lateral_cover = rng.uniform(0.5, 1.0) if extent < 1 else 1.0
-    across = _soft_inside(lateral_cover - np.abs(lung.u - 0.5) * 2 + 0.25 + 0.15 * rag, 0.3)
-    envelope = sharp_edge * ragged * across * lung.soft
-    texture = 0.9 + 0.1 * _smooth_field(rng, size, 14)
-    density = 0.8 * contrast * envelope * texture
+        sharp, ragged = fissure - (1.05 - height), 2.0 - fissure
+    medial_cut = rng.uniform(0.0, 0.35) * (1.2 - extent)
+    envelope = (_soft_inside(sharp, 0.03) * _soft_inside(ragged + 0.05 * rag, 0.1)
+                * _soft_inside(lung.u - medial_cut + 0.08 * rag, 0.15) * lung.soft)
+    density = 0.8 * contrast * envelope * (0.9 + 0.1 * _smooth_field(rng, size, 14))
     bronchograms = bool(rng.random() < 0.6)
     if bronchograms:
-        profile = _ray_profile(rng, n=int(rng.integers(3, 7)), width=(0.008, 0.016), spread=0.9)
-        along, r = _rays(body, lung, profile, curl=rng.uniform(-0.5, 0.5))
-        density -= 0.3 * density * along * _soft_inside(r - 0.08, 0.05)
+        profile = _ray_profile(rng, n=int(rng.integers(3, 7)), width=(0.01, 0.02), spread=0.9)
+        along, r = _rays(lung, profile, curl=rng.uniform(-0.5, 0.5))
+        density -= 0.35 * density * np.minimum(along, 1.0) * _soft_inside(r - 0.08, 0.05)
     params = {"image_side": "left" if lung.side < 0 else "right",
               "patient_side": "right" if lung.side < 0 else "left", "zone": zone,
               "contrast": round(contrast, 4), "extent": round(extent, 4),
@@ -446,7 +466,7 @@ def _bacteria(rng: np.random.Generator, body: _Body, diff: _Difficulty) -> Lesio
     return density, envelope, params
 
 
-def _virus(rng: np.random.Generator, body: _Body, diff: _Difficulty) -> LesionResult:
+def _virus(rng: np.random.Generator, body: _Body, diff: _Difficulty) -> _LesionResult:
     """Bilateral perihilar interstitial pattern: radiating streaks over a reticular net.
 
     The net is the zero-level set of a random field (a web of thin curved lines); the streaks
@@ -459,20 +479,22 @@ def _virus(rng: np.random.Generator, body: _Body, diff: _Difficulty) -> LesionRe
     envelope = np.zeros_like(body.x)
     reach = []
     for lung in body.lungs:
-        radius = 0.32 * extent * rng.uniform(0.85, 1.15)
+        radius = 0.28 * extent * rng.uniform(0.85, 1.15)
         reach.append(round(float(radius), 4))
-        profile = _ray_profile(rng, n=int(rng.integers(26, 38)), width=(0.04, 0.08), spread=1.2)
-        along, r = _rays(body, lung, profile, curl=rng.uniform(-0.8, 0.8))
+        profile = _ray_profile(rng, n=int(rng.integers(24, 34)), width=(0.03, 0.06), spread=1.2)
+        wobble = np.float32(0.18) * _smooth_field(rng, size, 9)
+        along, r = _rays(lung, profile, curl=rng.uniform(-0.8, 0.8), wobble=wobble)
         fade = np.exp(-0.5 * (r / np.float32(radius)) ** 2)
         net = np.exp(-(_smooth_field(rng, size, 18) / 0.25) ** 2)
-        pattern = 0.6 * np.minimum(along, 1.0) + 0.4 * net + 0.12
-        density += fade * pattern * lung.soft
-        envelope = np.maximum(envelope, fade * 1.45 * lung.soft)
+        streaks = np.minimum(along, 1.0) * _smoothstep((r - 0.03) / 0.12)
+        pattern = 0.65 * streaks + 0.35 * net
+        density += np.float32(rng.uniform(0.7, 1.0)) * fade * pattern * lung.soft
+        envelope = np.maximum(envelope, fade * lung.soft)
     params = {"contrast": round(contrast, 4), "extent": round(extent, 4), "reach": reach}
-    return 0.8 * contrast * density, envelope, params
+    return 0.7 * contrast * density, envelope, params
 
 
-def _covid(rng: np.random.Generator, body: _Body, diff: _Difficulty) -> LesionResult:
+def _covid(rng: np.random.Generator, body: _Body, diff: _Difficulty) -> _LesionResult:
     """Bilateral, peripheral, lower-zone ground glass: several hazy, mottled patches per lung."""
     contrast = float(rng.uniform(*diff.contrast))
     extent = float(rng.uniform(*diff.extent))
@@ -492,10 +514,10 @@ def _covid(rng: np.random.Generator, body: _Body, diff: _Difficulty) -> LesionRe
     mottle = np.clip(0.55 + 0.6 * _smooth_field(rng, size, 20), 0.0, 1.2)
     density = 0.7 * contrast * haze * mottle
     params = {"contrast": round(contrast, 4), "extent": round(extent, 4), "patches": patches}
-    return density, haze * 1.6, params
+    return density, haze, params
 
 
-_LESIONS: dict[str, Callable[[np.random.Generator, _Body, _Difficulty], LesionResult]] = {
+_LESIONS: dict[str, Callable[[np.random.Generator, _Body, _Difficulty], _LesionResult]] = {
     "normal": _normal, "bacteria": _bacteria, "virus": _virus, "covid": _covid,
 }
 
@@ -507,14 +529,15 @@ def _expose(attenuation: np.ndarray, px: float, rng: np.random.Generator) -> tup
     mu = rng.uniform(0.8, 1.25)
     lo, hi = rng.uniform(0.0, 0.1), rng.uniform(0.9, 1.05)
     gamma = rng.uniform(0.8, 1.25)
-    noise = rng.uniform(0.01, 0.035)
+    noise = rng.uniform(0.005, 0.02)
     blur = rng.uniform(0.4, 0.9)
+    scale = 2.0 / (px * _REFERENCE_SIZE)
     signal = 1.0 - np.exp(-np.float32(mu) * np.clip(attenuation, 0.0, None))
     signal = np.clip((signal - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0) ** np.float32(gamma)
-    signal = ndimage.gaussian_filter(signal, blur, mode="nearest")
+    signal = ndimage.gaussian_filter(signal, blur * scale, mode="nearest")
     grain = rng.standard_normal(signal.shape, dtype=np.float32)
-    image = signal + np.float32(noise) * grain * (0.4 + 0.6 * np.sqrt(signal))
+    image = signal + np.float32(noise * scale) * grain * (0.4 + 0.6 * np.sqrt(signal))
     image = np.clip(image, 0.0, 1.0).astype(np.float32)
     film = {"exposure": round(mu, 5), "window": [round(lo, 5), round(hi, 5)], "gamma": round(gamma, 5),
-            "noise": round(noise, 5), "blur_px": round(blur, 5)}
+            "noise_at_128px": round(noise, 5), "blur_px_at_128px": round(blur, 5)}
     return image, film

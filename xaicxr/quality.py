@@ -48,9 +48,11 @@ def energy_share(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
 
 
 def points_inside(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Per map: whether its maximum lies in the mask; a flat map points nowhere (a miss)."""
     flat = maps.reshape(len(maps), -1)
     peak = flat.argmax(axis=1)
-    return masks.reshape(len(masks), -1)[np.arange(len(maps)), peak]
+    hit = masks.reshape(len(masks), -1)[np.arange(len(maps)), peak]
+    return hit & (np.ptp(flat, axis=1) > 0)
 
 
 def otsu_iou(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:

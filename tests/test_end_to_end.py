@@ -1,0 +1,140 @@
+"""The whole pipeline on a tiny phantom configuration: contract files, report, resume, detect."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from badinput import write_dicom
+from conftest import SHARED_DATA
+from xaicxr.cli import app
+
+runner = CliRunner()
+
+TINY = """
+[dataset]
+name = "phantom"
+n_per_class = 24
+size = 48
+seed = 5
+difficulty = "easy"
+[split]
+test = 0.25
+val = 0.25
+[backbone]
+name = "vgg19"
+weights = "none"
+width = 0.125
+batchnorm = true
+input_size = 48
+dense = [16]
+dropout = 0.0
+[train]
+epochs = 4
+batch_size = 16
+[[explain]]
+name = "gradcam"
+layer = "block4_conv4"
+[[explain]]
+name = "layercam"
+layer = "block3_conv4"
+[[aggregate]]
+name = "mean"
+[[aggregate]]
+name = "median"
+[templates]
+sanity_images = 8
+"""
+
+
+class _Sources(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.sources.append(dict(attrs)["src"])
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    config = root / "tiny.toml"
+    config.write_text(TINY)
+    out = root / "run"
+    result = runner.invoke(app, ["run", str(config), "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.stderr
+    return root, config, out, json.loads(result.stdout)
+
+
+def test_run_writes_every_contract_file(finished_run):
+    _, _, out, summary = finished_run
+    assert summary["stages_run"] == ["dataset", "split", "train", "evaluate", "explain", "templates", "report"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    quality = metrics["templates"]["layercam-mean"]
+    assert set(quality) == {"normal", "bacteria", "virus", "covid"}
+    for cls in ("bacteria", "virus", "covid"):
+        assert {"n", "consistency", "split_half", "lung_energy", "pointing_game", "lesion_energy"} <= set(quality[cls])
+    assert "pointing_game" not in quality["normal"]
+    assert set(metrics["sanity"]) == {"gradcam", "layercam"}
+    assert metrics["sanity"]["gradcam"]["randomised_layers"]
+    checker = SHARED_DATA.parent / "tools" / "check_run.py"
+    if checker.exists():
+        check = subprocess.run([sys.executable, str(checker), str(out)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout
+
+
+def test_report_parses_and_every_picture_exists(finished_run):
+    _, _, out, _ = finished_run
+    parser = _Sources()
+    parser.feed((out / "report" / "index.html").read_text())
+    assert len(parser.sources) >= 6
+    for src in parser.sources:
+        assert (out / "report" / src).is_file(), src
+
+
+def test_rerun_skips_and_a_changed_table_reruns_from_its_stage(finished_run):
+    root, config, out, _ = finished_run
+    again = runner.invoke(app, ["run", str(config), "--out", str(out), "--json"])
+    assert again.exit_code == 0, again.stderr
+    assert json.loads(again.stdout)["stages_run"] == []
+    changed = root / "changed.toml"
+    changed.write_text(TINY.replace("sanity_images = 8", "sanity_images = 4"))
+    third = runner.invoke(app, ["run", str(changed), "--out", str(out), "--json"])
+    assert third.exit_code == 0, third.stderr
+    assert json.loads(third.stdout)["stages_run"] == ["templates", "report"]
+
+
+def test_detect_on_png_rgba_16bit_and_dicom(finished_run, tmp_path):
+    _, _, out, _ = finished_run
+    source = sorted((out / "data" / "phantom" / "images" / "covid").glob("*.png"))[0]
+    gray = np.asarray(Image.open(source))
+    paths = [source]
+    rgba = tmp_path / "wide.png"
+    Image.fromarray(np.stack([gray] * 3 + [np.full_like(gray, 200)], axis=-1)).resize((90, 48)).save(rgba)
+    sixteen = tmp_path / "deep.png"
+    Image.fromarray(gray.astype(np.uint16) * 257).save(sixteen)
+    dicom = write_dicom(tmp_path / "chest.dcm", (gray.astype(np.uint16) * 16), photometric="MONOCHROME1")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    paths += [rgba, sixteen, dicom, broken]
+    result = runner.invoke(app, ["detect", str(out), *map(str, paths), "--explainer", "layercam",
+                                 "--out", str(tmp_path / "overlays"), "--json"])
+    assert result.exit_code == 0, result.stderr
+    results = json.loads(result.stdout)["results"]
+    assert "error" in results[-1] and "not an image" in results[-1]["error"]
+    for r in results[:-1]:
+        assert set(r["probabilities"]) == {"normal", "bacteria", "virus", "covid"}
+        assert r["best_template"] in r["template_match"]
+        assert Path(r["overlay"]).is_file()
+        assert set(r["binary"]) == {"covid-vs-rest", "abnormal-vs-normal"}
+    assert results[3]["format"] == "DICOM" and results[1]["mode"] == "RGBA" and results[2]["mode"].startswith("I")

@@ -153,3 +153,10 @@ def test_dataset_split_folders_are_honoured():
     split = split_records(records, ["a", "b"], val=0.2, use_dataset_split=True)
     assert all(i.startswith("test/") for i in split["test"]) and len(split["test"]) == 20
     assert len(split["val"]) == 4 and all(i.startswith("train/") for i in split["val"])
+
+
+@pytest.mark.parametrize("example", sorted((Path(__file__).parents[1] / "examples").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_example_configs_are_valid(example):
+    cfg = load_config(example)
+    assert cfg["explain"] and cfg["aggregate"]

@@ -185,14 +185,45 @@ def run_cmd(config: Optional[Path] = typer.Argument(None, help="Run configuratio
     if as_json:
         _emit(summary)
         return
-    console.print(f"[green]done[/] {summary['run_dir']}: ran {', '.join(summary['stages_run']) or 'nothing'}"
+    _print_run_summary(summary, cfg)
+
+
+def _print_run_summary(summary: dict[str, Any], cfg: dict[str, Any]) -> None:
+    run_dir = Path(summary["run_dir"])
+    console.print(f"[green]done[/] {run_dir}: ran {', '.join(summary['stages_run']) or 'nothing'}"
                   f"; up to date: {', '.join(summary['stages_skipped']) or 'nothing'}")
+    if cfg["backbone"].get("weights") == "none":
+        console.print("[yellow]note:[/] the backbone was trained from scratch (weights = \"none\"); "
+                      "this is not the paper's ImageNet transfer setting (examples/paper.toml).")
     ds = summary.get("dataset", {})
     if ds:
         console.print(f"images: {ds['images']} {ds['counts']}; skipped files: {ds['skipped']} (skipped.json)")
-    sp = summary.get("split", {})
-    if sp:
-        console.print(f"split: {sp}")
+    if (run_dir / "metrics.json").exists() and "evaluate" in summary:
+        _print_evaluation(run_dir)
+        _print_template_quality(run_dir)
+    report = summary.get("report", {}).get("report")
+    if report:
+        console.print(f"report: [bold]{report}[/]")
+
+
+def _print_template_quality(run_dir: Path) -> None:
+    m = json.loads((run_dir / "metrics.json").read_text())
+    for key, per_class in m.get("templates", {}).items():
+        if not key.endswith("-mean") and len(m["templates"]) > 1:
+            continue
+        table = Table(title=f"template quality: {key}")
+        for col in ("class", "n", "consistency", "split-half", "pointing", "lift", "lung energy"):
+            table.add_column(col, justify="right")
+        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+        for cls, q in per_class.items():
+            table.add_row(cls, str(q["n"]), fmt(q.get("consistency")), fmt(q.get("split_half")),
+                          fmt(q.get("pointing_game")), fmt(q.get("energy_lift")), fmt(q.get("lung_energy")))
+        console.print(table)
+        sanity = m.get("sanity", {}).get(key.rsplit("-", 1)[0])
+        if sanity and sanity.get("mean_template_r") is not None:
+            console.print(f"sanity: templates after re-initialising the {len(sanity['randomised_layers'])} "
+                          f"weighted layers above {sanity['layer']} correlate with the real ones at mean r "
+                          f"{sanity['mean_template_r']:.2f} (near 1 = the maps ignore what was learned)")
 
 
 def _stage_command(stage: str, run_dir: Path, config: Optional[Path], as_json: bool,

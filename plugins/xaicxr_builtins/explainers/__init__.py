@@ -1,0 +1,23 @@
+"""Built-in explainers: native compiled CAMs (``gradcam``, ``gradcam++``, ``layercam``) and
+tf-keras-vis backed ones (``gradcam-tfkv``, ``gradcam++-tfkv``, ``layercam-tfkv``,
+``scorecam``, ``saliency``, ``smoothgrad``). No TensorFlow import happens here."""
+
+from xaicxr import hookimpl
+
+from .gradcam import GradCAM, GradCAMPlusPlus, LayerCAM
+from .tfkv import GradcamPlusPlusTfkv, GradcamTfkv, LayercamTfkv, Saliency, ScoreCAM, SmoothGrad
+
+
+@hookimpl
+def xaicxr_explainers():
+    return {
+        "gradcam": GradCAM,
+        "gradcam++": GradCAMPlusPlus,
+        "layercam": LayerCAM,
+        "gradcam-tfkv": GradcamTfkv,
+        "gradcam++-tfkv": GradcamPlusPlusTfkv,
+        "layercam-tfkv": LayercamTfkv,
+        "scorecam": ScoreCAM,
+        "saliency": Saliency,
+        "smoothgrad": SmoothGrad,
+    }

@@ -158,5 +158,12 @@ def test_dataset_split_folders_are_honoured():
 @pytest.mark.parametrize("example", sorted((Path(__file__).parents[1] / "examples").glob("*.toml")),
                          ids=lambda p: p.name)
 def test_example_configs_are_valid(example):
-    cfg = load_config(example)
-    assert cfg["explain"] and cfg["aggregate"]
+    if example.stem.endswith("-study"):
+        from xaicxr.config import resolve
+        from xaicxr.study import load_study
+
+        _, variants = load_study(example)
+        configs = [resolve(raw, str(example)) for _, raw in variants]
+    else:
+        configs = [load_config(example)]
+    assert all(cfg["explain"] and cfg["aggregate"] for cfg in configs)

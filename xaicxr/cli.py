@@ -46,7 +46,9 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
 
 
 def _emit(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    from .storage import finite_json
+
+    sys.stdout.write(json.dumps(finite_json(obj), indent=2, ensure_ascii=False, default=str, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 
@@ -364,6 +366,24 @@ def detect_cmd(run_dir: Path = typer.Argument(..., help="Run directory with a mo
                       f"({r['probabilities'][r['prediction']]:.3f}); best template {r['best_template']}; "
                       f"lung energy {r['lung_energy'] if r['lung_energy'] is None else round(r['lung_energy'], 3)}; "
                       f"overlay {escape(r['overlay'])}")
+
+
+@app.command("study")
+def study_cmd(study: Path = typer.Argument(..., help="Study file (TOML): a base config plus [matrix] or [[variants]]."),
+              out: Path = typer.Option(..., "--out", "-o", help="Folder for the variants' run directories."),
+              as_json: bool = JsonOpt) -> None:
+    """Run every variant of a study and write summary.csv/.json/.md and index.html."""
+    from .study import run_study
+
+    try:
+        table = run_study(study, out)
+    except XaicxrError as exc:
+        _fail(exc)
+    if as_json:
+        _emit(table)
+        return
+    console.print((out / "summary.md").read_text(), markup=False, highlight=False)
+    console.print(f"summary: {out / 'index.html'}")
 
 
 if __name__ == "__main__":

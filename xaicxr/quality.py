@@ -127,14 +127,22 @@ class ClassQuality:
         out["split_half_ci95"] = ([float(np.percentile(rs, 2.5)), float(np.percentile(rs, 97.5))]
                                   if rs else None)
         if self.pointing:
-            energy = float(np.nanmean(self.lesion_energy))
+            energy = _finite_mean(self.lesion_energy)
             area = float(np.mean(self.lesion_area))
             out.update({"pointing_game": float(np.mean(self.pointing)), "lesion_energy": energy,
-                        "lesion_area": area, "energy_lift": energy / area if area > 0 else None,
+                        "lesion_area": area,
+                        "energy_lift": energy / area if energy is not None and area > 0 else None,
                         "miou": float(np.mean(self.iou)), "n_lesion": len(self.pointing)})
         if self.lung_energy:
-            out["lung_energy"] = float(np.nanmean(self.lung_energy))
+            out["lung_energy"] = _finite_mean(self.lung_energy)
         return out
+
+
+def _finite_mean(values: list[float]) -> float | None:
+    """Mean over the finite values (all-zero maps have no energy share); None if there are none,
+    so metrics.json never holds NaN."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
 
 
 def distinctiveness(templates: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:

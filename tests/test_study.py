@@ -1,0 +1,70 @@
+"""``xaicxr study``: a two-variant study that shares one trained model."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+from typer.testing import CliRunner
+
+from xaicxr.cli import app
+
+runner = CliRunner()
+
+STUDY = """
+name = "tiny"
+[base.dataset]
+name = "phantom"
+n_per_class = 12
+size = 32
+difficulty = "easy"
+[base.backbone]
+name = "vgg19"
+weights = "none"
+width = 0.125
+batchnorm = true
+input_size = 32
+dense = [8]
+[base.train]
+epochs = 2
+batch_size = 16
+[base.templates]
+sanity_images = 4
+[[base.aggregate]]
+name = "mean"
+
+[matrix]
+"explain" = [[{ name = "gradcam", layer = "block4_conv4" }], [{ name = "layercam", layer = "block3_conv4" }]]
+"""
+
+
+def test_two_variant_study_reuses_the_model_and_writes_tables(tmp_path):
+    study = tmp_path / "study.toml"
+    study.write_text(STUDY)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["study", str(study), "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.stderr
+    table = json.loads(result.stdout)
+    names = [v["variant"] for v in table["variants"]]
+    assert names == ["explain=gradcam-block4_conv4", "explain=layercam-block3_conv4"]
+    first, second = table["variants"]
+    assert "train" in first["stages_run"] and "train" not in second["stages_run"]
+    assert second["stages_run"] == ["explain", "templates", "report"]
+    assert first["accuracy"] == second["accuracy"]
+    assert "gradcam:sanity_r" in first and "layercam:pointing_game" in second
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert [r["variant"] for r in rows] == names
+    assert (out / "summary.md").read_text().startswith("| variant")
+    page = (out / "index.html").read_text()
+    assert all(f'href="{n}/report/index.html"' in page for n in names)
+    assert all((out / n / "report" / "index.html").is_file() for n in names)
+
+
+def test_study_errors_are_clear(tmp_path):
+    study = tmp_path / "bad.toml"
+    study.write_text("[matrix]\n\"train.epochs\" = ['many']\n")
+    result = runner.invoke(app, ["study", str(study), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "wrong type for 'epochs'" in result.stderr
+    study.write_text("[base]\n")
+    result = runner.invoke(app, ["study", str(study), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "defines no variants" in result.stderr

@@ -1,0 +1,215 @@
+"""``xaicxr study STUDY.toml``: one base configuration, many variants, one comparison table.
+
+A study file holds the base configuration (inline tables under ``[base]``, or
+``base = "other.toml"`` relative to the study file) and either a ``[matrix]`` of dotted keys
+to lists of values (the variants are their product) or explicit ``[[variants]]`` with a
+``name`` and a ``set`` table of dotted keys. A dotted key names a config key
+(``"train.seed"``) or a whole table (``"explain"``)::
+
+    [matrix]
+    "train.seed" = [0, 1]
+    "explain" = [[{ name = "gradcam", layer = "block5_conv4" }],
+                 [{ name = "layercam", layer = "block3_conv4" }]]
+
+Each variant is a run directory under the study's output folder. Variants that differ only in
+explain/template options share one trained model: the first run's data, split, model and
+predictions are linked into the others, whose pipelines then skip those stages.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import html
+import io
+import itertools
+import json
+import os
+import shutil
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from . import storage
+from .config import resolve
+from .errors import ConfigError
+from .pipeline import STAGES, STAGES_FILE, config_hash, run_pipeline
+from .progress import console
+
+SHARED_STAGES = ("dataset", "split", "train", "evaluate")
+SHARED_FILES = ("dataset.json", "skipped.json", "split.json", "model.keras", "train.json",
+                "predictions.h5", "metrics.json", "cache", "data")
+
+
+def load_study(path: Path) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
+    """(base config, [(variant name, raw config)])."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read study {path}: {exc}") from None
+    unknown = sorted(set(raw) - {"base", "matrix", "variants", "name"})
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r} in {path}; a study has base, matrix, variants, name")
+    spec = raw.get("base", {})
+    if isinstance(spec, str):
+        base_path = (path.parent / spec).resolve()
+        try:
+            base = tomllib.loads(base_path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read base config {base_path}: {exc}") from None
+    else:
+        base = copy.deepcopy(spec)
+    variants: list[tuple[str, dict[str, Any]]] = []
+    if "matrix" in raw:
+        axes = list(raw["matrix"].items())
+        for values in itertools.product(*[v if isinstance(v, list) else [v] for _, v in axes]):
+            cfg = copy.deepcopy(base)
+            parts = []
+            for (key, _), value in zip(axes, values):
+                _set(cfg, key, value, path)
+                parts.append(_label(key, value))
+            variants.append(("__".join(parts) or "base", cfg))
+    for entry in raw.get("variants", []):
+        if "name" not in entry:
+            raise ConfigError(f"[[variants]] in {path} needs a name")
+        cfg = copy.deepcopy(base)
+        for key, value in entry.get("set", {}).items():
+            _set(cfg, key, value, path)
+        variants.append((entry["name"], cfg))
+    if not variants:
+        raise ConfigError(f"{path} defines no variants: add [matrix] or [[variants]]")
+    names = [n for n, _ in variants]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: two variants share a name")
+    return base, variants
+
+
+def _set(cfg: dict[str, Any], dotted: str, value: Any, source: Path) -> None:
+    keys = dotted.split(".")
+    target = cfg
+    for key in keys[:-1]:
+        target = target.setdefault(key, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"{source}: {dotted!r} does not name a table key")
+    target[keys[-1]] = copy.deepcopy(value)
+
+
+def _label(key: str, value: Any) -> str:
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        text = "+".join("-".join(str(v) for k, v in entry.items() if k in ("name", "layer")) for entry in value)
+    elif isinstance(value, dict):
+        text = "-".join(str(v) for v in value.values())
+    else:
+        text = str(value)
+    safe = "".join(c if c.isalnum() or c in "-+_." else "-" for c in text)
+    return f"{key.split('.')[-1]}={safe}"
+
+
+def _shared_digest(cfg: dict[str, Any]) -> str:
+    digest = ""
+    for stage in STAGES:
+        digest = config_hash({**cfg, "upstream": digest}, ("upstream", *stage.tables))
+        if stage.name == SHARED_STAGES[-1]:
+            return digest
+    return digest
+
+
+def _link_trained(source: Path, target: Path) -> None:
+    """Reuse ``source``'s data, split, model and predictions in ``target`` (hard links, or copies)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in SHARED_FILES:
+        src = source / name
+        if not src.exists() or (target / name).exists():
+            continue
+        if src.is_dir():
+            shutil.copytree(src, target / name, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(src, target / name)
+    state = storage.read_json(source / STAGES_FILE)
+    storage.write_json(target / STAGES_FILE, {k: v for k, v in state.items() if k in SHARED_STAGES})
+
+
+def _link_or_copy(src: str | Path, dst: str | Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def run_study(path: Path, out: Path) -> dict[str, Any]:
+    _, variants = load_study(path)
+    resolved = [(name, resolve(raw, f"{path} (variant {name})")) for name, raw in variants]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    trained: dict[str, Path] = {}
+    rows = []
+    for name, cfg in resolved:
+        run_dir = out / name
+        digest = _shared_digest(cfg)
+        if digest in trained and not (run_dir / "model.keras").exists():
+            _link_trained(trained[digest], run_dir)
+            console.print(f"[cyan]variant[/] {name}: reusing the model of {trained[digest].name}")
+        else:
+            console.print(f"[cyan]variant[/] {name}")
+        start = time.perf_counter()
+        summary = run_pipeline(cfg, run_dir)
+        trained.setdefault(digest, run_dir)
+        rows.append(_row(name, run_dir, cfg, summary, time.perf_counter() - start))
+    table = {"study": str(path), "out": str(out), "variants": rows}
+    _write_tables(out, rows)
+    storage.write_json(out / "summary.json", table)
+    return table
+
+
+def _row(name: str, run_dir: Path, cfg: dict[str, Any], summary: dict[str, Any], seconds: float) -> dict[str, Any]:
+    metrics = storage.read_json(run_dir / "metrics.json")
+    row: dict[str, Any] = {"variant": name, "run_dir": str(run_dir), "seconds": round(seconds, 1),
+                           "stages_run": summary["stages_run"], "accuracy": metrics.get("accuracy")}
+    for task, b in metrics.get("binary", {}).items():
+        row[f"auc:{task}"] = b["auc"]
+    for key, per_class in metrics.get("templates", {}).items():
+        explainer = key.rsplit("-", 1)[0]
+        if key != f"{explainer}-{cfg['aggregate'][0]['name']}":
+            continue
+        lesion = [q for q in per_class.values() if q.get("pointing_game") is not None]
+        every = list(per_class.values())
+        mean = lambda vals: round(float(sum(vals) / len(vals)), 4) if vals else None  # noqa: E731
+        prefix = f"{explainer}"
+        row[f"{prefix}:consistency"] = mean([q["consistency"] for q in every if q.get("consistency") is not None])
+        row[f"{prefix}:split_half"] = mean([q["split_half"] for q in every if q.get("split_half") is not None])
+        row[f"{prefix}:pointing_game"] = mean([q["pointing_game"] for q in lesion])
+        row[f"{prefix}:energy_lift"] = mean([q["energy_lift"] for q in lesion if q.get("energy_lift") is not None])
+        row[f"{prefix}:lung_energy"] = mean([q["lung_energy"] for q in every if q.get("lung_energy") is not None])
+        sanity = metrics.get("sanity", {}).get(explainer, {})
+        row[f"{prefix}:sanity_r"] = sanity.get("mean_template_r")
+    return row
+
+
+def _write_tables(out: Path, rows: list[dict[str, Any]]) -> None:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns and k not in ("run_dir", "stages_run")]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    storage.write_text(out / "summary.csv", buf.getvalue())
+    fmt = lambda v: "" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
+    md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    md += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    storage.write_text(out / "summary.md", "\n".join(md) + "\n")
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(
+            f'<td><a href="{html.escape(r["variant"])}/report/index.html">{html.escape(r["variant"])}</a></td>'
+            if c == "variant" else f"<td>{html.escape(fmt(r.get(c)))}</td>" for c in columns) + "</tr>"
+        for r in rows)
+    storage.write_text(out / "index.html", f"""<!doctype html><html><head><meta charset="utf-8">
+<title>xaicxr study</title><style>body{{font-family:system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:.25em .5em;text-align:right}}td:first-child{{text-align:left}}</style></head>
+<body><h1>xaicxr study</h1><p>Each variant links to its report. Consistency and split-half are only meaningful
+next to the sanity similarity (near 1 = the heatmaps ignore the trained model).</p>
+<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></body></html>
+""")

@@ -1,0 +1,151 @@
+"""The example third-party package ``examples/xaicxr-extras``: installed for real with pip into a
+temporary directory, discovered through its entry points by the CLI in a subprocess, and run
+end to end (DenseNet121 backbone, Eigen-CAM explainer)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+EXTRAS = Path(__file__).resolve().parents[1] / "examples" / "xaicxr-extras"
+
+TINY = """
+[dataset]
+name = "phantom"
+n_per_class = 8
+size = 32
+[backbone]
+name = "densenet121"
+weights = "none"
+input_size = 64
+freeze_until = "relu"
+[train]
+epochs = 1
+batch_size = 16
+[[explain]]
+name = "eigencam"
+[[explain]]
+name = "gradcam"
+[[aggregate]]
+name = "mean"
+[templates]
+sanity_images = 4
+"""
+# input_size 64, not 32: DenseNet121 downsamples 32x, so at 32 px the target layer ``relu`` is
+# 1x1 and every map is constant (degenerate). freeze_until = "relu" trains only the head on
+# cached features: a full DenseNet121 train step takes about a minute to trace on 2 cores.
+
+
+def _load(name: str):
+    """A module of the package by path, without installing it into this process."""
+    spec = importlib.util.spec_from_file_location(f"_extras_{name}", EXTRAS / "xaicxr_extras" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """pip-install the package (a copy, so the build leaves nothing in examples/) into a target dir."""
+    root = tmp_path_factory.mktemp("extras")
+    source = root / "src"
+    shutil.copytree(EXTRAS, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    target = root / "site"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
+                           "--no-index", "--disable-pip-version-check", "-q", "--target", str(target),
+                           str(source)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert list(target.glob("xaicxr_extras-0.1.0.dist-info"))
+    return target
+
+
+def _cli(site: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    return subprocess.run([sys.executable, "-m", "xaicxr.cli", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=300)
+
+
+def test_installed_package_is_discovered_through_entry_points(site, tmp_path):
+    done = _cli(site, "plugins", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    listing = json.loads(done.stdout)
+    ours = {(p["kind"], p["name"]): p for p in listing["plugins"] if p.get("distribution") == "xaicxr-extras"}
+    assert set(ours) == {("backbone", "densenet121"), ("explainer", "eigencam")}
+    assert all(p["version"] == "0.1.0" and p["module"] == "xaicxr_extras" for p in ours.values())
+    assert not [f for f in listing["failed"] if f["distribution"] == "xaicxr-extras"]
+
+
+@pytest.mark.slow
+def test_run_with_densenet121_and_eigencam(site, tmp_path):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    out = tmp_path / "run"
+    done = _cli(site, "run", str(config), "--out", str(out), "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert "explain" in summary["stages_run"]
+    for path in ("heatmaps/eigencam.h5", "heatmaps/gradcam.h5", "templates/eigencam-mean.h5",
+                 "templates/gradcam-mean.h5", "report/index.html"):
+        assert (out / path).is_file(), path
+    import h5py
+
+    with h5py.File(out / "heatmaps" / "eigencam.h5") as f:
+        maps = f["heatmaps"][:]
+        assert f.attrs["layer"] == "relu" and f.attrs["explainer"] == "eigencam"
+    assert maps.shape[1:] == (64, 64) and 0.0 <= maps.min() and maps.max() <= 1.0 and maps.max() > 0
+
+
+def _tiny_model(size: int = 16):
+    import keras
+
+    inputs = keras.Input((size, size, 1))
+    x = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(3, name="logits")(x)
+    return keras.Model(inputs, keras.layers.Activation("softmax", name="probs")(x))
+
+
+def test_eigencam_maps_shape_range_and_class_independence():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = _tiny_model()
+    images = np.random.default_rng(0).random((5, 16, 16, 1), dtype=np.float32)
+    cam = _load("eigencam").EigenCAM()
+    maps = cam.explain(model, images, np.array([0, 1, 2, 0, 1]))
+    assert maps.shape == (5, 16, 16) and maps.dtype == np.float32
+    assert np.isfinite(maps).all() and maps.min() >= 0.0 and maps.max() <= 1.0 and maps.max() > 0
+    every = cam.explain(model, images, "all")
+    assert every.shape == (5, 3, 16, 16)
+    np.testing.assert_array_equal(every[:, 1], maps)
+
+
+def test_eigencam_sign_points_at_the_strongest_activation():
+    """A blob active in every channel must come out bright, not as the background."""
+    rng = np.random.default_rng(1)
+    acts = rng.random((2, 8, 8, 5)) * 0.1
+    acts[:, 2:4, 5:7, :] += 3.0
+    raw = _load("eigencam").eigen_maps(acts)
+    assert raw.shape == (2, 8, 8)
+    for m in raw:
+        assert np.unravel_index(np.argmax(m), m.shape) in {(2, 5), (2, 6), (3, 5), (3, 6)}
+        assert m[2:4, 5:7].min() > 0 > m[0, 0]
+
+
+def test_densenet121_missing_imagenet_weights_names_file_cache_and_alternative(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    densenet = _load("densenet")
+    with pytest.raises(densenet.WeightsNotFoundError) as err:
+        densenet.DenseNet121Backbone(weights="imagenet").build(["a", "b"])
+    message = str(err.value)
+    assert "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+    assert str(tmp_path / "keras" / "models") in message and "weights = " in message

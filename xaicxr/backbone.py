@@ -3,7 +3,35 @@ inspecting data stay fast; plugins import Keras when they build."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
+
+from .errors import XaicxrError
+
+
+class WeightsNotFoundError(XaicxrError):
+    """Pretrained weights are not on this machine; the message says how to get them."""
+
+
+def keras_cache_dir() -> Path:
+    """Where ``keras.utils.get_file`` caches downloads: ``$KERAS_HOME`` or ``~/.keras``, then ``models/``."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(home) / "models"
+
+
+def cached_keras_weights(filename: str, application: str) -> Path:
+    """The ImageNet weights file ``filename`` from the Keras cache, or an error that says how to
+    get it. Never downloads: runs must work offline and fail with instructions instead."""
+    path = keras_cache_dir() / filename
+    if not path.is_file():
+        raise WeightsNotFoundError(
+            f"ImageNet weights for {application} are not in the Keras cache: {path} does not exist. "
+            f"On a machine with internet, run: python -c \"import keras; keras.applications.{application}("
+            f"include_top=False, weights='imagenet')\" and copy ~/.keras/models/{filename} "
+            f"to {path}; or set [backbone] weights = \"/path/to/{filename}\" in the config; "
+            "or use weights = \"none\" to train from scratch.")
+    return path
 
 
 class Backbone:

@@ -8,37 +8,17 @@ explanation target, as in CheXNet's class activation maps.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from xaicxr.backbone import Backbone
+from xaicxr.backbone import Backbone, WeightsNotFoundError, cached_keras_weights
 from xaicxr.errors import XaicxrError
 
 WEIGHTS_FILE = "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 
-class WeightsNotFoundError(XaicxrError):
-    pass
-
-
-def keras_cache_dir() -> Path:
-    """Where ``keras.utils.get_file`` caches downloads: ``$KERAS_HOME`` or ``~/.keras``, then ``models/``."""
-    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    return Path(home) / "models"
-
-
 def imagenet_weights_path() -> Path:
     """The cached ImageNet weights, or an error saying how to get them (never downloads)."""
-    path = keras_cache_dir() / WEIGHTS_FILE
-    if not path.is_file():
-        raise WeightsNotFoundError(
-            f"densenet121: ImageNet weights are not in the Keras cache {keras_cache_dir()}: "
-            f"{path} does not exist. On a machine with internet, run: python -c \"import keras; "
-            f"keras.applications.DenseNet121(include_top=False, weights='imagenet')\" and copy "
-            f"~/.keras/models/{WEIGHTS_FILE} to {path}; or set [backbone] weights = "
-            f"\"/path/to/{WEIGHTS_FILE}\" in the config; or use weights = \"none\" to train "
-            "from scratch.")
-    return path
+    return cached_keras_weights(WEIGHTS_FILE, "DenseNet121")
 
 
 class DenseNet121Backbone(Backbone):

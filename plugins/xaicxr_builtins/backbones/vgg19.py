@@ -8,38 +8,18 @@ reachable by name, which is what Grad-CAM needs.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
-from xaicxr.backbone import Backbone
+from xaicxr.backbone import Backbone, WeightsNotFoundError, cached_keras_weights
 from xaicxr.errors import XaicxrError
 
 WEIGHTS_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
 BLOCKS = ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4))
 
 
-class WeightsNotFoundError(XaicxrError):
-    pass
-
-
-def keras_cache_dir() -> Path:
-    """Where ``keras.utils.get_file`` caches downloads: ``$KERAS_HOME`` or ``~/.keras``, then ``models/``."""
-    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    return Path(home) / "models"
-
-
 def imagenet_weights_path() -> Path:
-    """The cached ImageNet weights, or an error saying how to get them (no download attempted)."""
-    path = keras_cache_dir() / WEIGHTS_FILE
-    if not path.is_file():
-        raise WeightsNotFoundError(
-            f"ImageNet weights for VGG19 are not in the Keras cache: {path} does not exist. "
-            f"On a machine with internet, run: python -c \"import keras; keras.applications.VGG19("
-            f"include_top=False, weights='imagenet')\" and copy ~/.keras/models/{WEIGHTS_FILE} "
-            f"to {path}; or set [backbone] weights = \"/path/to/{WEIGHTS_FILE}\" in the config; "
-            "or use weights = \"none\" to train from scratch.")
-    return path
+    return cached_keras_weights(WEIGHTS_FILE, "VGG19")
 
 
 class VGG19Backbone(Backbone):

@@ -138,3 +138,28 @@ def test_detect_on_png_rgba_16bit_and_dicom(finished_run, tmp_path):
         assert Path(r["overlay"]).is_file()
         assert set(r["binary"]) == {"covid-vs-rest", "abnormal-vs-normal"}
     assert results[3]["format"] == "DICOM" and results[1]["mode"] == "RGBA" and results[2]["mode"].startswith("I")
+
+
+def test_sharded_explain_merges_into_the_unsharded_store(finished_run, tmp_path):
+    import h5py
+
+    from xaicxr.heatmaps import merge_stores, read_store, shard_paths
+
+    _, _, out, _ = finished_run
+    for k in (0, 1):
+        result = runner.invoke(app, ["explain", str(out), "--explainer", "gradcam", "--layer", "block4_conv4",
+                                     "--shard", f"{k}/2", "--json"])
+        assert result.exit_code == 0, result.stderr
+    parts = shard_paths(out, "gradcam")
+    assert [p.name for p in parts] == ["gradcam.shard-0-of-2.h5", "gradcam.shard-1-of-2.h5"]
+    merged = merge_stores(parts, tmp_path / "merged.h5")
+    with read_store(out / "heatmaps" / "gradcam.h5") as whole, read_store(merged) as joined:
+        assert joined.ids == whole.ids
+        for column in ("labels", "predictions", "targets", "probs", "degenerate"):
+            np.testing.assert_array_equal(getattr(joined, column), getattr(whole, column))
+        np.testing.assert_allclose(joined.read(), whole.read(), atol=2e-3)
+    with h5py.File(merged) as a, h5py.File(out / "heatmaps" / "gradcam.h5") as b:
+        assert dict(a.attrs) == dict(b.attrs)
+        assert a["heatmaps"].chunks == b["heatmaps"].chunks and a["heatmaps"].compression == b["heatmaps"].compression
+    bad = runner.invoke(app, ["explain", str(out), "--explainer", "gradcam", "--shard", "2/2"])
+    assert bad.exit_code == 2 and "K/N" in bad.stderr

@@ -325,6 +325,25 @@ def _parse_shard(text: Optional[str]) -> Optional[tuple[int, int]]:
     return int(k), int(n)
 
 
+@app.command("merge-heatmaps")
+def merge_heatmaps_cmd(run_dir: Path = typer.Argument(..., help="Run directory with shard stores."),
+                       explainer: str = typer.Option(..., "--explainer", "-e"),
+                       as_json: bool = JsonOpt) -> None:
+    """Combine heatmaps/<explainer>.shard-K-of-N.h5 (from explain --shard) into heatmaps/<explainer>.h5."""
+    from .heatmaps import merge_stores, shard_paths, store_path
+
+    try:
+        parts = shard_paths(run_dir, explainer)
+        path = merge_stores(parts, store_path(run_dir, explainer))
+    except XaicxrError as exc:
+        _fail(exc)
+    result = {"store": str(path), "shards": [str(p) for p in parts]}
+    if as_json:
+        _emit(result)
+    else:
+        console.print(f"merged {len(parts)} shards into {path}")
+
+
 @app.command("template")
 def template_cmd(run_dir: Path = typer.Argument(..., help="Run directory with heatmaps."),
                  as_json: bool = JsonOpt, unsafe_load: bool = UnsafeOpt) -> None:

@@ -317,6 +317,64 @@ def _text(value: Any) -> Any:
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
+def shard_paths(run_dir: str | Path, explainer_name: str) -> list[Path]:
+    """The shard stores ``heatmaps/<explainer>.shard-K-of-N.h5`` of one explainer, in order;
+    an error if a shard is missing or they disagree on N."""
+    found = sorted(Path(run_dir, "heatmaps").glob(f"{explainer_name}.shard-*-of-*.h5"))
+    if not found:
+        raise StoreError(f"no shard stores heatmaps/{explainer_name}.shard-K-of-N.h5 in {run_dir}")
+    parts = {}
+    for path in found:
+        k, n = path.name[len(explainer_name) + len(".shard-"):-len(".h5")].split("-of-")
+        parts[(int(n), int(k))] = path
+    counts = {n for n, _ in parts}
+    if len(counts) != 1:
+        raise StoreError(f"shard stores of {explainer_name} disagree on the number of shards: {sorted(counts)}")
+    n = counts.pop()
+    missing = [k for k in range(n) if (n, k) not in parts]
+    if missing:
+        raise StoreError(f"shard {missing[0]}/{n} of {explainer_name} is missing (explain --shard {missing[0]}/{n})")
+    return [parts[(n, k)] for k in range(n)]
+
+
+def merge_stores(parts: Sequence[str | Path], path: str | Path) -> Path:
+    """Concatenate shard stores (in order) into one store, laid out exactly as an unsharded
+    explain writes it; the shards must share model, explainer, layer, classes and parameters."""
+    path = Path(path)
+    stores = [HeatmapStore(p) for p in parts]
+    try:
+        first = stores[0]
+        for other in stores[1:]:
+            for key in ("explainer", "layer", "classes", "model_sha256", "params"):
+                if getattr(other, key) != getattr(first, key):
+                    raise StoreError(f"cannot merge {other.path.name} into {first.path.name}: {key} differs")
+        all_classes = first.has_all_classes
+        if any(s.has_all_classes != all_classes for s in stores):
+            raise StoreError("cannot merge shards with and without per-class heatmaps")
+        columns = {"ids": [i for s in stores for i in s.ids],
+                   **{k: np.concatenate([getattr(s, k) for s in stores])
+                      for k in ("labels", "predictions", "probs", "targets")}}
+        size = tuple(first.shape[1:])
+        dtype = str(first._h5["heatmaps"].dtype)
+        attrs = {k: _text(first._h5.attrs[k]) for k in IDENTITY_ATTRS}
+        attrs["job_sha256"] = _job_digest(columns, size, dtype, all_classes)
+        partial = partial_path(path)
+        _create(partial, attrs, columns, size, len(first.classes), dtype, all_classes)
+        with h5py.File(partial, "r+") as h5:
+            start = 0
+            for s in stores:
+                stop = start + len(s)
+                for name in ("heatmaps", "degenerate") + (ALL_CLASS_DATASETS if all_classes else ()):
+                    h5[name][start:stop] = s._h5[name][()]
+                start = stop
+            h5.attrs["done"] = start
+    finally:
+        for s in stores:
+            s.close()
+    _finalize(partial, path)
+    return path
+
+
 # --------------------------------------------------------------------------- reader
 
 

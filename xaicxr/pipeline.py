@@ -132,7 +132,7 @@ def build_backbone(cfg: dict[str, Any]):
 def stage_train(run: Run) -> dict[str, Any]:
     from .imagecache import build_image_cache
     from .models import save_model
-    from .train import fit
+    from .train import distribution_strategy, fit
 
     data = load_dataset_index(run.dir)
     split = read_split(run.dir)
@@ -143,7 +143,8 @@ def stage_train(run: Run) -> dict[str, Any]:
     import keras
 
     keras.utils.set_random_seed(run.cfg["train"]["seed"])
-    model = backbone.build(list(data["classes"]))
+    with distribution_strategy().scope():
+        model = backbone.build(list(data["classes"]))
     preprocessing = json.dumps({"backbone": run.cfg["backbone"]["name"],
                                 "input_size": backbone.input_size,
                                 "layer": _preprocess_config(model)}, sort_keys=True)

@@ -102,6 +102,23 @@ def augmenter(seed: int) -> keras.Sequential:
     ], name="augment")
 
 
+def distribution_strategy():
+    """``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` describes a cluster, ``MirroredStrategy``
+    when several GPUs are visible, else TensorFlow's default (one device). Build and compile the
+    model inside ``strategy.scope()``; see docs/scaling.md."""
+    import json
+    import os
+
+    import tensorflow as tf
+
+    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    if sum(len(v) for v in cluster.values()) > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if len(tf.config.list_physical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
 def compile_model(model: keras.Model, learning_rate: float) -> None:
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -122,7 +139,8 @@ def fit(model: keras.Model, freeze_until: str | None, cache: ImageCache, run_dir
         feature_path, reused = build_feature_cache(model, freeze_until, cache, run_dir, preprocessing,
                                                    opts["batch_size"])
         timings["feature_cache"] = round(time.perf_counter() - start, 3)
-        trainable = keras.Model(model.get_layer(freeze_until).output, model.output)
+        with distribution_strategy().scope():
+            trainable = keras.Model(model.get_layer(freeze_until).output, model.output)
         x_name, add_channel, transform = "features", False, None
         source = feature_path
     else:
@@ -130,7 +148,8 @@ def fit(model: keras.Model, freeze_until: str | None, cache: ImageCache, run_dir
         x_name, add_channel = "images", True
         transform = _augment_fn(opts["seed"]) if opts["augment"] else None
         source = cache.path
-    compile_model(trainable, opts["learning_rate"])
+    with distribution_strategy().scope():
+        compile_model(trainable, opts["learning_rate"])
     train = H5Batches(source, x_name, train_rows, cache.labels[train_rows], opts["batch_size"],
                       shuffle=True, seed=opts["seed"], transform=transform, add_channel=add_channel)
     val = H5Batches(source, x_name, val_rows, cache.labels[val_rows], opts["batch_size"],

@@ -1,7 +1,8 @@
 """Run every benchmark and print one table of ratios with the machine description.
 
     .venv/bin/python benchmarks/run_all.py            # the full sizes of docs/results.md (about an hour)
-    .venv/bin/python benchmarks/run_all.py --quick    # smaller sizes, same code paths (minutes)
+    .venv/bin/python benchmarks/run_all.py --quick    # smaller sizes, same code paths (about 6 min);
+                                                      # the targets hold for the full sizes only
 
 Each benchmark prints a JSON object as its last line; this script collects those objects into
 ``benchmarks/last-run.json`` and prints the ratios that have targets.

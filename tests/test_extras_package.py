@@ -85,20 +85,34 @@ def test_installed_package_is_discovered_through_entry_points(site, tmp_path):
 
 
 @pytest.mark.slow
-def test_run_with_densenet121_and_eigencam(site, tmp_path):
-    config = tmp_path / "tiny.toml"
-    config.write_text(TINY)
-    out = tmp_path / "run"
-    done = _cli(site, "run", str(config), "--out", str(out), "--json", cwd=tmp_path)
+def _study_text() -> str:
+    """TINY as a study: its tables under [base], one variant per explainer (they share the model)."""
+    import tomllib
+
+    import tomli_w
+
+    base = tomllib.loads(TINY)
+    explain = base.pop("explain")
+    return tomli_w.dumps({"base": base, "matrix": {"explain": [[e] for e in explain]}})
+
+
+def test_study_with_densenet121_and_eigencam(site, tmp_path):
+    study = tmp_path / "study.toml"
+    study.write_text(_study_text())
+    out = tmp_path / "study"
+    done = _cli(site, "study", str(study), "--out", str(out), "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads(done.stdout)
-    assert "explain" in summary["stages_run"]
-    for path in ("heatmaps/eigencam.h5", "heatmaps/gradcam.h5", "templates/eigencam-mean.h5",
-                 "templates/gradcam-mean.h5", "report/index.html"):
-        assert (out / path).is_file(), path
+    variants = json.loads(done.stdout)["variants"]
+    assert [v["variant"] for v in variants] == ["explain=eigencam", "explain=gradcam"]
+    assert "train" not in variants[1]["stages_run"], "the second variant reuses the densenet121 model"
+    for variant, name in zip(variants, ("eigencam", "gradcam")):
+        run = Path(variant["run_dir"])
+        for path in (f"heatmaps/{name}.h5", f"templates/{name}-mean.h5", "report/index.html"):
+            assert (run / path).is_file(), path
+    assert (out / "summary.csv").is_file() and (out / "index.html").is_file()
     import h5py
 
-    with h5py.File(out / "heatmaps" / "eigencam.h5") as f:
+    with h5py.File(Path(variants[0]["run_dir"]) / "heatmaps" / "eigencam.h5") as f:
         maps = f["heatmaps"][:]
         assert f.attrs["layer"] == "relu" and f.attrs["explainer"] == "eigencam"
     assert maps.shape[1:] == (64, 64) and 0.0 <= maps.min() and maps.max() <= 1.0 and maps.max() > 0

@@ -51,7 +51,9 @@ def test_two_variant_study_reuses_the_model_and_writes_tables(tmp_path):
     assert "train" in first["stages_run"] and "train" not in second["stages_run"]
     assert second["stages_run"] == ["explain", "templates", "report"]
     assert first["accuracy"] == second["accuracy"]
-    assert "gradcam:sanity_r" in first and "layercam:pointing_game" in second
+    assert (first["explainer"], first["layer"]) == ("gradcam", "block4_conv4")
+    assert (second["explainer"], second["layer"]) == ("layercam", "block3_conv4")
+    assert {"consistency", "split_half", "pointing_game", "energy_lift", "lung_energy", "sanity_r"} <= set(first)
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert [r["variant"] for r in rows] == names
     assert (out / "summary.md").read_text().startswith("| variant")

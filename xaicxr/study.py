@@ -156,35 +156,38 @@ def run_study(path: Path, out: Path) -> dict[str, Any]:
         start = time.perf_counter()
         summary = run_pipeline(cfg, run_dir)
         trained.setdefault(digest, run_dir)
-        rows.append(_row(name, run_dir, cfg, summary, time.perf_counter() - start))
+        rows.extend(_rows(name, run_dir, cfg, summary, time.perf_counter() - start))
     table = {"study": str(path), "out": str(out), "variants": rows}
     _write_tables(out, rows)
     storage.write_json(out / "summary.json", table)
     return table
 
 
-def _row(name: str, run_dir: Path, cfg: dict[str, Any], summary: dict[str, Any], seconds: float) -> dict[str, Any]:
+def _rows(name: str, run_dir: Path, cfg: dict[str, Any], summary: dict[str, Any],
+          seconds: float) -> list[dict[str, Any]]:
+    """One row per explainer of the variant (long format): classification figures, then the
+    template quality of its first aggregator averaged over classes (pointing game and lift over
+    the lesion classes) and the sanity similarity."""
     metrics = storage.read_json(run_dir / "metrics.json")
-    row: dict[str, Any] = {"variant": name, "run_dir": str(run_dir), "seconds": round(seconds, 1),
-                           "stages_run": summary["stages_run"], "accuracy": metrics.get("accuracy")}
+    common: dict[str, Any] = {"variant": name, "run_dir": str(run_dir), "seconds": round(seconds, 1),
+                              "stages_run": summary["stages_run"], "accuracy": metrics.get("accuracy")}
     for task, b in metrics.get("binary", {}).items():
-        row[f"auc:{task}"] = b["auc"]
-    for key, per_class in metrics.get("templates", {}).items():
-        explainer = key.rsplit("-", 1)[0]
-        if key != f"{explainer}-{cfg['aggregate'][0]['name']}":
-            continue
-        lesion = [q for q in per_class.values() if q.get("pointing_game") is not None]
+        common[f"auc:{task}"] = b["auc"]
+    mean = lambda vals: round(float(sum(vals) / len(vals)), 4) if vals else None  # noqa: E731
+    rows = []
+    for spec in cfg["explain"]:
+        per_class = metrics.get("templates", {}).get(f"{spec['name']}-{cfg['aggregate'][0]['name']}", {})
         every = list(per_class.values())
-        mean = lambda vals: round(float(sum(vals) / len(vals)), 4) if vals else None  # noqa: E731
-        prefix = f"{explainer}"
-        row[f"{prefix}:consistency"] = mean([q["consistency"] for q in every if q.get("consistency") is not None])
-        row[f"{prefix}:split_half"] = mean([q["split_half"] for q in every if q.get("split_half") is not None])
-        row[f"{prefix}:pointing_game"] = mean([q["pointing_game"] for q in lesion])
-        row[f"{prefix}:energy_lift"] = mean([q["energy_lift"] for q in lesion if q.get("energy_lift") is not None])
-        row[f"{prefix}:lung_energy"] = mean([q["lung_energy"] for q in every if q.get("lung_energy") is not None])
-        sanity = metrics.get("sanity", {}).get(explainer, {})
-        row[f"{prefix}:sanity_r"] = sanity.get("mean_template_r")
-    return row
+        lesion = [q for q in every if q.get("pointing_game") is not None]
+        sanity = metrics.get("sanity", {}).get(spec["name"], {})
+        rows.append({**common, "explainer": spec["name"], "layer": sanity.get("layer") or spec.get("layer"),
+                     "consistency": mean([q["consistency"] for q in every if q.get("consistency") is not None]),
+                     "split_half": mean([q["split_half"] for q in every if q.get("split_half") is not None]),
+                     "pointing_game": mean([q["pointing_game"] for q in lesion]),
+                     "energy_lift": mean([q["energy_lift"] for q in lesion if q.get("energy_lift") is not None]),
+                     "lung_energy": mean([q["lung_energy"] for q in every if q.get("lung_energy") is not None]),
+                     "sanity_r": sanity.get("mean_template_r")})
+    return rows
 
 
 def _write_tables(out: Path, rows: list[dict[str, Any]]) -> None:

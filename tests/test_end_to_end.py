@@ -163,3 +163,20 @@ def test_sharded_explain_merges_into_the_unsharded_store(finished_run, tmp_path)
         assert a["heatmaps"].chunks == b["heatmaps"].chunks and a["heatmaps"].compression == b["heatmaps"].compression
     bad = runner.invoke(app, ["explain", str(out), "--explainer", "gradcam", "--shard", "2/2"])
     assert bad.exit_code == 2 and "K/N" in bad.stderr
+
+
+def test_sharded_templates_merge_to_the_unsharded_ones(finished_run):
+    from xaicxr.templates import read_template_file
+
+    _, _, out, _ = finished_run
+    before = {agg: read_template_file(out / "templates" / f"gradcam-{agg}.h5") for agg in ("mean", "median")}
+    for k in range(3):
+        result = runner.invoke(app, ["template", str(out), "--shard", f"{k}/3", "--json"])
+        assert result.exit_code == 0, result.stderr
+    merged = runner.invoke(app, ["template", str(out), "--merge-shards", "--json"])
+    assert merged.exit_code == 0, merged.stderr
+    for agg, templates in before.items():
+        after = read_template_file(out / "templates" / f"gradcam-{agg}.h5")
+        for cls, (template, attrs) in templates.items():
+            np.testing.assert_array_equal(after[cls][0], template)
+            assert after[cls][1]["n"] == attrs["n"]

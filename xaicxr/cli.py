@@ -329,7 +329,7 @@ def _parse_shard(text: Optional[str]) -> Optional[tuple[int, int]]:
 def merge_heatmaps_cmd(run_dir: Path = typer.Argument(..., help="Run directory with shard stores."),
                        explainer: str = typer.Option(..., "--explainer", "-e"),
                        as_json: bool = JsonOpt) -> None:
-    """Combine heatmaps/<explainer>.shard-K-of-N.h5 (from explain --shard) into heatmaps/<explainer>.h5."""
+    """Combine shards/<explainer>.shard-K-of-N.h5 (from explain --shard) into heatmaps/<explainer>.h5."""
     from .heatmaps import merge_stores, shard_paths, store_path
 
     try:
@@ -346,8 +346,26 @@ def merge_heatmaps_cmd(run_dir: Path = typer.Argument(..., help="Run directory w
 
 @app.command("template")
 def template_cmd(run_dir: Path = typer.Argument(..., help="Run directory with heatmaps."),
+                 shard: Optional[str] = typer.Option(None, "--shard", help="K/N: only save the aggregator states of the K-th of N parts."),
+                 merge_shards: bool = typer.Option(False, "--merge-shards", help="Merge saved shard states into the template files."),
                  as_json: bool = JsonOpt, unsafe_load: bool = UnsafeOpt) -> None:
-    """(Re)build the per-class templates, their quality figures and the sanity check."""
+    """(Re)build the per-class templates, their quality figures and the sanity check; or, with
+    --shard / --merge-shards, the templates of a run split over several processes or hosts."""
+    if shard is not None or merge_shards:
+        from .pipeline import run_config
+        from .templating import build_shard_states, merge_shard_states
+
+        try:
+            cfg = run_config(run_dir)
+            result = ({"states": [str(p) for p in build_shard_states(run_dir, cfg, _parse_shard(shard))]}
+                      if shard is not None else {"templates": merge_shard_states(run_dir, cfg)})
+        except XaicxrError as exc:
+            _fail(exc)
+        if as_json:
+            _emit(result)
+        else:
+            console.print(result)
+        return
     summary = _stage_command("templates", run_dir, None, as_json, unsafe_load)
     if not as_json:
         console.print(f"templates: {', '.join(summary['templates']['templates'])}")

@@ -57,7 +57,7 @@ def explain_split(run_dir: Path, model: Any, model_sha: str, cache: ImageCache, 
     if shard is not None:
         k, n = shard
         rows = rows[k * len(rows) // n:(k + 1) * len(rows) // n]
-        path = path.with_name(f"{spec['name']}.shard-{k}-of-{n}.h5")
+        path = Path(run_dir) / "shards" / f"{spec['name']}.shard-{k}-of-{n}.h5"
     labels = cache.labels[rows]
     predictions = preds["probs"][rows].argmax(axis=1)
     targets = predictions if spec["targets"] == "predicted" else labels

@@ -318,11 +318,11 @@ def _text(value: Any) -> Any:
 
 
 def shard_paths(run_dir: str | Path, explainer_name: str) -> list[Path]:
-    """The shard stores ``heatmaps/<explainer>.shard-K-of-N.h5`` of one explainer, in order;
+    """The shard stores ``shards/<explainer>.shard-K-of-N.h5`` of one explainer, in order;
     an error if a shard is missing or they disagree on N."""
-    found = sorted(Path(run_dir, "heatmaps").glob(f"{explainer_name}.shard-*-of-*.h5"))
+    found = sorted(Path(run_dir, "shards").glob(f"{explainer_name}.shard-*-of-*.h5"))
     if not found:
-        raise StoreError(f"no shard stores heatmaps/{explainer_name}.shard-K-of-N.h5 in {run_dir}")
+        raise StoreError(f"no shard stores shards/{explainer_name}.shard-K-of-N.h5 in {run_dir}")
     parts = {}
     for path in found:
         k, n = path.name[len(explainer_name) + len(".shard-"):-len(".h5")].split("-of-")

@@ -140,3 +140,53 @@ def build_all(run_dir: Path, cfg: dict[str, Any], cache: ImageCache, model_loade
                 figures["sanity"][spec["name"]] = sanity_check(
                     store, cache, model, make_explainer(spec), opts["sanity_images"])
     return figures
+
+
+def states_path(run_dir: Path, explainer: str, shard: tuple[int, int]) -> Path:
+    return Path(run_dir) / "shards" / f"{explainer}.states-{shard[0]}-of-{shard[1]}.h5"
+
+
+def build_shard_states(run_dir: Path, cfg: dict[str, Any], shard: tuple[int, int]) -> list[Path]:
+    """Aggregator states of one contiguous part of every heatmap store (``template --shard K/N``)."""
+    from .heatmaps import store_path
+    from .templates import save_states
+
+    opts = cfg["templates"]
+    aggregators = make_aggregators(cfg["aggregate"])
+    written = []
+    for spec in cfg["explain"]:
+        states = build_templates(store_path(run_dir, spec["name"]), aggregators, by=opts["by"],
+                                 correct_only=opts["correct_only"], shard=shard, progress=True)
+        path = states_path(run_dir, spec["name"], shard)
+        save_states(path, states, aggregators, by=opts["by"], correct_only=opts["correct_only"],
+                    shard=list(shard))
+        written.append(path)
+    return written
+
+
+def merge_shard_states(run_dir: Path, cfg: dict[str, Any]) -> dict[str, list[str]]:
+    """Merge every explainer's shard states (all N must exist) and write its template files:
+    exactly the templates of an unsharded pass for mean, std, median and trimmed-mean."""
+    from .errors import XaicxrError
+    from .templates import load_states, merge_states
+
+    opts = cfg["templates"]
+    aggregators = make_aggregators(cfg["aggregate"])
+    merged = {}
+    for spec in cfg["explain"]:
+        found = sorted(Path(run_dir, "shards").glob(f"{spec['name']}.states-*-of-*.h5"))
+        if not found:
+            raise XaicxrError(f"no shard states for {spec['name']}; run `xaicxr template RUN_DIR --shard K/N` first")
+        total = {int(p.stem.rsplit("-of-", 1)[1]) for p in found}
+        if len(total) != 1:
+            raise XaicxrError(f"shard states of {spec['name']} disagree on N: {sorted(total)}")
+        n = total.pop()
+        paths = [states_path(run_dir, spec["name"], (k, n)) for k in range(n)]
+        missing = [p.name for p in paths if not p.exists()]
+        if missing:
+            raise XaicxrError(f"missing shard states: {', '.join(missing)}")
+        states = merge_states((load_states(p, aggregators)[0] for p in paths), aggregators)
+        written = write_templates(run_dir, spec["name"], states, aggregators, by=opts["by"],
+                                  correct_only=opts["correct_only"])
+        merged[spec["name"]] = [str(p) for p in written.values()]
+    return merged

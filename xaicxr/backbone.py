@@ -34,6 +34,19 @@ def cached_keras_weights(filename: str, application: str) -> Path:
     return path
 
 
+def weights_file(weights: str, filename: str, application: str) -> Path | None:
+    """What a backbone's ``weights`` option names: ``"none"`` (None), ``"imagenet"`` (the cached
+    file ``filename`` of ``keras.applications.<application>``), or a path that must exist."""
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        return cached_keras_weights(filename, application)
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsNotFoundError(f"{application}: weights file {path} does not exist")
+    return path
+
+
 class Backbone:
     """``build(classes)`` returns an uncompiled Keras model that takes grayscale images
     (N, S, S, 1) in [0, 1], ends in a ``logits`` layer and a softmax ``probs`` layer, and does

@@ -10,15 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from xaicxr.backbone import Backbone, WeightsNotFoundError, cached_keras_weights
+from xaicxr.backbone import Backbone, WeightsNotFoundError, weights_file
 from xaicxr.errors import XaicxrError
 
 WEIGHTS_FILE = "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"
-
-
-def imagenet_weights_path() -> Path:
-    """The cached ImageNet weights, or an error saying how to get them (never downloads)."""
-    return cached_keras_weights(WEIGHTS_FILE, "DenseNet121")
 
 
 class DenseNet121Backbone(Backbone):
@@ -44,22 +39,12 @@ class DenseNet121Backbone(Backbone):
         self.dense = list(dense)
         self.dropout = dropout
 
-    def _weights_file(self) -> Path | None:
-        if self.weights == "none":
-            return None
-        if self.weights == "imagenet":
-            return imagenet_weights_path()
-        path = Path(self.weights).expanduser()
-        if not path.is_file():
-            raise WeightsNotFoundError(f"densenet121: weights file {path} does not exist")
-        return path
-
     def build(self, classes: list[str]):
         import keras
 
         from xaicxr.models import LOGITS, PROBS, GrayToColour
 
-        weights = self._weights_file()  # fail on missing weights before building anything
+        weights = weights_file(self.weights, WEIGHTS_FILE, "DenseNet121")
         inputs = keras.Input((self.input_size, self.input_size, 1), name="image")
         x = GrayToColour("torch", name="preprocess")(inputs)
         try:

@@ -11,15 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from xaicxr.backbone import Backbone, WeightsNotFoundError, cached_keras_weights
+from xaicxr.backbone import Backbone, WeightsNotFoundError, weights_file
 from xaicxr.errors import XaicxrError
 
 WEIGHTS_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
 BLOCKS = ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4))
-
-
-def imagenet_weights_path() -> Path:
-    return cached_keras_weights(WEIGHTS_FILE, "VGG19")
 
 
 class VGG19Backbone(Backbone):
@@ -52,16 +48,6 @@ class VGG19Backbone(Backbone):
         self.dense = list(dense)
         self.dropout = dropout
 
-    def _weights_file(self) -> Path | None:
-        if self.weights == "none":
-            return None
-        if self.weights == "imagenet":
-            return imagenet_weights_path()
-        path = Path(self.weights).expanduser()
-        if not path.is_file():
-            raise WeightsNotFoundError(f"vgg19: weights file {path} does not exist")
-        return path
-
     def build(self, classes: list[str]):
         import keras
 
@@ -69,7 +55,7 @@ class VGG19Backbone(Backbone):
 
         inputs = keras.Input((self.input_size, self.input_size, 1), name="image")
         x = GrayToColour("caffe", name="preprocess")(inputs)
-        weights = self._weights_file()
+        weights = weights_file(self.weights, WEIGHTS_FILE, "VGG19")
         if weights is not None:
             x = _pretrained_base(x, weights)
         else:

@@ -62,15 +62,15 @@ def explain_split(run_dir: Path, model: Any, model_sha: str, cache: ImageCache, 
     predictions = preds["probs"][rows].argmax(axis=1)
     targets = predictions if spec["targets"] == "predicted" else labels
 
-    def images(start: int, stop: int) -> np.ndarray:
-        with h5py.File(cache.path, "r") as h5:
+    params = {**plugin_options(spec, "explain"), "targets": spec["targets"], "split": spec["split"]}
+    with h5py.File(cache.path, "r") as h5:
+        def images(start: int, stop: int) -> np.ndarray:
             return read_rows(h5["images"], rows[start:stop]).astype(np.float32)[..., None]
 
-    params = {**plugin_options(spec, "explain"), "targets": spec["targets"], "split": spec["split"]}
-    return explain_to_store(
-        path, explainer=make_explainer(spec), explainer_name=spec["name"], model=model,
-        model_sha256=model_sha, layer=target_layer(spec, run_dir), classes=preds["classes"],
-        ids=[cache.ids[r] for r in rows], labels=labels, predictions=predictions,
-        probs=preds["probs"][rows], targets=targets, images=images,
-        batch_size=spec["batch_size"], params=params, overwrite=overwrite,
-        all_classes=spec["targets"] == "all")
+        return explain_to_store(
+            path, explainer=make_explainer(spec), explainer_name=spec["name"], model=model,
+            model_sha256=model_sha, layer=target_layer(spec, run_dir), classes=preds["classes"],
+            ids=[cache.ids[r] for r in rows], labels=labels, predictions=predictions,
+            probs=preds["probs"][rows], targets=targets, images=images,
+            batch_size=spec["batch_size"], params=params, overwrite=overwrite,
+            all_classes=spec["targets"] == "all")

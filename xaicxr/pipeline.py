@@ -177,14 +177,15 @@ def stage_evaluate(run: Run) -> dict[str, Any]:
     size = int(model.input_shape[1])
     cache = open_image_cache(image_cache_path(run.dir, size))
     probs = predict_cache(model, cache)
-    classes = read_split(run.dir)["classes"]
+    split = read_split(run.dir)
+    classes = split["classes"]
     write_predictions(run.dir, cache, probs, classes, run.path("model.keras"))
     for task, spec in run.cfg["binary"].items():
         missing = [c for c in spec["positive"] if c not in classes]
         if missing:
             raise DataError(f"[binary] {task!r}: class {missing[0]!r} is not one of {classes}")
     figures = evaluation(classes, cache.labels, cache.splits, probs, run.cfg["binary"],
-                         external=bool(read_split(run.dir)["external_test"]), seed=run.cfg["split"]["seed"])
+                         external=bool(split["external_test"]), seed=run.cfg["split"]["seed"])
     storage.update_json(run.path("metrics.json"), figures)
     return {"accuracy": round(figures["accuracy"], 4), "macro_f1": round(figures["macro_f1"], 4),
             "binary_auc": {k: round(v["auc"], 4) for k, v in figures["binary"].items()},

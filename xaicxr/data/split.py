@@ -42,7 +42,7 @@ def split_records(records: Sequence[Record], classes: Sequence[str], *, test: fl
             else:
                 rest.append(r)
         if not out["val"] and val > 0:
-            own_train = {i for i in out["train"]}
+            own_train = set(out["train"])
             carve = [r for r in records if r.id in own_train]
             parts = _assign(carve, classes, {"train": 1 - val, "val": val}, seed, group_by_patient)
             out["train"], out["val"] = parts["train"], parts["val"]

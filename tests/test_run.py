@@ -50,7 +50,7 @@ def test_run_writes_config_split_and_skipped(tmp_path):
     assert summary["stages_run"] == ["dataset", "split"]
     cfg = tomllib.loads((out / "config.toml").read_text())
     assert cfg["dataset"] == {"name": "phantom", "n_per_class": 12, "size": 32, "seed": 3,
-                              "max_pixels": 100_000_000}
+                              "max_pixels": 100_000_000, "resize": "pad"}
     assert cfg["split"]["group_by_patient"] is True
     split = json.loads((out / "split.json").read_text())
     assert split["sizes"] == {"train": 24, "val": 12, "test": 12}
@@ -93,9 +93,61 @@ val = 0.5
     assert split["sizes"]["train"] == 6 and split["sizes"]["val"] == 6
 
 
+def _source_tree(root: Path) -> None:
+    """Two classes; ``sick`` images come from two journals, ``well`` from numbered patients."""
+    files = [f"well/{p:04d}_{k}.png" for p in range(8) for k in range(2)]
+    files += [f"sick/lancet-case{c}{v}.png" for c in range(3) for v in "ab"]
+    files += [f"sick/nejm{c}_f{v}.png" for c in range(5) for v in "ab"]
+    for i, name in enumerate(files):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (20, 20), i).save(root / name)
+
+
+def test_run_with_leave_source_out_test_pattern(tmp_path):
+    _source_tree(tmp_path / "set")
+    config = _write(tmp_path, rf"""
+[dataset]
+name = "folder"
+path = "{tmp_path / 'set'}"
+patient_pattern = ['^(\d{{4}})_', '^(lancet-case\d)', '^(nejm\d)_']
+[split]
+val = 0.25
+test_pattern = '^sick/lancet|^well/000[01]_1'
+""")
+    _run(str(config), "--out", str(tmp_path / "run"))
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert split["test_set"] == "leave-source-out ([split] test_pattern)"
+    assert sorted(split["test"]) == sorted(
+        [f"sick/lancet-case{c}{v}.png" for c in range(3) for v in "ab"]
+        + [f"well/000{p}_{k}.png" for p in (0, 1) for k in range(2)])
+    assert split["patients_in_several_splits"] == 0
+    assert split["sizes"]["test"] == 10 and split["sizes"]["train"] + split["sizes"]["val"] == 22
+    assert all(split["counts"]["val"][c] >= 2 for c in ("sick", "well"))
+    assert not any("lancet" in i for i in split["train"] + split["val"])
+
+
+@pytest.mark.parametrize("split_table, message", [
+    ("test_pattern = '^nothing'", "matches no image id (ids look like"),
+    ("test_pattern = '.'", "holds out every image"),
+    ("test_pattern = '(unclosed'", "is not a valid regular expression"),
+])
+def test_test_pattern_errors_are_clear(tmp_path, split_table, message):
+    _source_tree(tmp_path / "set")
+    config = _write(tmp_path, f"[dataset]\nname = 'folder'\npath = '{tmp_path / 'set'}'\n[split]\n{split_table}\n")
+    result = runner.invoke(app, ["run", str(config), "--out", str(tmp_path / "r"), "--until", "split"])
+    assert result.exit_code == 2 and message in result.stderr
+
+
+def test_test_pattern_and_test_path_exclude_each_other():
+    records = [Record(id=f"a/{i}", label="a", path=Path("x")) for i in range(4)]
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        split_records(records, ["a"], test_pattern="a/1", external_test=records[:1])
+
+
 @pytest.mark.parametrize("text, message", [
     ("[dataset]\nname = 'phantom'\nn_per_klass = 3\n", "unknown key 'n_per_klass' in [dataset] in {file}"),
     ("[dataset]\nname = 'phantom'\nsize = 'big'\n", "wrong type for 'size' in [dataset] in {file}"),
+    ("[dataset]\nname = 'phantom'\nresize = 'squash'\n", "wrong type for 'resize' in [dataset] in {file}"),
     ("[split]\ntest = 'a lot'\n", "wrong type for 'test' in [split] in {file}: got 'a lot', expected a number"),
     ("[split]\nshuffle = true\n", "unknown key 'shuffle' in [split] in {file}"),
     ("[splits]\ntest = 0.1\n", "unknown table [splits] in {file}"),

@@ -22,9 +22,11 @@ DEFAULT_SOURCE = "the embedded default configuration"
 
 CORE_KEYS: dict[str, dict[str, tuple[Any, Any]]] = {
     "dataset": {"name": (str, "phantom"), "test_path": (str | None, None),
-                "max_pixels": (int, 100_000_000), "workers": (int | None, None)},
+                "max_pixels": (int, 100_000_000), "workers": (int | None, None),
+                "resize": (Literal["pad", "stretch", "crop"], "pad")},
     "split": {"test": (float, 0.2), "val": (float, 0.1), "seed": (int, 0),
-              "group_by_patient": (bool, True), "use_dataset_split": (bool, False)},
+              "group_by_patient": (bool, True), "use_dataset_split": (bool, False),
+              "test_pattern": (str | None, None)},
     "backbone": {"name": (str, "vgg19")},
     "train": {"epochs": (int, 30), "batch_size": (int, 32), "learning_rate": (float, 1e-3),
               "augment": (bool, False), "cache_features": (bool, True), "patience": (int, 6),

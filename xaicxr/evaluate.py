@@ -52,13 +52,13 @@ def read_predictions(run_dir: Path) -> dict[str, Any]:
 
 
 def evaluation(classes: list[str], labels: np.ndarray, splits: np.ndarray, probs: np.ndarray,
-               binary: dict[str, dict], *, external: bool, seed: int = 0) -> dict[str, Any]:
+               binary: dict[str, dict], *, test_set: str = "internal split", seed: int = 0) -> dict[str, Any]:
     test = splits == SPLITS.index("test")
     val = splits == SPLITS.index("val")
     report = classification_report(labels[test], probs[test], classes)
     tasks = binary or default_binary_tasks(classes)
     out = {"classes": list(classes), **report,
-           "test_set": "external (test_path)" if external else "internal split",
+           "test_set": test_set,
            "n_test": int(test.sum()), "n_val": int(val.sum()),
            "val": {k: v for k, v in classification_report(labels[val], probs[val], classes).items()
                    if k in ("accuracy", "macro_f1")},

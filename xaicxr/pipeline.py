@@ -93,11 +93,20 @@ def stage_split(run: Run) -> dict[str, Any]:
     s = run.cfg["split"]
     split = split_records(records, data["classes"], test=s["test"], val=s["val"], seed=s["seed"],
                           group_by_patient=s["group_by_patient"],
-                          use_dataset_split=s["use_dataset_split"], external_test=external)
+                          use_dataset_split=s["use_dataset_split"], external_test=external,
+                          test_pattern=s.get("test_pattern"))
     summary = split_summary(split, records + external, data["classes"])
+    test_set = ("external (test_path)" if external else
+                "leave-source-out ([split] test_pattern)" if s.get("test_pattern") else "internal split")
     storage.write_json(run.path("split.json"), {
-        "classes": data["classes"], "external_test": bool(external), **s, **summary, **split})
+        "classes": data["classes"], "external_test": bool(external), "test_set": test_set,
+        **s, **summary, **split})
     return summary["sizes"]
+
+
+def _test_set_name(split: dict[str, Any]) -> str:
+    """How the test set was chosen (split.json written before ``test_set`` existed has only the flag)."""
+    return split.get("test_set") or ("external (test_path)" if split["external_test"] else "internal split")
 
 
 def run_config(run_dir: Path, config: Path | None = None) -> dict[str, Any]:
@@ -139,7 +148,8 @@ def stage_train(run: Run) -> dict[str, Any]:
     backbone = build_backbone(run.cfg)
     cache = build_image_cache(run.dir, split, data["records"] + data["external_test"], data["classes"],
                               backbone.input_size, workers=run.cfg["dataset"].get("workers"),
-                              max_pixels=run.cfg["dataset"]["max_pixels"])
+                              max_pixels=run.cfg["dataset"]["max_pixels"],
+                              resize=run.cfg["dataset"]["resize"])
     import keras
 
     keras.utils.set_random_seed(run.cfg["train"]["seed"])
@@ -185,7 +195,7 @@ def stage_evaluate(run: Run) -> dict[str, Any]:
         if missing:
             raise DataError(f"[binary] {task!r}: class {missing[0]!r} is not one of {classes}")
     figures = evaluation(classes, cache.labels, cache.splits, probs, run.cfg["binary"],
-                         external=bool(split["external_test"]), seed=run.cfg["split"]["seed"])
+                         test_set=_test_set_name(split), seed=run.cfg["split"]["seed"])
     storage.update_json(run.path("metrics.json"), figures)
     return {"accuracy": round(figures["accuracy"], 4), "macro_f1": round(figures["macro_f1"], 4),
             "binary_auc": {k: round(v["auc"], 4) for k, v in figures["binary"].items()},

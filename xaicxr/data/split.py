@@ -6,6 +6,7 @@ closest to their targets; ties are broken by a seeded shuffle, so a seed gives o
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from typing import Sequence
 
@@ -20,15 +21,24 @@ SPLITS = ("train", "val", "test")
 def split_records(records: Sequence[Record], classes: Sequence[str], *, test: float = 0.2,
                   val: float = 0.1, seed: int = 0, group_by_patient: bool = True,
                   use_dataset_split: bool = False,
-                  external_test: Sequence[Record] = ()) -> dict[str, list[str]]:
+                  external_test: Sequence[Record] = (),
+                  test_pattern: str | None = None) -> dict[str, list[str]]:
     """``{"train": ids, "val": ids, "test": ids}``.
 
     With ``external_test`` those records are the whole test set and ``records`` are split into
-    train and val only. With ``use_dataset_split`` a record's own ``subset`` decides, and records
-    without one (or a missing val subset) are split by the fractions.
+    train and val only. ``test_pattern`` does the same for the records whose id it matches (see
+    :func:`held_out_by_pattern`). With ``use_dataset_split`` a record's own ``subset`` decides,
+    and records without one (or a missing val subset) are split by the fractions.
     """
     if not (0 <= test < 1 and 0 <= val < 1 and test + val < 1):
         raise ConfigError(f"[split] fractions must satisfy 0 <= test, val and test + val < 1 (got test={test}, val={val})")
+    if test_pattern is not None:
+        if external_test or use_dataset_split:
+            raise ConfigError("[split] test_pattern cannot be combined with [dataset] test_path "
+                              "or [split] use_dataset_split: each of them decides the test set")
+        held = held_out_by_pattern(records, test_pattern, group_by_patient)
+        external_test = [r for r in records if r.id in held]
+        records = [r for r in records if r.id not in held]
     fractions = {"train": 1 - test - val, "val": val, "test": test}
     if external_test:
         fractions = {"train": 1 - val, "val": val, "test": 0.0}
@@ -50,6 +60,28 @@ def split_records(records: Sequence[Record], classes: Sequence[str], *, test: fl
         out[name].extend(ids)
     out["test"].extend(r.id for r in external_test)
     return {s: sorted(out[s]) for s in SPLITS}
+
+
+def held_out_by_pattern(records: Sequence[Record], pattern: str,
+                        group_by_patient: bool = True) -> set[str]:
+    """Ids of the records a leave-source-out test holds out: those whose id ``pattern`` matches
+    (``re.search``), plus, when grouping by patient, every other image of their patients, so a
+    held-out patient or source never also trains the model."""
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"[split] test_pattern {pattern!r} is not a valid regular expression: {exc}") from None
+    held = {r.id for r in records if regex.search(r.id)}
+    if not held:
+        raise ConfigError(f"[split] test_pattern {pattern!r} matches no image id "
+                          f"(ids look like {records[0].id!r})" if records else
+                          f"[split] test_pattern {pattern!r}: the dataset has no images")
+    if group_by_patient:
+        patients = {r.patient for r in records if r.id in held and r.patient is not None}
+        held |= {r.id for r in records if r.patient in patients}
+    if len(held) == len(records):
+        raise ConfigError(f"[split] test_pattern {pattern!r} holds out every image; nothing is left to train on")
+    return held
 
 
 def _assign(records: Sequence[Record], classes: Sequence[str], fractions: dict[str, float],

@@ -15,21 +15,26 @@ class FolderDataset(Dataset):
 
     ``classes`` fixes the class order (and subset); by default it is the sorted folder names.
     ``patient_pattern`` is a regular expression searched in the file name whose first group
-    (or whole match) is the patient id, so splits can keep a patient's images together.
+    (or whole match) is the patient id, so splits keep a patient's images together. A list of
+    expressions is tried in order and the first that matches wins, which lets one config group
+    files named in several ways (patients of one archive, figures of one paper from another).
     """
 
     def __init__(self, path: str | None = None, classes: list[str] | None = None,
-                 patient_pattern: str | None = None) -> None:
+                 patient_pattern: str | list[str] | None = None) -> None:
         self.path = path
         self.wanted = list(classes) if classes else None
-        try:
-            self.patient_re = re.compile(patient_pattern) if patient_pattern else None
-        except re.error as exc:
-            raise DataError(f"folder: invalid patient_pattern {patient_pattern!r}: {exc}") from None
+        patterns = [patient_pattern] if isinstance(patient_pattern, str) else list(patient_pattern or [])
+        self.patient_res = []
+        for pattern in patterns:
+            try:
+                self.patient_res.append(re.compile(pattern))
+            except re.error as exc:
+                raise DataError(f"folder: invalid patient_pattern {pattern!r}: {exc}") from None
 
     def external(self, path: str) -> "FolderDataset":
         clone = FolderDataset(path, self.wanted)
-        clone.patient_re = self.patient_re
+        clone.patient_res = self.patient_res
         return clone
 
     def scan(self, workdir: Path | None = None, progress: Progress | None = None) -> Scan:
@@ -55,9 +60,8 @@ class FolderDataset(Dataset):
         return scan
 
     def _patient(self, filename: str) -> str | None:
-        if self.patient_re is None:
-            return None
-        match = self.patient_re.search(filename)
-        if match is None:
-            return None
-        return match.group(1) if match.groups() else match.group(0)
+        for regex in self.patient_res:
+            match = regex.search(filename)
+            if match is not None:
+                return match.group(1) if match.groups() else match.group(0)
+        return None

@@ -591,6 +591,23 @@ def test_fit_square_preserves_aspect_and_upscales():
     assert out[3:9, :5].max() < 0.5 < out[3:9, 7:].min()
 
 
+def test_stretch_and_crop_fill_the_square_without_padding():
+    image = np.zeros((100, 50), np.float32)
+    image[:, :25] = 1.0
+    stretched = fit_square(image, 32, policy="stretch")
+    assert fit_square_box(image.shape, 32, "stretch") == (0, 0, 32, 32)
+    assert stretched[:, :15].min() > 0.99 and stretched[:, 17:].max() < 0.01
+    tall = np.linspace(0, 1, 100, dtype=np.float32)[:, None].repeat(50, axis=1)
+    cropped = fit_square(tall, 10, policy="crop")
+    assert cropped[0].min() > 0.24 and cropped[-1].max() < 0.76  # only the central 50 rows kept
+    assert np.all(np.diff(cropped[:, 0]) > 0)
+    mask = np.zeros((100, 50), bool)
+    mask[:, :25] = True
+    assert fit_square_mask(mask, 32, "stretch")[:, :16].all()
+    with pytest.raises(ValueError, match="pad, stretch, crop"):
+        fit_square(image, 32, policy="squash")
+
+
 def test_fit_square_antialiases_when_reducing():
     checker = (np.indices((128, 128)).sum(axis=0) % 2).astype(np.float32)
     out = fit_square(checker, 32)

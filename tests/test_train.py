@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from PIL import Image
+
 from xaicxr import plugins
 from xaicxr.cli import app
 from xaicxr.data.split import split_records
@@ -33,6 +35,23 @@ def tiny_cache(tmp_path_factory):
     split = split_records(scan.records, scan.classes, test=0.25, val=0.25, seed=0)
     cache = build_image_cache(root, split, scan.records, scan.classes, 32)
     return root, cache
+
+
+def test_image_cache_follows_the_resize_policy(tmp_path):
+    root = tmp_path / "set"
+    for cls in ("a", "b"):
+        for i in range(3):
+            (root / cls).mkdir(parents=True, exist_ok=True)
+            Image.new("L", (40, 20), 200).save(root / cls / f"{i}.png")
+    scan = plugins.get("dataset", "folder")(path=str(root)).scan()
+    split = split_records(scan.records, scan.classes, test=0.0, val=0.0)
+    padded = build_image_cache(tmp_path, split, scan.records, scan.classes, 16)
+    with h5py.File(padded.path) as h5:
+        images = h5["images"][...]
+    assert len(images) == 6 and not images[:, :4].any() and images[:, 4:12].min() > 0.7
+    stretched = build_image_cache(tmp_path, split, scan.records, scan.classes, 16, resize="stretch")
+    with h5py.File(stretched.path) as h5:
+        assert h5.attrs["resize"] == "stretch" and h5["images"][...].min() > 0.7
 
 
 def _train(tmp: Path, cache, cached: bool):

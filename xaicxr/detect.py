@@ -69,7 +69,7 @@ def detect(run_dir: Path, images: list[Path], *, explainer: str | None = None, o
         except ImageDecodeError as exc:
             results.append({"path": str(path), "error": str(exc)})
             continue
-        image = fit_square(raw, size)
+        image = fit_square(raw, size, policy=cfg["dataset"]["resize"])
         x = image[None, ..., None].astype(np.float32)
         probs = np.asarray(model(x, training=False))[0]
         pred = int(probs.argmax())

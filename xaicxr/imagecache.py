@@ -21,6 +21,7 @@ from . import storage
 from .data.loader import iter_batches
 from .data.records import Record, Skipped
 from .data.split import SPLITS
+from .imaging import ResizePolicy
 from .progress import progress_bar
 
 FORMAT = 2
@@ -57,8 +58,9 @@ def image_cache_path(run_dir: Path, size: int) -> Path:
     return Path(run_dir) / "cache" / f"images-{size}.h5"
 
 
-def _key(split: dict[str, list[str]], size: int) -> str:
-    blob = repr((FORMAT, size, [split[s] for s in SPLITS])).encode()
+def _key(split: dict[str, list[str]], size: int, resize: str) -> str:
+    parts = (FORMAT, size, [split[s] for s in SPLITS]) + (() if resize == "pad" else (resize,))
+    blob = repr(parts).encode()
     return hashlib.sha256(blob).hexdigest()
 
 
@@ -70,13 +72,15 @@ def open_image_cache(path: Path) -> ImageCache:
 
 def build_image_cache(run_dir: Path, split: dict[str, list[str]], records: Sequence[Record],
                       classes: Sequence[str], size: int, *, workers: int | None = None,
-                      max_pixels: int = 100_000_000, batch_size: int = 32) -> ImageCache:
-    """Decode every split record at ``size`` (reused when split and size are unchanged).
+                      max_pixels: int = 100_000_000, batch_size: int = 32,
+                      resize: ResizePolicy = "pad") -> ImageCache:
+    """Decode every split record at ``size`` by the ``resize`` policy (reused when split, size
+    and policy are unchanged).
 
     A file that no longer decodes is left out and appended to ``skipped.json``.
     """
     path = image_cache_path(run_dir, size)
-    key = _key(split, size)
+    key = _key(split, size, resize)
     if path.is_file():
         with h5py.File(path, "r") as h5:
             current = h5.attrs.get("key") == key
@@ -98,7 +102,7 @@ def build_image_cache(run_dir: Path, split: dict[str, list[str]], records: Seque
         has = {m: [] for m in MASKS}
         with progress_bar(f"decoding images at {size} px", len(ordered)) as advance:
             for batch in iter_batches(ordered, classes, size, batch_size, workers=workers,
-                                      max_pixels=max_pixels, on_skip=skipped.append):
+                                      max_pixels=max_pixels, on_skip=skipped.append, resize=resize):
                 start = images.shape[0]
                 block = batch.images.astype(np.float16)
                 images.resize(start + len(block), axis=0)
@@ -121,6 +125,7 @@ def build_image_cache(run_dir: Path, split: dict[str, list[str]], records: Seque
         h5.attrs["key"] = key
         h5.attrs["content_sha256"] = digest.hexdigest()
         h5.attrs["classes"] = list(classes)
+        h5.attrs["resize"] = resize
     if skipped:
         previous = storage.read_json(Path(run_dir) / "skipped.json") if (Path(run_dir) / "skipped.json").exists() else []
         storage.write_json(Path(run_dir) / "skipped.json", previous + [s.to_json() for s in skipped])

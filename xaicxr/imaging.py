@@ -4,10 +4,13 @@ Every supported file (PNG, JPEG, BMP, TIFF, DICOM) is decoded to a 2-D float32 g
 [0, 1]. Anything that cannot be decoded raises :class:`ImageDecodeError` with a short reason meant
 for a "skipped files" report; :func:`precheck` gives the reasons that need no decoding at all.
 
-Resize policy (:func:`fit_square`): the aspect ratio is preserved, the long side is scaled to the
-target size and the short side is padded symmetrically with zeros (black, the usual X-ray
-background). :func:`fit_square_box` says where the image lies inside the square, so heatmaps can be
-mapped back onto the original.
+Resize policy (:func:`fit_square`): by default (``"pad"``) the aspect ratio is preserved, the long
+side is scaled to the target size and the short side is padded symmetrically with zeros (black, the
+usual X-ray background). ``"stretch"`` scales each axis to the target (what Keras'
+``load_img(target_size=...)`` does, and so most published CXR code); ``"crop"`` takes the centred
+square and scales it. Padding keeps all anatomy but marks every non-square source with black bars
+that a classifier can learn; stretch and crop leave no such mark. :func:`fit_square_box` says
+where the image lies inside the square, so heatmaps can be mapped back onto the original.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ __all__ = [
     "SUPPORTED_SUFFIXES",
     "ImageDecodeError",
     "ImageInfo",
+    "RESIZE_POLICIES",
     "fit_square",
     "fit_square_box",
     "fit_square_mask",
@@ -579,11 +583,22 @@ def read_mask(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
     return mask
 
 
-def fit_square_box(shape: tuple[int, int], size: int) -> tuple[int, int, int, int]:
-    """Where :func:`fit_square` puts an image of ``shape`` (H, W): ``(top, left, h, w)``."""
+RESIZE_POLICIES = ("pad", "stretch", "crop")
+ResizePolicy = Literal["pad", "stretch", "crop"]
+
+
+def fit_square_box(shape: tuple[int, int], size: int,
+                   policy: ResizePolicy = "pad") -> tuple[int, int, int, int]:
+    """Where :func:`fit_square` puts an image of ``shape`` (H, W): ``(top, left, h, w)``.
+
+    With ``"stretch"`` and ``"crop"`` the image fills the square (crop drops the ends of the long
+    side instead)."""
     height, width = int(shape[0]), int(shape[1])
     if height < 1 or width < 1 or size < 1:
         raise ValueError(f"need a non-empty image and size >= 1, got shape={shape}, size={size}")
+    _check_policy(policy)
+    if policy != "pad":
+        return 0, 0, size, size
     scale = size / max(height, width)
     new_h = size if height >= width else max(1, min(size, round(height * scale)))
     new_w = size if width >= height else max(1, min(size, round(width * scale)))
@@ -591,27 +606,36 @@ def fit_square_box(shape: tuple[int, int], size: int) -> tuple[int, int, int, in
 
 
 def fit_square(
-    image: np.ndarray, size: int, *, resample: Literal["bilinear", "nearest"] = "bilinear"
+    image: np.ndarray, size: int, *, resample: Literal["bilinear", "nearest"] = "bilinear",
+    policy: ResizePolicy = "pad",
 ) -> np.ndarray:
-    """Scale so the long side equals ``size``, then pad the short side symmetrically with zeros.
+    """A float32 (size, size) array in [0, 1], made by the resize ``policy`` (module docstring).
 
     ``"bilinear"`` (the default) antialiases when reducing (PIL widens its filter support by the
-    reduction factor, so it averages like an area filter); ``"nearest"`` is for masks. Returns a
-    float32 (size, size) array in [0, 1].
+    reduction factor, so it averages like an area filter); ``"nearest"`` is for masks.
     """
     a = np.asarray(image)
     if a.ndim != 2:
         raise ValueError(f"fit_square needs a 2-D array, got shape {a.shape}")
     a = _finite(a.astype(np.float32))
-    top, left, new_h, new_w = fit_square_box(a.shape, size)
+    if policy == "crop":
+        side = min(a.shape)
+        top, left = (a.shape[0] - side) // 2, (a.shape[1] - side) // 2
+        a = a[top : top + side, left : left + side]
+    top, left, new_h, new_w = fit_square_box(a.shape, size, policy)
     out = np.zeros((size, size), dtype=np.float32)
     out[top : top + new_h, left : left + new_w] = _resize(a, (new_h, new_w), resample)
     return np.clip(out, 0.0, 1.0, out=out)
 
 
-def fit_square_mask(mask: np.ndarray, size: int) -> np.ndarray:
+def fit_square_mask(mask: np.ndarray, size: int, policy: ResizePolicy = "pad") -> np.ndarray:
     """:func:`fit_square` for a mask: nearest neighbour, bool (size, size)."""
-    return fit_square(np.asarray(mask, dtype=np.float32), size, resample="nearest") > 0.5
+    return fit_square(np.asarray(mask, dtype=np.float32), size, resample="nearest", policy=policy) > 0.5
+
+
+def _check_policy(policy: str) -> None:
+    if policy not in RESIZE_POLICIES:
+        raise ValueError(f"resize policy must be one of {', '.join(RESIZE_POLICIES)}; got {policy!r}")
 
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}

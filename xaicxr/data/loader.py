@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..imaging import (DEFAULT_MAX_PIXELS, ImageDecodeError, ImageInfo, fit_square,
+from ..imaging import (DEFAULT_MAX_PIXELS, ImageDecodeError, ImageInfo, ResizePolicy, fit_square,
                        fit_square_mask, read_image, read_mask)
 from .records import Record, Skipped
 
@@ -46,8 +46,9 @@ def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def decode(record: Record, size: int | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
-    """One record -> image (resized to ``size`` by the documented policy if given) and masks."""
+def decode(record: Record, size: int | None, max_pixels: int = DEFAULT_MAX_PIXELS,
+           resize: ResizePolicy = "pad") -> Decoded:
+    """One record -> image (resized to ``size`` by the ``resize`` policy if given) and masks."""
     try:
         image, info = read_image(record.path, max_pixels=max_pixels)
     except ImageDecodeError as exc:
@@ -61,20 +62,21 @@ def decode(record: Record, size: int | None, max_pixels: int = DEFAULT_MAX_PIXEL
             mask = read_mask(mask_path, image.shape)
         except Exception as exc:
             return Decoded(record, None, info, error=f"{key} mask unreadable: {exc}")
-        masks[key] = fit_square_mask(mask, size) if size else mask
+        masks[key] = fit_square_mask(mask, size, resize) if size else mask
     if size:
-        image = fit_square(image, size)
+        image = fit_square(image, size, policy=resize)
     return Decoded(record, image, info, **masks)
 
 
 def iter_decoded(records: Iterable[Record], size: int | None, *, workers: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, window: int = 64) -> Iterator[Decoded]:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, window: int = 64,
+                 resize: ResizePolicy = "pad") -> Iterator[Decoded]:
     """Decode in order with at most ``window`` images in flight."""
     workers = workers or default_workers()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: deque[Future[Decoded]] = deque()
         for record in records:
-            pending.append(pool.submit(decode, record, size, max_pixels))
+            pending.append(pool.submit(decode, record, size, max_pixels, resize))
             if len(pending) >= window:
                 yield pending.popleft().result()
         while pending:
@@ -83,12 +85,13 @@ def iter_decoded(records: Iterable[Record], size: int | None, *, workers: int | 
 
 def iter_batches(records: Sequence[Record], classes: Sequence[str], size: int, batch_size: int = 32,
                  *, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 on_skip: Callable[[Skipped], None] | None = None) -> Iterator[Batch]:
+                 on_skip: Callable[[Skipped], None] | None = None,
+                 resize: ResizePolicy = "pad") -> Iterator[Batch]:
     """Batches of decoded, resized images; a record that fails to decode goes to ``on_skip``."""
     index = {c: i for i, c in enumerate(classes)}
     chunk: list[Decoded] = []
     for item in iter_decoded(records, size, workers=workers, max_pixels=max_pixels,
-                             window=max(2 * batch_size, 8)):
+                             window=max(2 * batch_size, 8), resize=resize):
         if item.error is not None:
             if on_skip is not None:
                 on_skip(Skipped(str(item.record.path), item.error))

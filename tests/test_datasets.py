@@ -53,6 +53,20 @@ def test_folder_layout_nested_any_format(tmp_path):
     assert [s["reason"] for s in report["skipped"]] == ["not inside a class folder"]
 
 
+def test_folder_patient_patterns_first_match_wins(tmp_path):
+    root = tmp_path / "set"
+    for name in ("p1_a.png", "p1_b.png", "paper7-fig1.png", "paper7-fig2.png", "loose.png"):
+        _png(root / "x" / name)
+    folder = plugins.get("dataset", "folder")
+    dataset = folder(path=str(root), patient_pattern=[r"^(p\d+)_", r"^(paper\d+)-", r"^()loose"])
+    expected = {"p1_a.png": "p1", "p1_b.png": "p1", "paper7-fig1.png": "paper7",
+                "paper7-fig2.png": "paper7", "loose.png": None}
+    assert {r.path.name: r.patient for r in dataset.scan().records} == expected
+    assert {r.path.name: r.patient for r in dataset.external(str(root)).scan().records} == expected
+    with pytest.raises(DataError, match="empty patient_pattern"):
+        folder(path=str(root), patient_pattern=[r"^(p\d+)_", ""])
+
+
 def test_folder_errors_are_clear(tmp_path):
     result = runner.invoke(app, ["data", "inspect", "--dataset", "folder", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "is not a folder" in result.stderr

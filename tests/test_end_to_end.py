@@ -130,6 +130,7 @@ def test_detect_on_png_rgba_16bit_and_dicom(finished_run, tmp_path):
     result = runner.invoke(app, ["detect", str(out), *map(str, paths), "--explainer", "layercam",
                                  "--out", str(tmp_path / "overlays"), "--json"])
     assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["resize"] == "pad"
     results = json.loads(result.stdout)["results"]
     assert "error" in results[-1] and "not an image" in results[-1]["error"]
     for r in results[:-1]:
@@ -138,6 +139,16 @@ def test_detect_on_png_rgba_16bit_and_dicom(finished_run, tmp_path):
         assert Path(r["overlay"]).is_file()
         assert set(r["binary"]) == {"covid-vs-rest", "abnormal-vs-normal"}
     assert results[3]["format"] == "DICOM" and results[1]["mode"] == "RGBA" and results[2]["mode"].startswith("I")
+
+
+def test_detect_resizes_as_the_model_was_trained_not_as_the_config_says_now(tmp_path):
+    from xaicxr.detect import trained_resize_policy
+
+    (tmp_path / "train.json").write_text(json.dumps({"input_size": 32}))
+    assert trained_resize_policy(tmp_path) == "pad"
+    (tmp_path / "train.json").write_text(json.dumps({"input_size": 32, "resize": "stretch"}))
+    (tmp_path / "config.toml").write_text("[dataset]\nresize = 'crop'\n")
+    assert trained_resize_policy(tmp_path) == "stretch"
 
 
 def test_sharded_explain_merges_into_the_unsharded_store(finished_run, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 
@@ -138,10 +139,40 @@ def test_test_pattern_errors_are_clear(tmp_path, split_table, message):
     assert result.exit_code == 2 and message in result.stderr
 
 
-def test_test_pattern_and_test_path_exclude_each_other():
+@pytest.mark.parametrize("text, clash", [
+    ("[dataset]\nname = 'folder'\npath = 'x'\ntest_path = 'y'\n[split]\ntest_pattern = 'c'\n",
+     "[dataset] test_path"),
+    ("[split]\ntest_pattern = 'c'\nuse_dataset_split = true\n", "[split] use_dataset_split"),
+    ("[split]\ntest_pattern = 'c'\ntest = 0.3\n", "[split] test"),
+])
+def test_test_pattern_excludes_other_test_set_choices(tmp_path, text, clash):
+    config = _write(tmp_path, text)
+    with pytest.raises(ConfigError, match=re.escape(f"cannot be combined with {clash}")):
+        load_config(config)
     records = [Record(id=f"a/{i}", label="a", path=Path("x")) for i in range(4)]
     with pytest.raises(ConfigError, match="cannot be combined"):
         split_records(records, ["a"], test_pattern="a/1", external_test=records[:1])
+
+
+def test_test_pattern_drops_the_test_fraction_and_keeps_every_class_trainable(tmp_path):
+    config = _write(tmp_path, "[split]\ntest_pattern = 'covid/'\n")
+    assert "test" not in load_config(config)["split"]
+    records = [Record(id=f"{c}/{i}", label=c, path=Path("x")) for c in ("a", "b") for i in range(4)]
+    with pytest.raises(ConfigError, match="holds out every image of class 'b'"):
+        split_records(records, ["a", "b"], test_pattern="^b/|^a/1")
+
+
+def test_changing_resize_keeps_scan_and_split_but_reruns_training(tmp_path):
+    from xaicxr.pipeline import STAGES, config_hash
+
+    out = tmp_path / "run"
+    _run(str(_write(tmp_path, TINY)), "--out", str(out))
+    stretched = _write(tmp_path, TINY.replace("seed = 3", "seed = 3\nresize = 'stretch'"), "s.toml")
+    again = _run(str(stretched), "--out", str(out))
+    assert again["stages_skipped"] == ["dataset", "split"]
+    train = next(s for s in STAGES if s.name == "train")
+    assert config_hash(load_config(stretched), train.tables) != config_hash(load_config(_write(tmp_path, TINY)), train.tables)
+    assert tomllib.loads((out / "config.toml").read_text())["dataset"]["resize"] == "stretch"
 
 
 @pytest.mark.parametrize("text, message", [

@@ -89,7 +89,23 @@ def resolve(raw: dict[str, Any], source: str = "<config>") -> dict[str, Any]:
             cfg[table] = _resolve_array(table, given, keys, source)
         else:
             cfg[table] = _resolve_table(table, given, keys, source)
+    _check_test_set_choice(raw, cfg, source)
     return cfg
+
+
+def _check_test_set_choice(raw: dict[str, Any], cfg: dict[str, Any], source: str) -> None:
+    """``test_pattern`` decides the test set alone: it excludes the other ways of choosing one,
+    and the ``test`` fraction is dropped so ``config.toml`` does not claim one was used."""
+    split = cfg["split"]
+    if "test_pattern" not in split:
+        return
+    clash = ("[dataset] test_path" if "test_path" in cfg["dataset"] else
+             "[split] use_dataset_split" if split["use_dataset_split"] else
+             "[split] test" if isinstance(raw.get("split"), dict) and "test" in raw["split"] else None)
+    if clash:
+        raise ConfigError(f"[split] test_pattern in {source} cannot be combined with {clash}: "
+                          "test_pattern alone decides the test set")
+    del split["test"]
 
 
 def _resolve_array(table: str, given: Any, keys: dict[str, tuple[Any, Any]], source: str) -> list:

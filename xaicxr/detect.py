@@ -40,6 +40,13 @@ def _templates(run_dir: Path, cfg: dict[str, Any], name: str) -> tuple[str, dict
                       f"(xaicxr template {run_dir})")
 
 
+def trained_resize_policy(run_dir: Path) -> str:
+    """How the model's training images were resized (``train.json``), which is not necessarily
+    what ``config.toml`` says now: a run interrupted after a config change rewrote the latter.
+    Models trained before the policy was recorded were trained on padded images."""
+    return storage.read_json(Path(run_dir) / "train.json").get("resize", "pad")
+
+
 def detect(run_dir: Path, images: list[Path], *, explainer: str | None = None, out: Path | None = None,
            unsafe_load: bool = False) -> dict[str, Any]:
     from .models import load_model
@@ -51,6 +58,7 @@ def detect(run_dir: Path, images: list[Path], *, explainer: str | None = None, o
     classes = metrics["classes"]
     model = load_model(run_dir / "model.keras", unsafe=unsafe_load)
     size = int(model.input_shape[1])
+    resize = trained_resize_policy(run_dir)
     spec = _pick_spec(cfg, explainer)
     heatmap_store = run_dir / "heatmaps" / f"{spec['name']}.h5"
     layer = target_layer(spec, run_dir)
@@ -69,7 +77,7 @@ def detect(run_dir: Path, images: list[Path], *, explainer: str | None = None, o
         except ImageDecodeError as exc:
             results.append({"path": str(path), "error": str(exc)})
             continue
-        image = fit_square(raw, size, policy=cfg["dataset"]["resize"])
+        image = fit_square(raw, size, policy=resize)
         x = image[None, ..., None].astype(np.float32)
         probs = np.asarray(model(x, training=False))[0]
         pred = int(probs.argmax())
@@ -97,4 +105,4 @@ def detect(run_dir: Path, images: list[Path], *, explainer: str | None = None, o
             "template_match": match, "best_template": best,
             "lung_energy": float(energy_share(heat[None], lungs[None])[0]) if lungs.any() else None,
             "overlay": str(out / picture)})
-    return {"run_dir": str(run_dir), "results": results}
+    return {"run_dir": str(run_dir), "resize": resize, "results": results}

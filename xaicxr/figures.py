@@ -97,11 +97,11 @@ def roc_figure(binary: dict[str, dict], path: Path) -> str:
 
 def overlay_grid(rows: list[tuple[str, np.ndarray, np.ndarray]], title: str, path: Path,
                  columns: int = 6) -> str:
-    """``rows`` of (caption, image, heatmap)."""
+    """``rows`` of (caption, image, heatmap); a caption may hold line breaks, not more than two lines."""
     n = len(rows)
     cols = min(columns, max(n, 1))
     lines = (n + cols - 1) // cols
-    fig, axes = plt.subplots(lines, cols, figsize=(2.4 * cols, 2.6 * lines), squeeze=False)
+    fig, axes = plt.subplots(lines, cols, figsize=(2.4 * cols, 2.8 * lines), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, (caption, image, heat) in zip(axes.ravel(), rows):

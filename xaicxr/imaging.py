@@ -10,7 +10,8 @@ usual X-ray background). ``"stretch"`` scales each axis to the target (what Kera
 ``load_img(target_size=...)`` does, and so most published CXR code); ``"crop"`` takes the centred
 square and scales it. Padding keeps all anatomy but marks every non-square source with black bars
 that a classifier can learn; stretch and crop leave no such mark. :func:`fit_square_box` says
-where the image lies inside the square, so heatmaps can be mapped back onto the original.
+where the image lies inside the square (for ``"pad"``, the part of a heatmap that covers the
+image; the whole square otherwise).
 """
 
 from __future__ import annotations
@@ -591,8 +592,8 @@ def fit_square_box(shape: tuple[int, int], size: int,
                    policy: ResizePolicy = "pad") -> tuple[int, int, int, int]:
     """Where :func:`fit_square` puts an image of ``shape`` (H, W): ``(top, left, h, w)``.
 
-    With ``"stretch"`` and ``"crop"`` the image fills the square (crop drops the ends of the long
-    side instead)."""
+    With ``"stretch"`` and ``"crop"`` the image fills the square: stretch scales the two axes
+    differently, and crop shows only the centred min(H, W) square of the original."""
     height, width = int(shape[0]), int(shape[1])
     if height < 1 or width < 1 or size < 1:
         raise ValueError(f"need a non-empty image and size >= 1, got shape={shape}, size={size}")

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import plugins, storage
-from .config import dump_config, plugin_options
+from .config import CORE_KEYS, dump_config, plugin_options
 from .data.inventory import take_inventory
 from .data.records import Record
 from .data.split import split_records, split_summary
@@ -91,7 +91,7 @@ def stage_split(run: Run) -> dict[str, Any]:
     data = load_dataset_index(run.dir)
     records, external = data["records"], data["external_test"]
     s = run.cfg["split"]
-    split = split_records(records, data["classes"], test=s["test"], val=s["val"], seed=s["seed"],
+    split = split_records(records, data["classes"], test=s.get("test", 0.0), val=s["val"], seed=s["seed"],
                           group_by_patient=s["group_by_patient"],
                           use_dataset_split=s["use_dataset_split"], external_test=external,
                           test_pattern=s.get("test_pattern"))
@@ -163,7 +163,8 @@ def stage_train(run: Run) -> dict[str, Any]:
     storage.write_json(run.path("train.json"), {
         "backbone": run.cfg["backbone"], "train": run.cfg["train"],
         "freeze_until": backbone.freeze_until, "default_layer": backbone.default_layer,
-        "input_size": backbone.input_size, "parameters": int(model.count_params()),
+        "input_size": backbone.input_size, "resize": run.cfg["dataset"]["resize"],
+        "parameters": int(model.count_params()),
         "trainable_parameters": int(sum(int(np.prod(w.shape)) for w in model.trainable_weights)),
         **result.to_json()})
     return {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
@@ -243,7 +244,8 @@ def stage_report(run: Run) -> dict[str, Any]:
 STAGES: tuple[Stage, ...] = (
     Stage("dataset", ("dataset",), _files("dataset.json", "skipped.json"), stage_dataset),
     Stage("split", ("dataset", "split"), _files("split.json"), stage_split),
-    Stage("train", ("dataset", "split", "backbone", "train"), _files("model.keras", "train.json"), stage_train),
+    Stage("train", ("dataset", "dataset.resize", "split", "backbone", "train"),
+          _files("model.keras", "train.json"), stage_train),
     Stage("evaluate", ("binary",), _files("metrics.json", "predictions.h5"), stage_evaluate),
     Stage("explain", ("explain",), lambda cfg: [f"heatmaps/{e['name']}.h5" for e in cfg["explain"]], stage_explain),
     Stage("templates", ("aggregate", "templates"),
@@ -254,8 +256,27 @@ STAGES: tuple[Stage, ...] = (
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
 
+SEPARATELY_HASHED = {"dataset": ("resize",)}
+"""Keys left out of their table's hash; a stage that depends on one names it (``"dataset.resize"``).
+
+Scanning and splitting do not depend on how images are resized, so changing ``resize`` reruns
+training onwards only; and a key at its default is left out, so runs made before the key existed
+keep their hashes."""
+
+
 def config_hash(cfg: dict[str, Any], tables: tuple[str, ...]) -> str:
-    blob = json.dumps({t: cfg.get(t) for t in tables}, sort_keys=True, default=str)
+    picked: dict[str, Any] = {}
+    for name in tables:
+        table, _, key = name.partition(".")
+        if key:
+            value = cfg.get(table, {}).get(key)
+            if value != CORE_KEYS[table][key][1]:
+                picked[name] = value
+        elif table in SEPARATELY_HASHED:
+            picked[name] = {k: v for k, v in cfg.get(table, {}).items() if k not in SEPARATELY_HASHED[table]}
+        else:
+            picked[name] = cfg.get(table)
+    blob = json.dumps(picked, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

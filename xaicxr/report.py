@@ -76,7 +76,7 @@ def _examples(store, cache: ImageCache, classes: list[str]) -> list[tuple[str, n
     out = []
     for image, heat, r in zip(images, maps, picks):
         ok = "correct" if store.labels[r] == store.predictions[r] else "WRONG"
-        out.append((f"{ok}: true {classes[store.labels[r]]}, pred {classes[store.predictions[r]]} "
+        out.append((f"{ok}: true {classes[store.labels[r]]}\npred {classes[store.predictions[r]]} "
                     f"({store.probs[r].max():.2f})", image, heat))
     return out
 

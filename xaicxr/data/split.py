@@ -39,6 +39,10 @@ def split_records(records: Sequence[Record], classes: Sequence[str], *, test: fl
         held = held_out_by_pattern(records, test_pattern, group_by_patient)
         external_test = [r for r in records if r.id in held]
         records = [r for r in records if r.id not in held]
+        untrained = [c for c in classes if not any(r.label == c for r in records)]
+        if untrained:
+            raise ConfigError(f"[split] test_pattern {test_pattern!r} holds out every image of class "
+                              f"{untrained[0]!r}, so the model could not learn it")
     fractions = {"train": 1 - test - val, "val": val, "test": test}
     if external_test:
         fractions = {"train": 1 - val, "val": val, "test": 0.0}

@@ -18,6 +18,7 @@ class FolderDataset(Dataset):
     (or whole match) is the patient id, so splits keep a patient's images together. A list of
     expressions is tried in order and the first that matches wins, which lets one config group
     files named in several ways (patients of one archive, figures of one paper from another).
+    An expression whose group is empty counts as no match.
     """
 
     def __init__(self, path: str | None = None, classes: list[str] | None = None,
@@ -27,6 +28,9 @@ class FolderDataset(Dataset):
         patterns = [patient_pattern] if isinstance(patient_pattern, str) else list(patient_pattern or [])
         self.patient_res = []
         for pattern in patterns:
+            if not pattern:
+                raise DataError("folder: an empty patient_pattern would make every file one patient; "
+                                "leave the option out to treat every file as its own patient")
             try:
                 self.patient_res.append(re.compile(pattern))
             except re.error as exc:
@@ -62,6 +66,7 @@ class FolderDataset(Dataset):
     def _patient(self, filename: str) -> str | None:
         for regex in self.patient_res:
             match = regex.search(filename)
-            if match is not None:
-                return match.group(1) if match.groups() else match.group(0)
+            patient = None if match is None else match.group(1) if match.groups() else match.group(0)
+            if patient:
+                return patient
         return None

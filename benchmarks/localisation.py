@@ -2,8 +2,8 @@
 
 For every built-in explainer at each target layer, explain the run's test images and report the
 pointing game, energy lift, Otsu mIoU, split-half reliability and lung energy per lesion class,
-plus the model-randomisation similarity (how much of the map survives re-initialising the
-layers above the target; lower is better).
+plus the model-randomisation similarity (how much of the mean map survives re-initialising the
+layers above the target, averaged over ``--draws`` re-initialisations; lower is better).
 
     .venv/bin/python benchmarks/localisation.py runs/demo --layers block3_conv4 block4_conv4 block5_conv4
 """
@@ -24,7 +24,7 @@ from xaicxr import plugins  # noqa: E402
 from xaicxr.imagecache import image_cache_path, open_image_cache, read_block  # noqa: E402
 from xaicxr.models import load_model  # noqa: E402
 from xaicxr.quality import ClassQuality, pearson  # noqa: E402
-from xaicxr.templating import randomised_copy  # noqa: E402
+from xaicxr.templating import randomisation_seed, randomised_copy  # noqa: E402
 
 DEFAULT_EXPLAINERS = ("gradcam", "gradcam++", "layercam", "scorecam", "gradcam-tfkv")
 LESION_CLASSES = ("bacteria", "virus", "covid")
@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--explainers", nargs="+", default=list(DEFAULT_EXPLAINERS))
     ap.add_argument("--layers", nargs="+", default=["block3_conv4", "block4_conv4", "block5_conv4"])
     ap.add_argument("--images", type=int, default=200, help="test images used (class-balanced order kept)")
+    ap.add_argument("--draws", type=int, default=3, help="re-initialisations averaged for the sanity r")
     args = ap.parse_args()
     model = load_model(args.run_dir / "model.keras")
     size = int(model.input_shape[1])
@@ -44,17 +45,20 @@ def main() -> None:
     block = read_block(cache, rows)
     images, labels = block["images"][..., None], cache.labels[rows]
     classes = json.loads((args.run_dir / "split.json").read_text())["classes"]
+    train_seed = json.loads((args.run_dir / "train.json").read_text())["train"]["seed"]
     table = []
     for layer in args.layers:
-        random_model, _ = randomised_copy(model, layer)
+        random_models = [randomised_copy(model, layer, randomisation_seed(train_seed, d))[0]
+                         for d in range(args.draws)]
         for name in args.explainers:
             explainer = plugins.get("explainer", name)()
             start = time.perf_counter()
             maps = np.concatenate([explainer.explain(model, images[i:i + 32], labels[i:i + 32], layer=layer)
                                    for i in range(0, len(images), 32)])
             seconds = time.perf_counter() - start
-            shuffled = explainer.explain(random_model, images[:64], labels[:64], layer=layer)
-            sanity = pearson(maps[:64].mean(axis=0), shuffled.mean(axis=0))
+            sanity = float(np.mean([pearson(maps[:64].mean(axis=0),
+                                            explainer.explain(m, images[:64], labels[:64], layer=layer).mean(axis=0))
+                                    for m in random_models]))
             row = {"explainer": name, "layer": layer, "img_per_s": round(len(images) / seconds, 1),
                    "sanity_r": round(sanity, 3)}
             for k, cls in enumerate(classes):

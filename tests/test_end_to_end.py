@@ -87,6 +87,8 @@ def test_run_writes_every_contract_file(finished_run):
     assert "pointing_game" not in quality["normal"]
     assert set(metrics["sanity"]) == {"gradcam", "layercam"}
     assert metrics["sanity"]["gradcam"]["randomised_layers"]
+    assert metrics["sanity"]["gradcam"]["draws"] == 3
+    assert len(metrics["sanity"]["gradcam"]["mean_template_r_per_draw"]) == 3
     checker = SHARED_DATA.parent / "tools" / "check_run.py"
     if checker.exists():
         check = subprocess.run([sys.executable, str(checker), str(out)], capture_output=True, text=True)

@@ -81,3 +81,23 @@ def test_lung_segmentation_on_phantoms_finds_the_lungs():
               for p in (render(0, c, i, size=96) for c in ("normal", "covid") for i in range(4))]
     assert np.mean(scores) > 0.5, scores
     assert not segment_lungs(np.zeros((64, 64))).any()
+
+
+def test_randomisation_never_replays_the_training_initialisation():
+    """Re-initialising with the training seed would re-draw the weights training started from,
+    and a briefly trained head would then look as if its maps survived randomisation."""
+    import keras
+
+    from xaicxr.templating import randomisation_seed, randomised_copy
+
+    backbone = plugins.get("backbone", "vgg19")(weights="none", width=0.125, input_size=32, dense=[8])
+    keras.utils.set_random_seed(0)
+    model = backbone.build(["a", "b", "c"])
+    initial = model.get_layer("logits").get_weights()[0]
+    clone, randomised = randomised_copy(model, "block5_conv4", randomisation_seed(0, 0))
+    assert "logits" in randomised and "block5_conv4" not in randomised
+    assert not np.allclose(clone.get_layer("logits").get_weights()[0], initial)
+    np.testing.assert_array_equal(clone.get_layer("block5_conv4").get_weights()[0],
+                                  model.get_layer("block5_conv4").get_weights()[0])
+    seeds = {randomisation_seed(s, d) for s in range(3) for d in range(3)}
+    assert len(seeds) == 9 and not seeds & {0, 1, 2}

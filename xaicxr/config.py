@@ -38,7 +38,8 @@ CORE_KEYS: dict[str, dict[str, tuple[Any, Any]]] = {
                 "batch_size": (int, 16)},
     "aggregate": {"name": (str, "mean")},
     "templates": {"by": (Literal["true", "predicted"], "true"), "correct_only": (bool, False),
-                  "sanity": (bool, True), "sanity_images": (int, 64), "quality_splits": (int, 20)},
+                  "sanity": (bool, True), "sanity_images": (int, 64), "sanity_draws": (int, 3),
+                  "quality_splits": (int, 20)},
 }
 """Core keys per table: ``{key: (type, default)}``. Plugin tables also take their plugin's options."""
 

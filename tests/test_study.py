@@ -54,6 +54,7 @@ def test_two_variant_study_reuses_the_model_and_writes_tables(tmp_path):
     assert (first["explainer"], first["layer"]) == ("gradcam", "block4_conv4")
     assert (second["explainer"], second["layer"]) == ("layercam", "block3_conv4")
     assert {"consistency", "split_half", "pointing_game", "energy_lift", "lung_energy", "sanity_r"} <= set(first)
+    assert first["test_set"] == "internal split" and first["n_test"] > 0
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert [r["variant"] for r in rows] == names
     assert (out / "summary.md").read_text().startswith("| variant")

@@ -170,7 +170,8 @@ def _rows(name: str, run_dir: Path, cfg: dict[str, Any], summary: dict[str, Any]
     the lesion classes) and the sanity similarity."""
     metrics = storage.read_json(run_dir / "metrics.json")
     common: dict[str, Any] = {"variant": name, "run_dir": str(run_dir), "seconds": round(seconds, 1),
-                              "stages_run": summary["stages_run"], "accuracy": metrics.get("accuracy")}
+                              "stages_run": summary["stages_run"], "test_set": metrics.get("test_set"),
+                              "n_test": metrics.get("n_test"), "accuracy": metrics.get("accuracy")}
     for task, b in metrics.get("binary", {}).items():
         common[f"auc:{task}"] = b["auc"]
     mean = lambda vals: round(float(sum(vals) / len(vals)), 4) if vals else None  # noqa: E731

@@ -17,6 +17,8 @@ from xaicxr.data.records import Record
 from xaicxr.data.split import split_records
 from xaicxr.errors import ConfigError
 
+from conftest import CXR3
+
 runner = CliRunner()
 
 TINY = """
@@ -250,3 +252,18 @@ def test_example_configs_are_valid(example):
     else:
         configs = [load_config(example)]
     assert all(cfg["explain"] and cfg["aggregate"] for cfg in configs)
+
+
+@pytest.mark.skipif(not CXR3.is_dir(), reason=f"real data set absent: {CXR3} (see shared/data/README.md)")
+def test_cxr3_leave_source_out_example_holds_out_whole_sources(tmp_path):
+    example = Path(__file__).parents[1] / "examples" / "cxr3-real-external.toml"
+    config = tmp_path / "lso.toml"
+    config.write_text(example.read_text().replace('"../shared/data/cxr3-real"', repr(str(CXR3))))
+    _run(str(config), "--out", str(tmp_path / "run"))
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert split["test_set"] == "leave-source-out ([split] test_pattern)"
+    assert split["counts"]["test"] == {"COVID-19": 55, "No_findings": 119, "Pneumonia": 94}
+    assert split["patients_in_several_splits"] == 0
+    trained = split["train"] + split["val"]
+    assert not any(i.startswith("COVID-19/1-s2.0") or ".pdf-" in i for i in trained)
+    assert sum(i.startswith("COVID-19/") for i in trained) == 69

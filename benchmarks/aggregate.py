@@ -96,8 +96,9 @@ def worker(mode: str, store: Path, chunk: int, save: Path | None, shard: str | N
            parts: Path | None = None) -> dict:
     if mode in ("ours", "shard", "merge"):
         from xaicxr import plugins
-        from xaicxr.templates import (build_templates, finalize_templates, load_states,
-                                      merge_states, save_states)
+        from xaicxr.analysis.aggregation import build_templates, finalize_templates, merge_states
+        from xaicxr.io.template_store import load_states, save_states
+        from xaicxr.rundir import Shard
 
         aggs = {name: plugins.get("aggregator", name)() for name in AGGREGATORS}
     base = peak_mib()
@@ -115,8 +116,11 @@ def worker(mode: str, store: Path, chunk: int, save: Path | None, shard: str | N
         states = build_templates(store, aggs, chunk=chunk)
         templates = finalize_templates(states, aggs)
     elif mode == "shard":
-        k, n = map(int, shard.split("/"))
-        save_states(save, build_templates(store, aggs, chunk=chunk, shard=(k, n)), aggs, shard=[k, n])
+        part = Shard.parse(shard)
+        with h5py.File(store, "r") as f:
+            total = len(f["heatmaps"])
+        save_states(save, build_templates(store, aggs, chunk=chunk, span=part.bounds(total)), aggs,
+                    shard=[part.k, part.n])
         save = None
     elif mode == "merge":
         files = sorted(parts.glob("shard-*.h5"))

@@ -134,7 +134,8 @@ def throughput(model, args) -> dict[str, float]:
 
 def store_memory(model, args) -> dict[str, float]:
     from xaicxr import plugins
-    from xaicxr.heatmaps import explain_to_store
+    from xaicxr.io.heatmap_store import Columns
+    from xaicxr.stages.explain import ExplainJob, explain_to_store
 
     n = args.rss_images
     samples: list[tuple[int, float]] = []
@@ -149,11 +150,11 @@ def store_memory(model, args) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "heatmaps" / "gradcam.h5"
         start = time.perf_counter()
-        explain_to_store(path, explainer=plugins.get("explainer", "gradcam")(),
-                         explainer_name="gradcam", model=model, model_sha256="0" * 64, layer=None,
-                         classes=CLASSES, ids=[f"img{i:05d}" for i in range(n)],
-                         labels=probs.argmax(1), predictions=probs.argmax(1), probs=probs,
-                         targets=probs.argmax(1), images=images, batch_size=args.batch)
+        job = ExplainJob(name="gradcam", explainer=plugins.get("explainer", "gradcam")(), layer=None,
+                         targets="true", split="test", batch_size=args.batch, params={})
+        columns = Columns.of([f"img{i:05d}" for i in range(n)], probs.argmax(1), probs.argmax(1), probs,
+                             probs.argmax(1), len(CLASSES))
+        explain_to_store(path, job, model, "0" * 64, CLASSES, columns, images)
         elapsed = time.perf_counter() - start
         samples.append((n, rss_mib()))
         size_mib = path.stat().st_size / 2**20

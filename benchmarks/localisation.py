@@ -21,10 +21,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 from xaicxr import plugins  # noqa: E402
-from xaicxr.imagecache import image_cache_path, open_image_cache, read_block  # noqa: E402
-from xaicxr.models import load_model  # noqa: E402
-from xaicxr.quality import ClassQuality, pearson  # noqa: E402
-from xaicxr.templating import randomisation_seed, randomised_copy  # noqa: E402
+from xaicxr.analysis.quality import ClassQuality  # noqa: E402
+from xaicxr.analysis.sanity import randomisation_seed, randomised_copy  # noqa: E402
+from xaicxr.analysis.stats import pearson  # noqa: E402
+from xaicxr.io.imagecache import open_image_cache  # noqa: E402
+from xaicxr.io.modelfile import load_model  # noqa: E402
+from xaicxr.rundir import RunDir  # noqa: E402
 
 DEFAULT_EXPLAINERS = ("gradcam", "gradcam++", "layercam", "scorecam", "gradcam-tfkv")
 LESION_CLASSES = ("bacteria", "virus", "covid")
@@ -40,9 +42,9 @@ def main() -> None:
     args = ap.parse_args()
     model = load_model(args.run_dir / "model.keras")
     size = int(model.input_shape[1])
-    cache = open_image_cache(image_cache_path(args.run_dir, size))
+    cache = open_image_cache(RunDir(args.run_dir).image_cache(size))
     rows = cache.rows("test")[: args.images]
-    block = read_block(cache, rows)
+    block = cache.read(rows)
     images, labels = block["images"][..., None], cache.labels[rows]
     classes = json.loads((args.run_dir / "split.json").read_text())["classes"]
     train_seed = json.loads((args.run_dir / "train.json").read_text())["train"]["seed"]

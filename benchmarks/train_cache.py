@@ -1,6 +1,6 @@
 """Training on cached frozen features vs naive ``fit`` with a frozen base (VGG19 width 1.0, 224 px).
 
-Same run, same images, same model code (``xaicxr.train.fit``): seconds per epoch after the
+Same run, same images, same model code (``xaicxr.stages.train.fit``): seconds per epoch after the
 first (the first includes tracing), at two freeze points, and the one-off cost of building the
 feature cache. Targets: head only >= 50x, block5 trainable >= 3.5x (the FLOP bound is ~4.2x).
 
@@ -23,9 +23,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 
 from xaicxr import plugins  # noqa: E402
-from xaicxr.data.split import split_records  # noqa: E402
-from xaicxr.imagecache import build_image_cache  # noqa: E402
-from xaicxr.train import fit  # noqa: E402
+from xaicxr.stages.split import split_records  # noqa: E402
+from xaicxr.io.imagecache import build_image_cache  # noqa: E402
+from xaicxr.rundir import RunDir  # noqa: E402
+from xaicxr.stages.train import fit  # noqa: E402
 
 FREEZE_POINTS = {"head": "block5_pool", "block5": "block4_pool"}
 
@@ -42,7 +43,7 @@ def main() -> None:
     scan = plugins.get("dataset", "phantom")(n_per_class=args.images // 4, size=args.size, seed=0,
                                              path=str(work / "phantom")).scan()
     split = split_records(scan.records, scan.classes, test=0.0, val=0.2, seed=0)
-    cache = build_image_cache(work, split, scan.records, scan.classes, args.size)
+    cache, _ = build_image_cache(RunDir(work).image_cache(args.size), split, scan.records, scan.classes, args.size)
     opts = {"epochs": args.epochs, "batch_size": args.batch, "learning_rate": 1e-4, "augment": False,
             "patience": 100, "seed": 0, "class_weights": True}
     results = {}
@@ -55,7 +56,7 @@ def main() -> None:
             model = backbone.build(scan.classes)
             run_dir = work / f"{label}-{mode}"
             run_dir.mkdir(exist_ok=True)
-            result = fit(model, freeze, cache, run_dir, {**opts, "cache_features": mode == "cached"}, "bench")
+            result = fit(model, freeze, cache, RunDir(run_dir), {**opts, "cache_features": mode == "cached"}, "bench")
             steady = result.epoch_s[1:] or result.epoch_s
             row[mode] = {"epoch_s": result.epoch_s, "steady_epoch_s": statistics.median(steady),
                          "cache_build_s": result.timings_s.get("feature_cache")}

@@ -10,9 +10,12 @@ import pytest
 from scipy.stats import trim_mean
 
 from xaicxr import plugins
-from xaicxr.aggregator import Aggregator
-from xaicxr.templates import (build_templates, finalize_templates, load_states, merge_states,
-                              read_template_file, save_states, shard_range, write_templates)
+from xaicxr.plugins.aggregator import Aggregator
+from xaicxr.analysis.aggregation import build_templates, finalize_templates, merge_states
+from xaicxr.errors import ConfigError
+from xaicxr.io.template_store import load_states, read_template_file, save_states
+from xaicxr.rundir import RunDir, Shard
+from xaicxr.stages.templates import write_templates
 
 SHAPE = (12, 10)
 BOUND = 1 / 1024 + 1e-9
@@ -283,7 +286,7 @@ def test_shards_merge_to_the_unsharded_states(store, tmp_path):
     whole = build_templates(path, _aggregators(), chunk=8)
     files = []
     for k in range(3):
-        part = build_templates(path, _aggregators(), chunk=8, shard=(k, 3))
+        part = build_templates(path, _aggregators(), chunk=8, span=Shard(k, 3).bounds(150))
         files.append(tmp_path / f"shard{k}.h5")
         save_states(files[-1], part, _aggregators(), by="true", correct_only=False, shard=[k, 3])
     loaded = [load_states(f, _aggregators()) for f in reversed(files)]
@@ -295,18 +298,23 @@ def test_shards_merge_to_the_unsharded_states(store, tmp_path):
 
 
 def test_shard_ranges_cover_all_rows():
-    assert [shard_range(10, (k, 3)) for k in range(3)] == [(0, 3), (3, 6), (6, 10)]
-    with pytest.raises(ValueError):
-        shard_range(10, (3, 3))
+    assert [Shard(k, 3).bounds(10) for k in range(3)] == [(0, 3), (3, 6), (6, 10)]
+    assert Shard.parse("2/3") == Shard(2, 3)
+    for bad in ("3/3", "1/0", "a/b", "1"):
+        with pytest.raises(ConfigError, match="K/N"):
+            Shard.parse(bad)
 
 
 def test_template_file_schema(store, tmp_path):
     path, x, labels, _ = store
     aggs = {"median": make("median"), "pca": make("pca", k=2)}
     states = build_templates(path, aggs, by="true", correct_only=False)
-    written = write_templates(tmp_path / "run", "gradcam", states, aggs, by="true", correct_only=False)
+    rundir = RunDir(tmp_path / "run")
+    finished = write_templates(rundir, "gradcam", states, aggs, by="true", correct_only=False)
+    written = {name: rundir.template("gradcam", name) for name in aggs}
     assert written["median"] == tmp_path / "run" / "templates" / "gradcam-median.h5"
     median = read_template_file(written["median"])
+    assert all(np.array_equal(median[cls][0], finished["median"][cls]) for cls in CLASSES)
     assert list(median) == CLASSES
     for k, cls in enumerate(CLASSES):
         template, attrs = median[cls]

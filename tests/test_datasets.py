@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from xaicxr import plugins
 from xaicxr.cli import app
-from xaicxr.data.inventory import take_inventory
-from xaicxr.data.loader import iter_batches
+from xaicxr.stages.dataset import take_inventory
+from xaicxr.io.loader import iter_batches
 from xaicxr.errors import DataError
 
 from badinput import build_bad_corpus, write_dicom

@@ -143,30 +143,37 @@ def test_detect_on_png_rgba_16bit_and_dicom(finished_run, tmp_path):
     assert results[3]["format"] == "DICOM" and results[1]["mode"] == "RGBA" and results[2]["mode"].startswith("I")
 
 
-def test_detect_resizes_as_the_model_was_trained_not_as_the_config_says_now(tmp_path):
-    from xaicxr.detect import trained_resize_policy
+def test_detect_resizes_as_the_model_was_trained_not_as_the_config_says_now(finished_run, tmp_path):
+    import shutil
 
-    (tmp_path / "train.json").write_text(json.dumps({"input_size": 32}))
-    assert trained_resize_policy(tmp_path) == "pad"
-    (tmp_path / "train.json").write_text(json.dumps({"input_size": 32, "resize": "stretch"}))
-    (tmp_path / "config.toml").write_text("[dataset]\nresize = 'crop'\n")
-    assert trained_resize_policy(tmp_path) == "stretch"
+    _, _, out, _ = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("cache", "data", "report"))
+    config = (copy / "config.toml").read_text()
+    (copy / "config.toml").write_text(config.replace('resize = "pad"', 'resize = "crop"'))
+    image = tmp_path / "wide.png"
+    Image.fromarray((np.random.default_rng(0).random((40, 80)) * 255).astype(np.uint8)).save(image)
+    result = runner.invoke(app, ["detect", str(copy), str(image), "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert 'resize = "crop"' in (copy / "config.toml").read_text()
+    assert json.loads(result.stdout)["resize"] == "pad"
 
 
 def test_sharded_explain_merges_into_the_unsharded_store(finished_run, tmp_path):
     import h5py
 
-    from xaicxr.heatmaps import merge_stores, read_store, shard_paths
+    from xaicxr.io.heatmap_store import HeatmapStore, merge_stores
+    from xaicxr.rundir import RunDir
 
     _, _, out, _ = finished_run
     for k in (0, 1):
         result = runner.invoke(app, ["explain", str(out), "--explainer", "gradcam", "--layer", "block4_conv4",
                                      "--shard", f"{k}/2", "--json"])
         assert result.exit_code == 0, result.stderr
-    parts = shard_paths(out, "gradcam")
+    parts = RunDir(out).heatmap_shards("gradcam")
     assert [p.name for p in parts] == ["gradcam.shard-0-of-2.h5", "gradcam.shard-1-of-2.h5"]
     merged = merge_stores(parts, tmp_path / "merged.h5")
-    with read_store(out / "heatmaps" / "gradcam.h5") as whole, read_store(merged) as joined:
+    with HeatmapStore(out / "heatmaps" / "gradcam.h5") as whole, HeatmapStore(merged) as joined:
         assert joined.ids == whole.ids
         for column in ("labels", "predictions", "targets", "probs", "degenerate"):
             np.testing.assert_array_equal(getattr(joined, column), getattr(whole, column))
@@ -179,7 +186,7 @@ def test_sharded_explain_merges_into_the_unsharded_store(finished_run, tmp_path)
 
 
 def test_sharded_templates_merge_to_the_unsharded_ones(finished_run):
-    from xaicxr.templates import read_template_file
+    from xaicxr.io.template_store import read_template_file
 
     _, _, out, _ = finished_run
     before = {agg: read_template_file(out / "templates" / f"gradcam-{agg}.h5") for agg in ("mean", "median")}

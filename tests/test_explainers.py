@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from xaicxr import plugins
-from xaicxr.explainer import (ExplainerInputError, LayerNotFoundError, finish_maps, model_cache,
-                              resolve_layer)
+from xaicxr.errors import ExplainerInputError, LayerNotFoundError
+from xaicxr.kerasgraph import model_cache, resolve_layer
+from xaicxr.plugins.explainer import finish_maps
 
 CLASSES = ["normal", "bacteria", "virus", "covid"]
 SIZE = 32
@@ -48,11 +49,16 @@ def targets(model, images):
 
 
 def test_design_builtins_are_registered():
-    from xaicxr.options import check_options
+    from xaicxr.errors import ConfigError
+    from xaicxr.plugins.options import check_options
 
     names = {row["name"] for row in plugins.available() if row.get("kind") == "explainer"}
     assert set(ALL) <= names
-    check_options(plugins.get("explainer", "scorecam"), {"max_n": 16, "batch_size": 8}, "here")
+    options = {"max_n": 16, "batch_size": 8}
+    assert check_options(plugins.get("explainer", "scorecam"), options, "here") == options
+    assert plugins.get("explainer", "scorecam")(**options).options() == options
+    with pytest.raises(ConfigError, match="unknown key 'max'.*max_n"):
+        check_options(plugins.get("explainer", "scorecam"), {"max": 16}, "here")
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -103,7 +109,7 @@ def test_all_classes_generic_path_matches_compiled_path(model, images):
 
 
 def test_all_classes_jacobian_equals_loop(model, images):
-    from xaicxr.explainer import CAMExplainer
+    from xaicxr.plugins.explainer import CAMExplainer
 
     gradcam = plugins.get("explainer", "gradcam")
 
@@ -202,7 +208,7 @@ def _nested_and_flat():
     (shared weights) called as one flat graph."""
     import keras
 
-    from xaicxr.models import GrayToColour
+    from xaicxr.plugins.layers import GrayToColour
 
     keras.utils.set_random_seed(5)
     base = keras.applications.VGG19(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))

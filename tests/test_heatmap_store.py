@@ -17,8 +17,11 @@ import numpy as np
 import pytest
 
 import xaicxr
-from xaicxr.heatmaps import (ModelMismatchError, StoreError, explain_to_store, partial_path,
-                             read_store, store_path)
+from xaicxr import plugins
+from xaicxr.errors import ModelMismatchError, StoreError
+from xaicxr.io.heatmap_store import Columns, HeatmapStore, partial_path
+from xaicxr.rundir import RunDir
+from xaicxr.stages.explain import ExplainJob, explain_to_store
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -44,8 +47,7 @@ def _columns() -> dict:
 def saved_model(tmp_path_factory):
     import keras
 
-    from xaicxr import plugins
-    from xaicxr.models import model_sha256, save_model
+    from xaicxr.io.modelfile import model_sha256, save_model
 
     keras.utils.set_random_seed(3)
     model = plugins.get("backbone", "vgg19")(weights="none", width=0.125, input_size=SIZE,
@@ -55,14 +57,15 @@ def saved_model(tmp_path_factory):
     return model, path, model_sha256(path)
 
 
-def _write(path: Path, model, sha: str, **kwargs) -> Path:
-    from xaicxr import plugins
-
-    options = dict(explainer=plugins.get("explainer", "gradcam")(), explainer_name="gradcam",
-                   model=model, model_sha256=sha, layer=None, classes=CLASSES, images=_images,
-                   batch_size=BATCH, progress=False, **_columns())
-    options.update(kwargs)
-    return explain_to_store(path, **options)
+def _write(path: Path, model, sha: str, *, layer=None, params=None, all_classes=False,
+           images=_images, overwrite=False, dtype="float16", **columns) -> Path:
+    """The explain stage's writer with Grad-CAM, any column replaced by a keyword."""
+    job = ExplainJob(name="gradcam", explainer=plugins.get("explainer", "gradcam")(), layer=layer,
+                     targets="all" if all_classes else "true", split="test", batch_size=BATCH,
+                     params=params or {})
+    cols = Columns.of(**{**_columns(), **columns}, n_classes=len(CLASSES))
+    return explain_to_store(path, job, model, sha, CLASSES, cols, images, overwrite=overwrite,
+                            dtype=dtype, progress=False)
 
 
 def _content(path: Path) -> dict:
@@ -88,7 +91,7 @@ def _interrupt_after(rows: int):
 
 def test_schema(tmp_path, saved_model):
     model, _, sha = saved_model
-    path = _write(store_path(tmp_path, "gradcam"), model, sha, all_classes=True)
+    path = _write(RunDir(tmp_path).heatmaps("gradcam"), model, sha, all_classes=True)
     assert path == tmp_path / "heatmaps" / "gradcam.h5" and not partial_path(path).exists()
     cols = _columns()
     with h5py.File(path, "r") as h5:
@@ -114,7 +117,7 @@ def test_schema(tmp_path, saved_model):
         rows = np.arange(N)
         np.testing.assert_array_equal(h5["heatmaps_all"][()][rows, cols["targets"]], values)
 
-    with read_store(path) as store:
+    with HeatmapStore(path) as store:
         assert store.classes == CLASSES and store.ids == cols["ids"] and len(store) == N
         assert store.layer == "block5_conv4" and store.has_all_classes
         picked = store.read([5, 1, 5])
@@ -125,13 +128,11 @@ def test_schema(tmp_path, saved_model):
 
 
 def test_maps_match_the_explainer(tmp_path, saved_model):
-    from xaicxr import plugins
-
     model, _, sha = saved_model
     path = _write(tmp_path / "g.h5", model, sha, dtype="float32")
     gradcam = plugins.get("explainer", "gradcam")()
     direct = gradcam.explain(model, _images(0, N), _columns()["targets"])
-    with read_store(path) as store:
+    with HeatmapStore(path) as store:
         np.testing.assert_allclose(store.read(), direct, atol=1e-6)
 
 
@@ -140,7 +141,7 @@ _CHILD = textwrap.dedent("""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, {tests!r})
     import test_heatmap_store as t
-    from xaicxr.models import load_model
+    from xaicxr.io.modelfile import load_model
 
     model = load_model({model!r})
 
@@ -210,7 +211,7 @@ def test_finished_store_is_reused_and_other_model_refused(tmp_path, saved_model)
     with pytest.raises(ModelMismatchError, match="another model.*overwrite"):
         _write(path, model, "0" * 64)
     _write(path, model, "0" * 64, overwrite=True)
-    with read_store(path) as store:
+    with HeatmapStore(path) as store:
         assert store.model_sha256 == "0" * 64
 
 
@@ -235,7 +236,7 @@ def test_changed_parameters_restart(tmp_path, saved_model):
     _write(path, model, sha, params={"note": "other"},
            images=lambda a, b: calls.append(a) or _images(a, b))
     assert calls[0] == 0
-    with read_store(path) as store:
+    with HeatmapStore(path) as store:
         assert store.params == {"note": "other"}
 
     with pytest.raises(KeyboardInterrupt):
@@ -244,7 +245,7 @@ def test_changed_parameters_restart(tmp_path, saved_model):
     _write(tmp_path / "p.h5", model, sha, layer="block4_conv4",
            images=lambda a, b: calls.append(a) or _images(a, b))
     assert calls[0] == 0, "a partial store made at another layer is not resumed"
-    with read_store(tmp_path / "p.h5") as store:
+    with HeatmapStore(tmp_path / "p.h5") as store:
         assert store.layer == "block4_conv4"
 
 
@@ -257,13 +258,13 @@ def test_bad_inputs_and_missing_store(tmp_path, saved_model):
     with pytest.raises(StoreError, match="returned"):
         _write(tmp_path / "y.h5", model, sha, images=lambda a, b: _images(a, a + 1))
     with pytest.raises(StoreError, match="no heatmap store"):
-        read_store(tmp_path / "none.h5")
+        HeatmapStore(tmp_path / "none.h5")
 
 
 def test_empty_store(tmp_path, saved_model):
     model, _, sha = saved_model
     empty = {"ids": [], "labels": [], "predictions": [], "probs": np.zeros((0, 4)), "targets": []}
     path = _write(tmp_path / "empty.h5", model, sha, all_classes=True, **empty)
-    with read_store(path) as store:
+    with HeatmapStore(path) as store:
         assert store.shape == (0, SIZE, SIZE) and store.read().shape == (0, SIZE, SIZE)
         assert list(store.batches()) == []

@@ -15,18 +15,16 @@ import pytest
 from PIL import Image, ImageFile
 
 from badinput import bomb_png, build_bad_corpus, png_bytes, write_dicom
-from xaicxr.imaging import (
+from xaicxr.io.imaging import (
     DEFAULT_MAX_PIXELS,
     SUPPORTED_SUFFIXES,
     ImageDecodeError,
     ImageInfo,
-    fit_square,
-    fit_square_box,
-    fit_square_mask,
     precheck,
     read_image,
     read_mask,
 )
+from xaicxr.io.resize import fit_square, fit_square_box, fit_square_mask
 
 REAL_DATA = Path("/work/shared/data/cxr3-real")
 LUMA = np.array([0.299, 0.587, 0.114])

@@ -13,7 +13,7 @@ from xaicxr.errors import PluginConflictError, UnknownPluginError
 
 TOY = '''
 from xaicxr import hookimpl
-from xaicxr.data.dataset import Dataset
+from xaicxr.plugins import Dataset
 
 class Toy(Dataset):
     def __init__(self, path: str | None = None, flavour: str = "plain"):
@@ -54,7 +54,7 @@ def test_broken_plugin_is_reported_not_fatal(fake_distribution):
     failures = [r for r in plugins.available() if "error" in r]
     assert failures == [{"module": "broken_plugin", "distribution": "xaicxr-broken",
                          "error": "ModuleNotFoundError: No module named 'this_module_does_not_exist'"}]
-    assert plugins.get("dataset", "phantom")
+    assert plugins.get("dataset", "phantom").__name__ == "PhantomDataset"
     result = runner.invoke(app, ["plugins", "--json"])
     assert result.exit_code == 0
     assert json.loads(result.stdout)["failed"][0]["distribution"] == "xaicxr-broken"
@@ -71,7 +71,19 @@ def test_hook_that_raises_or_returns_junk_names_the_plugin(fake_distribution):
     failures = {f["module"]: f["error"] for f in plugins.available() if "error" in f}
     assert failures["raising_plugin"] == "xaicxr_explainers(): RuntimeError: boom"
     assert "expected a class" in failures["junk_plugin"]
-    assert plugins.get("dataset", "folder")
+    assert plugins.get("dataset", "folder").__name__ == "FolderDataset"
+
+
+def test_misspelled_hook_is_reported_with_the_right_name(fake_distribution):
+    fake_distribution("xaicxr-typo", {"typo_plugin": (
+        "from xaicxr import hookimpl\n"
+        "@hookimpl\ndef xaicxr_explainer():\n    return {}\n"
+        "@hookimpl\ndef xaicxr_aggregators():\n    return {'typo-mean': object}\n")},
+        {"typo": "typo_plugin"})
+    failures = {f["module"]: f["error"] for f in plugins.available() if "error" in f}
+    assert "'xaicxr_explainer' is not an xaicxr hook; did you mean 'xaicxr_explainers'?" in failures["typo_plugin"]
+    assert "typo-mean" not in plugins.registry().names("aggregator"), "a plugin with a bad hook is not half-loaded"
+    assert plugins.get("dataset", "folder").__name__ == "FolderDataset"
 
 
 def test_unknown_name_lists_what_exists_and_the_closest(fresh_plugins):
@@ -90,7 +102,7 @@ def test_two_distributions_claiming_one_name_is_an_error_naming_both(fake_distri
     with pytest.raises(PluginConflictError) as err:
         plugins.get("dataset", "folder")
     assert "xaicxr-shadow" in str(err.value) and "xaicxr (xaicxr_builtins.datasets)" in str(err.value)
-    assert plugins.get("dataset", "phantom")
+    assert plugins.get("dataset", "phantom").__name__ == "PhantomDataset"
     listed = [r for r in plugins.available() if r.get("name") == "folder"]
     assert {r["distribution"] for r in listed} == {"xaicxr", "xaicxr-shadow"}
     table = runner.invoke(app, ["plugins"])

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from xaicxr import plugins
-from xaicxr.lungs import dice, segment_lungs
-from xaicxr.quality import ClassQuality, distinctiveness, energy_share, otsu_iou, pearson, points_inside
+from xaicxr.analysis.lungs import dice, segment_lungs
+from xaicxr.analysis.quality import ClassQuality, distinctiveness, energy_share, otsu_iou, points_inside
+from xaicxr.analysis.stats import pearson
 
 
 def _blob(shape, centre, radius):
@@ -88,7 +89,7 @@ def test_randomisation_never_replays_the_training_initialisation():
     and a briefly trained head would then look as if its maps survived randomisation."""
     import keras
 
-    from xaicxr.templating import randomisation_seed, randomised_copy
+    from xaicxr.analysis.sanity import randomisation_seed, randomised_copy
 
     backbone = plugins.get("backbone", "vgg19")(weights="none", width=0.125, input_size=32, dense=[8])
     keras.utils.set_random_seed(0)

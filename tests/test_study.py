@@ -71,3 +71,10 @@ def test_study_errors_are_clear(tmp_path):
     study.write_text("[base]\n")
     result = runner.invoke(app, ["study", str(study), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "defines no variants" in result.stderr
+
+
+def test_study_help_shows_the_table_names():
+    """Rich reads [matrix] as markup unless escaped; the help must show what a study holds."""
+    result = runner.invoke(app, ["study", "--help"])
+    assert result.exit_code == 0
+    assert "[matrix]" in result.stdout and "[[variants]]" in result.stdout

@@ -15,11 +15,13 @@ from PIL import Image
 
 from xaicxr import plugins
 from xaicxr.cli import app
-from xaicxr.data.split import split_records
-from xaicxr.imagecache import build_image_cache
-from xaicxr.metrics import binary_task, classification_report, roc_auc, youden_threshold
-from xaicxr.models import UnsafeModelError, load_model, save_model
-from xaicxr.train import fit
+from xaicxr.stages.split import split_records
+from xaicxr.io.imagecache import build_image_cache
+from xaicxr.analysis.metrics import binary_task, classification_report, roc_auc, youden_threshold
+from xaicxr.errors import ModelFileError
+from xaicxr.io.modelfile import load_model, save_model
+from xaicxr.rundir import RunDir
+from xaicxr.stages.train import fit
 
 runner = CliRunner()
 VGG19 = lambda **kw: plugins.get("backbone", "vgg19")(**kw)  # noqa: E731
@@ -33,7 +35,8 @@ def tiny_cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     scan = plugins.get("dataset", "phantom")(n_per_class=6, size=32, seed=1, path=str(root / "ph")).scan()
     split = split_records(scan.records, scan.classes, test=0.25, val=0.25, seed=0)
-    cache = build_image_cache(root, split, scan.records, scan.classes, 32)
+    cache, skipped = build_image_cache(RunDir(root).image_cache(32), split, scan.records, scan.classes, 32)
+    assert skipped == []
     return root, cache
 
 
@@ -45,11 +48,12 @@ def test_image_cache_follows_the_resize_policy(tmp_path):
             Image.new("L", (40, 20), 200).save(root / cls / f"{i}.png")
     scan = plugins.get("dataset", "folder")(path=str(root)).scan()
     split = split_records(scan.records, scan.classes, test=0.0, val=0.0)
-    padded = build_image_cache(tmp_path, split, scan.records, scan.classes, 16)
+    padded, _ = build_image_cache(tmp_path / "padded.h5", split, scan.records, scan.classes, 16)
     with h5py.File(padded.path) as h5:
         images = h5["images"][...]
     assert len(images) == 6 and not images[:, :4].any() and images[:, 4:12].min() > 0.7
-    stretched = build_image_cache(tmp_path, split, scan.records, scan.classes, 16, resize="stretch")
+    stretched, _ = build_image_cache(tmp_path / "stretched.h5", split, scan.records, scan.classes, 16,
+                                     resize="stretch")
     with h5py.File(stretched.path) as h5:
         assert h5.attrs["resize"] == "stretch" and h5["images"][...].min() > 0.7
 
@@ -59,7 +63,7 @@ def _train(tmp: Path, cache, cached: bool):
                      dense=[8], dropout=0.0)
     keras.utils.set_random_seed(0)
     model = backbone.build(["normal", "bacteria", "virus", "covid"])
-    result = fit(model, backbone.freeze_until, cache, tmp, {**TRAIN_OPTS, "cache_features": cached}, "test")
+    result = fit(model, backbone.freeze_until, cache, RunDir(tmp), {**TRAIN_OPTS, "cache_features": cached}, "test")
     return model, result
 
 
@@ -131,7 +135,7 @@ def test_safe_mode_refuses_lambda_layers_unless_asked(tmp_path):
     outputs = keras.layers.Lambda(lambda t: t * 2.0)(inputs)
     path = tmp_path / "model.keras"
     save_model(keras.Model(inputs, outputs), path)
-    with pytest.raises(UnsafeModelError, match="--unsafe-load"):
+    with pytest.raises(ModelFileError, match="--unsafe-load"):
         load_model(path)
     assert load_model(path, unsafe=True)(np.ones((1, 4), np.float32)).numpy().tolist() == [[2.0] * 4]
 

@@ -1,14 +1,20 @@
-"""The ``xaicxr`` command line. Results go to stdout (one JSON object with ``--json``);
-progress, tables and errors go to stderr."""
+"""The ``xaicxr`` command line: commands only. Results go to stdout (one JSON object with
+``--json``); progress, tables and errors go to stderr.
+
+Every command returns its result as a dict and is wrapped by :func:`command`: a user error
+(:class:`~xaicxr.errors.XaicxrError`) becomes one line on stderr and exit code 2; otherwise the
+result is printed as JSON (``--json``) or shown by the command's own printer.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
 from rich.markup import escape
@@ -17,11 +23,10 @@ from rich.table import Table
 from . import __version__, plugins
 from .config import load_config
 from .errors import ConfigError, XaicxrError
-from .imaging import DEFAULT_MAX_PIXELS
-from .options import check_options
+from .io.imaging import DEFAULT_MAX_PIXELS
+from .plugins.options import check_options
 from .progress import console, progress_bar
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from .rundir import RunDir, Shard
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -31,6 +36,30 @@ data_app = typer.Typer(no_args_is_help=True, help="Generate and inspect datasets
 app.add_typer(data_app, name="data")
 
 JsonOpt = typer.Option(False, "--json", help="Print exactly one JSON object on stdout.")
+ConfigOpt = typer.Option(None, "--config", "-c", help="Configuration for a new run directory (default: its config.toml).")
+UnsafeOpt = typer.Option(False, "--unsafe-load", help="Load model.keras with Keras safe_mode off (only for models you trust).")
+
+
+def command(show: Callable[[dict[str, Any]], None] | None = None) -> Callable:
+    """Run a command that returns a dict: errors, ``--json`` and the human printer in one place."""
+    def wrap(fn: Callable[..., dict[str, Any]]) -> Callable[..., None]:
+        @functools.wraps(fn)
+        def run(**kwargs: Any) -> None:
+            try:
+                result = fn(**kwargs)
+            except XaicxrError as exc:
+                console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+                raise typer.Exit(2)
+            if kwargs.get("as_json"):
+                from .io.atomic import finite_json
+
+                sys.stdout.write(json.dumps(finite_json(result), indent=2, ensure_ascii=False,
+                                            default=str, allow_nan=False) + "\n")
+                sys.stdout.flush()
+            elif show is not None:
+                show(result)
+        return run
+    return wrap
 
 
 def _version(value: bool) -> None:
@@ -45,64 +74,52 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
     """xaicxr: what does my X-ray model look at, and is it the disease?"""
 
 
-def _emit(obj: Any) -> None:
-    from .storage import finite_json
-
-    sys.stdout.write(json.dumps(finite_json(obj), indent=2, ensure_ascii=False, default=str, allow_nan=False) + "\n")
-    sys.stdout.flush()
+# --------------------------------------------------------------------------- plugins
 
 
-def _fail(exc: XaicxrError) -> None:
-    console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
-
-
-@app.command("plugins")
-def plugins_cmd(as_json: bool = JsonOpt) -> None:
-    """List loaded plugins (kind, name, module, distribution) and plugin modules that failed."""
-    rows = plugins.available()
-    if as_json:
-        _emit({"plugins": [r for r in rows if "kind" in r], "failed": [r for r in rows if "error" in r]})
-        return
+def _show_plugins(result: dict[str, Any]) -> None:
     table = Table(title="xaicxr plugins")
     for col in ("kind", "name", "module", "distribution", "version"):
         table.add_column(col)
-    for r in rows:
-        if "kind" in r:
-            table.add_row(r["kind"], r["name"], r["module"], r["distribution"], r["version"])
+    for r in result["plugins"]:
+        table.add_row(r["kind"], r["name"], r["module"], r["distribution"], r["version"])
     console.print(table)
-    conflicts = plugins.registry().conflicts()
-    for (kind, name), infos in conflicts.items():
+    for (kind, name), infos in plugins.registry().conflicts().items():
         console.print(f"[yellow]conflict:[/] {kind} {name!r} registered by "
                       + " and ".join(i.distribution for i in infos))
-    for r in rows:
-        if "error" in r:
-            console.print(f"[red]failed to load[/] {escape(r['module'])} ({escape(r['distribution'])}): {escape(r['error'])}", soft_wrap=True)
+    for r in result["failed"]:
+        console.print(f"[red]failed to load[/] {escape(r['module'])} ({escape(r['distribution'])}): "
+                      f"{escape(r['error'])}", soft_wrap=True)
+
+
+@app.command("plugins")
+@command(_show_plugins)
+def plugins_cmd(as_json: bool = JsonOpt) -> dict[str, Any]:
+    """List loaded plugins (kind, name, module, distribution) and plugin modules that failed."""
+    rows = plugins.available()
+    return {"plugins": [r for r in rows if "kind" in r], "failed": [r for r in rows if "error" in r]}
+
+
+# --------------------------------------------------------------------------- data
 
 
 @data_app.command("phantom")
+@command(lambda r: console.print(f"wrote {r['images']} phantoms to {r['out']}"))
 def data_phantom(out: Path = typer.Argument(..., help="Folder to write the phantom set to."),
                  n_per_class: int = typer.Option(250, "--n-per-class", min=1),
                  size: int = typer.Option(128, "--size", min=16),
                  seed: int = typer.Option(0, "--seed"),
                  difficulty: str = typer.Option("standard", "--difficulty", help="easy, standard or subtle."),
-                 as_json: bool = JsonOpt) -> None:
+                 as_json: bool = JsonOpt) -> dict[str, Any]:
     """Generate synthetic chest radiographs with lesion and lung masks."""
-    try:
-        phantom = plugins.get("dataset", "phantom")
-        options = {"path": str(out), "n_per_class": n_per_class, "size": size, "seed": seed,
-                   "difficulty": difficulty}
-        check_options(phantom, options, "xaicxr data phantom")
-        with progress_bar("generating phantoms", 4 * n_per_class) as advance:
-            scan = phantom(**options).scan(None, progress=advance)
-    except XaicxrError as exc:
-        _fail(exc)
-    result = {"out": str(out), "images": len(scan.records), "classes": scan.classes,
-              "size": size, "seed": seed, "difficulty": difficulty}
-    if as_json:
-        _emit(result)
-    else:
-        console.print(f"wrote {result['images']} phantoms to {out}")
+    phantom = plugins.get("dataset", "phantom")
+    options = {"path": str(out), "n_per_class": n_per_class, "size": size, "seed": seed,
+               "difficulty": difficulty}
+    check_options(phantom, options, "xaicxr data phantom")
+    with progress_bar("generating phantoms", 4 * n_per_class) as advance:
+        scan = phantom(**options).scan(None, progress=advance)
+    return {"out": str(out), "images": len(scan.records), "classes": scan.classes,
+            "size": size, "seed": seed, "difficulty": difficulty}
 
 
 def _parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -120,35 +137,7 @@ def _parse_options(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-@data_app.command("inspect")
-def data_inspect(path: Path = typer.Argument(..., help="Dataset root folder."),
-                 dataset: str = typer.Option("folder", "--dataset", "-d", help="Dataset plugin name."),
-                 option: list[str] = typer.Option([], "--option", "-o", help="Extra plugin option KEY=VALUE (TOML value)."),
-                 workers: Optional[int] = typer.Option(None, "--workers", min=1),
-                 max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1),
-                 as_json: bool = JsonOpt) -> None:
-    """Count images per class, sizes, modes and patients; list every skipped file with its reason."""
-    from .data.inventory import take_inventory
-
-    try:
-        cls = plugins.get("dataset", dataset)
-        options = {"path": str(path), **_parse_options(option)}
-        check_options(cls, options, f"options of dataset {dataset!r}")
-        ds = cls(**options)
-        with progress_bar("scanning", None) as advance:
-            scan = ds.scan(None, progress=advance)
-        with progress_bar("decoding", len(scan.records)) as advance:
-            inv = take_inventory(scan, workers=workers, max_pixels=max_pixels, progress=advance)
-    except XaicxrError as exc:
-        _fail(exc)
-    summary = {"dataset": dataset, "path": str(path), **inv.summary()}
-    if as_json:
-        _emit(summary)
-        return
-    _print_inventory(summary)
-
-
-def _print_inventory(s: dict[str, Any]) -> None:
+def _show_inventory(s: dict[str, Any]) -> None:
     table = Table(title=f"{s['dataset']}: {s['path']}")
     table.add_column("class")
     table.add_column("images", justify="right")
@@ -167,49 +156,47 @@ def _print_inventory(s: dict[str, Any]) -> None:
         console.print(f"  {item['path']}: {item['reason']}", highlight=False, markup=False)
 
 
-@app.command("run")
-def run_cmd(config: Optional[Path] = typer.Argument(None, help="Run configuration (TOML); default: the embedded phantom demo."),
-            out: Path = typer.Option(..., "--out", "-o", help="Run directory."),
-            until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage."),
-            as_json: bool = JsonOpt) -> None:
-    """Run the pipeline (resuming from what the run directory already holds)."""
-    from .pipeline import STAGE_NAMES, run_pipeline
+@data_app.command("inspect")
+@command(_show_inventory)
+def data_inspect(path: Path = typer.Argument(..., help="Dataset root folder."),
+                 dataset: str = typer.Option("folder", "--dataset", "-d", help="Dataset plugin name."),
+                 option: list[str] = typer.Option([], "--option", "-o", help="Extra plugin option KEY=VALUE (TOML value)."),
+                 workers: Optional[int] = typer.Option(None, "--workers", min=1),
+                 max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1),
+                 as_json: bool = JsonOpt) -> dict[str, Any]:
+    """Count images per class, sizes, modes and patients; list every skipped file with its reason."""
+    from .stages.dataset import take_inventory
 
-    try:
-        cfg = load_config(config)
-        if config is None:
-            console.print("[yellow]Embedded default:[/] synthetic phantom radiographs, not real patients.")
-        if until is not None and until not in STAGE_NAMES:
-            raise ConfigError(f"--until {until!r}: stages are {', '.join(STAGE_NAMES)}")
-        summary = run_pipeline(cfg, out, until=until)
-    except XaicxrError as exc:
-        _fail(exc)
-    if as_json:
-        _emit(summary)
-        return
-    _print_run_summary(summary, cfg)
+    cls = plugins.get("dataset", dataset)
+    options = {"path": str(path), **_parse_options(option)}
+    check_options(cls, options, f"options of dataset {dataset!r}")
+    with progress_bar("scanning", None) as advance:
+        scan = cls(**options).scan(None, progress=advance)
+    with progress_bar("decoding", len(scan.records)) as advance:
+        inv = take_inventory(scan, workers=workers, max_pixels=max_pixels, progress=advance)
+    return {"dataset": dataset, "path": str(path), **inv.summary()}
 
 
-def _print_run_summary(summary: dict[str, Any], cfg: dict[str, Any]) -> None:
-    run_dir = Path(summary["run_dir"])
-    console.print(f"[green]done[/] {run_dir}: ran {', '.join(summary['stages_run']) or 'nothing'}"
-                  f"; up to date: {', '.join(summary['stages_skipped']) or 'nothing'}")
-    if cfg["backbone"].get("weights") == "none":
-        console.print("[yellow]note:[/] the backbone was trained from scratch (weights = \"none\"); "
-                      "this is not the paper's ImageNet transfer setting (examples/paper.toml).")
-    ds = summary.get("dataset", {})
-    if ds:
-        console.print(f"images: {ds['images']} {ds['counts']}; skipped files: {ds['skipped']} (skipped.json)")
-    if (run_dir / "metrics.json").exists() and "evaluate" in summary:
-        _print_evaluation(run_dir)
-        _print_template_quality(run_dir)
-    report = summary.get("report", {}).get("report")
-    if report:
-        console.print(f"report: [bold]{report}[/]")
+# --------------------------------------------------------------------------- the pipeline
 
 
-def _print_template_quality(run_dir: Path) -> None:
-    m = json.loads((run_dir / "metrics.json").read_text())
+def _show_evaluation(rundir: RunDir) -> None:
+    m = rundir.read_metrics()
+    table = Table(title=f"test set ({m['test_set']}, n = {m['n_test']}): accuracy {m['accuracy']:.3f}, "
+                        f"macro F1 {m['macro_f1']:.3f}")
+    for col in ("class", "precision", "recall", "F1", "support"):
+        table.add_column(col, justify="right")
+    for c, v in m["per_class"].items():
+        table.add_row(c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"]))
+    console.print(table)
+    for task, b in m["binary"].items():
+        lo, hi = b["ci95"]["auc"]
+        console.print(f"{task}: AUC {b['auc']:.3f} [{lo:.3f}, {hi:.3f}], sensitivity {b['sensitivity']:.3f}, "
+                      f"specificity {b['specificity']:.3f} at threshold {b['threshold']:.3f} ({b['threshold_from']})")
+
+
+def _show_template_quality(rundir: RunDir) -> None:
+    m = rundir.read_metrics()
     for key, per_class in m.get("templates", {}).items():
         if not key.endswith("-mean") and len(m["templates"]) > 1:
             continue
@@ -228,59 +215,71 @@ def _print_template_quality(run_dir: Path) -> None:
                           f"{sanity['mean_template_r']:.2f} (near 1 = the maps ignore what was learned)")
 
 
-def _stage_command(stage: str, run_dir: Path, config: Optional[Path], as_json: bool,
-                   unsafe_load: bool = False) -> dict[str, Any]:
-    from .pipeline import run_config, run_pipeline
+def _show_run(summary: dict[str, Any]) -> None:
+    rundir = RunDir(summary["run_dir"])
+    console.print(f"[green]done[/] {rundir.root}: ran {', '.join(summary['stages_run']) or 'nothing'}"
+                  f"; up to date: {', '.join(summary['stages_skipped']) or 'nothing'}")
+    if rundir.config.exists() and rundir.load_config()["backbone"].get("weights") == "none":
+        console.print("[yellow]note:[/] the backbone was trained from scratch (weights = \"none\"); "
+                      "this is not the paper's ImageNet transfer setting (examples/paper.toml).")
+    ds = summary.get("dataset", {})
+    if ds:
+        console.print(f"images: {ds['images']} {ds['counts']}; skipped files: {ds['skipped']} (skipped.json)")
+    if rundir.metrics.exists() and "evaluate" in summary:
+        _show_evaluation(rundir)
+        _show_template_quality(rundir)
+    report = summary.get("report", {}).get("report")
+    if report:
+        console.print(f"report: [bold]{report}[/]")
 
-    try:
-        cfg = run_config(run_dir, config)
-        summary = run_pipeline(cfg, run_dir, until=stage, force=stage, unsafe_load=unsafe_load)
-    except XaicxrError as exc:
-        _fail(exc)
-    if as_json:
-        _emit(summary)
-    return summary
+
+@app.command("run")
+@command(_show_run)
+def run_cmd(config: Optional[Path] = typer.Argument(None, help="Run configuration (TOML); default: the embedded phantom demo."),
+            out: Path = typer.Option(..., "--out", "-o", help="Run directory."),
+            until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage."),
+            as_json: bool = JsonOpt) -> dict[str, Any]:
+    """Run the pipeline (resuming from what the run directory already holds)."""
+    from .pipeline import STAGE_NAMES, run_pipeline
+
+    cfg = load_config(config)
+    if config is None:
+        console.print("[yellow]Embedded default:[/] synthetic phantom radiographs, not real patients.")
+    if until is not None and until not in STAGE_NAMES:
+        raise ConfigError(f"--until {until!r}: stages are {', '.join(STAGE_NAMES)}")
+    return run_pipeline(cfg, out, until=until)
 
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="Configuration for a new run directory (default: its config.toml).")
-UnsafeOpt = typer.Option(False, "--unsafe-load", help="Load model.keras with Keras safe_mode off (only for models you trust).")
+def _run_stage(stage: str, run_dir: Path, config: Optional[Path] = None,
+               unsafe_load: bool = False) -> dict[str, Any]:
+    """One stage of a run directory (and whatever it needs first), forced to run."""
+    from .pipeline import run_pipeline
+
+    rundir = RunDir(run_dir)
+    cfg = load_config(config) if config is not None else rundir.load_config()
+    return run_pipeline(cfg, run_dir, until=stage, force=stage, unsafe_load=unsafe_load)
 
 
 @app.command("train")
+@command(lambda s: console.print(
+    f"trained {s['train']['epochs_run']} epochs, best epoch {s['train']['best_epoch']} "
+    f"(val loss {s['train']['best_val_loss']}): {RunDir(s['run_dir']).model}"))
 def train_cmd(run_dir: Path = typer.Argument(..., help="Run directory."), config: Optional[Path] = ConfigOpt,
-              as_json: bool = JsonOpt) -> None:
+              as_json: bool = JsonOpt) -> dict[str, Any]:
     """(Re)train the model of a run directory (running the data stages first if needed)."""
-    summary = _stage_command("train", run_dir, config, as_json)
-    if not as_json:
-        t = summary["train"]
-        console.print(f"trained {t['epochs_run']} epochs, best epoch {t['best_epoch']} "
-                      f"(val loss {t['best_val_loss']}): {run_dir / 'model.keras'}")
+    return _run_stage("train", run_dir, config)
 
 
 @app.command("evaluate")
+@command(lambda s: _show_evaluation(RunDir(s["run_dir"])))
 def evaluate_cmd(run_dir: Path = typer.Argument(..., help="Run directory."), as_json: bool = JsonOpt,
-                 unsafe_load: bool = UnsafeOpt) -> None:
+                 unsafe_load: bool = UnsafeOpt) -> dict[str, Any]:
     """Evaluate the trained model on the test set: accuracy, per class figures, binary tasks."""
-    summary = _stage_command("evaluate", run_dir, None, as_json, unsafe_load)
-    if not as_json:
-        _print_evaluation(run_dir)
-
-
-def _print_evaluation(run_dir: Path) -> None:
-    m = json.loads((run_dir / "metrics.json").read_text())
-    table = Table(title=f"test set ({m['test_set']}, n = {m['n_test']}): accuracy {m['accuracy']:.3f}, macro F1 {m['macro_f1']:.3f}")
-    for col in ("class", "precision", "recall", "F1", "support"):
-        table.add_column(col, justify="right")
-    for c, v in m["per_class"].items():
-        table.add_row(c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"]))
-    console.print(table)
-    for task, b in m["binary"].items():
-        lo, hi = b["ci95"]["auc"]
-        console.print(f"{task}: AUC {b['auc']:.3f} [{lo:.3f}, {hi:.3f}], sensitivity {b['sensitivity']:.3f}, "
-                      f"specificity {b['specificity']:.3f} at threshold {b['threshold']:.3f} ({b['threshold_from']})")
+    return _run_stage("evaluate", run_dir, unsafe_load=unsafe_load)
 
 
 @app.command("explain")
+@command(lambda r: console.print(f"heatmaps written to {r['store']}"))
 def explain_cmd(run_dir: Path = typer.Argument(..., help="Run directory with a trained model."),
                 explainer: str = typer.Option(..., "--explainer", "-e", help="Explainer plugin name."),
                 layer: Optional[str] = typer.Option(None, "--layer", help="Target layer (default: the backbone's)."),
@@ -289,138 +288,116 @@ def explain_cmd(run_dir: Path = typer.Argument(..., help="Run directory with a t
                 batch_size: int = typer.Option(16, "--batch-size", min=1),
                 shard: Optional[str] = typer.Option(None, "--shard", help="K/N: explain only the K-th of N parts."),
                 overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store made with another model."),
-                as_json: bool = JsonOpt, unsafe_load: bool = UnsafeOpt) -> None:
+                as_json: bool = JsonOpt, unsafe_load: bool = UnsafeOpt) -> dict[str, Any]:
     """Write heatmaps/<explainer>.h5 for a split of a run (resumes an interrupted one)."""
     from .config import resolve_entry
-    from .explaining import explain_split
-    from .imagecache import image_cache_path, open_image_cache
-    from .models import load_model, model_sha256
-    from .pipeline import run_config
+    from .io.imagecache import open_image_cache
+    from .io.modelfile import load_model, model_sha256
+    from .stages.explain import ExplainJob, explain_split
 
-    try:
-        run_config(run_dir)
-        spec = resolve_entry("explain", {"name": explainer, "split": split, "targets": targets,
-                                         "batch_size": batch_size, **({"layer": layer} if layer else {})},
-                             "the command line")
-        part = _parse_shard(shard)
-        model = load_model(run_dir / "model.keras", unsafe=unsafe_load)
-        cache = open_image_cache(image_cache_path(run_dir, int(model.input_shape[1])))
-        path = explain_split(run_dir, model, model_sha256(run_dir / "model.keras"), cache, spec,
-                             overwrite=overwrite, shard=part)
-    except XaicxrError as exc:
-        _fail(exc)
-    result = {"store": str(path), "explainer": explainer, "split": split, "targets": targets}
-    if as_json:
-        _emit(result)
-    else:
-        console.print(f"heatmaps written to {path}")
-
-
-def _parse_shard(text: Optional[str]) -> Optional[tuple[int, int]]:
-    if text is None:
-        return None
-    k, sep, n = text.partition("/")
-    if not (sep and k.isdigit() and n.isdigit() and 0 <= int(k) < int(n)):
-        raise ConfigError(f"--shard {text!r}: expected K/N with 0 <= K < N")
-    return int(k), int(n)
+    rundir = RunDir(run_dir)
+    rundir.load_config()
+    spec = resolve_entry("explain", {"name": explainer, "split": split, "targets": targets,
+                                     "batch_size": batch_size, **({"layer": layer} if layer else {})},
+                         "the command line")
+    part = Shard.parse(shard) if shard is not None else None
+    model = load_model(rundir.model, unsafe=unsafe_load)
+    cache = open_image_cache(rundir.image_cache(int(model.input_shape[1])))
+    path = explain_split(rundir, ExplainJob.from_spec(spec, rundir), model, model_sha256(rundir.model),
+                         cache, overwrite=overwrite, shard=part)
+    return {"store": str(path), "explainer": explainer, "split": split, "targets": targets}
 
 
 @app.command("merge-heatmaps")
+@command(lambda r: console.print(f"merged {len(r['shards'])} shards into {r['store']}"))
 def merge_heatmaps_cmd(run_dir: Path = typer.Argument(..., help="Run directory with shard stores."),
                        explainer: str = typer.Option(..., "--explainer", "-e"),
-                       as_json: bool = JsonOpt) -> None:
+                       as_json: bool = JsonOpt) -> dict[str, Any]:
     """Combine shards/<explainer>.shard-K-of-N.h5 (from explain --shard) into heatmaps/<explainer>.h5."""
-    from .heatmaps import merge_stores, shard_paths, store_path
+    from .io.heatmap_store import merge_stores
 
-    try:
-        parts = shard_paths(run_dir, explainer)
-        path = merge_stores(parts, store_path(run_dir, explainer))
-    except XaicxrError as exc:
-        _fail(exc)
-    result = {"store": str(path), "shards": [str(p) for p in parts]}
-    if as_json:
-        _emit(result)
+    rundir = RunDir(run_dir)
+    parts = rundir.heatmap_shards(explainer)
+    path = merge_stores(parts, rundir.heatmaps(explainer))
+    return {"store": str(path), "shards": [str(p) for p in parts]}
+
+
+def _show_templates(result: dict[str, Any]) -> None:
+    if "states" in result:
+        console.print("aggregator states saved: " + ", ".join(result["states"]))
+    elif "stages_run" in result:
+        console.print("templates: " + ", ".join(result["templates"]["templates"]))
     else:
-        console.print(f"merged {len(parts)} shards into {path}")
+        console.print("templates merged from shards: " + ", ".join(p for ps in result["templates"].values() for p in ps))
 
 
 @app.command("template")
+@command(_show_templates)
 def template_cmd(run_dir: Path = typer.Argument(..., help="Run directory with heatmaps."),
                  shard: Optional[str] = typer.Option(None, "--shard", help="K/N: only save the aggregator states of the K-th of N parts."),
                  merge_shards: bool = typer.Option(False, "--merge-shards", help="Merge saved shard states into the template files."),
-                 as_json: bool = JsonOpt, unsafe_load: bool = UnsafeOpt) -> None:
+                 as_json: bool = JsonOpt, unsafe_load: bool = UnsafeOpt) -> dict[str, Any]:
     """(Re)build the per-class templates, their quality figures and the sanity check; or, with
     --shard / --merge-shards, the templates of a run split over several processes or hosts."""
-    if shard is not None or merge_shards:
-        from .pipeline import run_config
-        from .templating import build_shard_states, merge_shard_states
+    from .stages.templates import build_shard_states, merge_shard_states
 
-        try:
-            cfg = run_config(run_dir)
-            result = ({"states": [str(p) for p in build_shard_states(run_dir, cfg, _parse_shard(shard))]}
-                      if shard is not None else {"templates": merge_shard_states(run_dir, cfg)})
-        except XaicxrError as exc:
-            _fail(exc)
-        if as_json:
-            _emit(result)
-        else:
-            console.print(result)
-        return
-    summary = _stage_command("templates", run_dir, None, as_json, unsafe_load)
-    if not as_json:
-        console.print(f"templates: {', '.join(summary['templates']['templates'])}")
+    rundir = RunDir(run_dir)
+    if shard is not None:
+        return {"states": [str(p) for p in build_shard_states(rundir, rundir.load_config(), Shard.parse(shard))]}
+    if merge_shards:
+        return {"templates": merge_shard_states(rundir, rundir.load_config())}
+    return _run_stage("templates", run_dir, unsafe_load=unsafe_load)
 
 
 @app.command("report")
-def report_cmd(run_dir: Path = typer.Argument(..., help="Run directory."), as_json: bool = JsonOpt) -> None:
+@command(lambda s: console.print(f"report: {s['report']['report']}"))
+def report_cmd(run_dir: Path = typer.Argument(..., help="Run directory."), as_json: bool = JsonOpt) -> dict[str, Any]:
     """(Re)write report/index.html."""
-    summary = _stage_command("report", run_dir, None, as_json)
-    if not as_json:
-        console.print(f"report: {summary['report']['report']}")
+    return _run_stage("report", run_dir)
 
 
-@app.command("detect")
-def detect_cmd(run_dir: Path = typer.Argument(..., help="Run directory with a model and templates."),
-               images: list[Path] = typer.Argument(..., help="PNG, JPEG, DICOM ... of any size."),
-               explainer: Optional[str] = typer.Option(None, "--explainer", "-e"),
-               out: Optional[Path] = typer.Option(None, "--out", help="Folder for overlay PNGs (default RUN_DIR/detect)."),
-               as_json: bool = JsonOpt, unsafe_load: bool = UnsafeOpt) -> None:
-    """Classify and explain images, and match each heatmap against the class templates."""
-    from .detect import detect
+# --------------------------------------------------------------------------- beyond one run
 
-    try:
-        result = detect(run_dir, list(images), explainer=explainer, out=out, unsafe_load=unsafe_load)
-    except XaicxrError as exc:
-        _fail(exc)
-    if as_json:
-        _emit(result)
-        return
+
+def _show_detect(result: dict[str, Any]) -> None:
     for r in result["results"]:
         if "error" in r:
             console.print(f"[red]{escape(r['path'])}[/]: skipped: {escape(r['error'])}")
             continue
+        lung = r["lung_energy"] if r["lung_energy"] is None else round(r["lung_energy"], 3)
         console.print(f"[bold]{escape(r['path'])}[/]: {r['prediction']} "
                       f"({r['probabilities'][r['prediction']]:.3f}); best template {r['best_template']}; "
-                      f"lung energy {r['lung_energy'] if r['lung_energy'] is None else round(r['lung_energy'], 3)}; "
-                      f"overlay {escape(r['overlay'])}")
+                      f"lung energy {lung}; overlay {escape(r['overlay'])}")
+
+
+@app.command("detect")
+@command(_show_detect)
+def detect_cmd(run_dir: Path = typer.Argument(..., help="Run directory with a model and templates."),
+               images: list[Path] = typer.Argument(..., help="PNG, JPEG, DICOM ... of any size."),
+               explainer: Optional[str] = typer.Option(None, "--explainer", "-e"),
+               out: Optional[Path] = typer.Option(None, "--out", help="Folder for overlay PNGs (default RUN_DIR/detect)."),
+               as_json: bool = JsonOpt, unsafe_load: bool = UnsafeOpt) -> dict[str, Any]:
+    """Classify and explain images, and match each heatmap against the class templates."""
+    from .detect import detect
+
+    return detect(run_dir, list(images), explainer=explainer, out=out, unsafe_load=unsafe_load)
+
+
+def _show_study(table: dict[str, Any]) -> None:
+    out = Path(table["out"])
+    console.print((out / "summary.md").read_text(), markup=False, highlight=False)
+    console.print(f"summary: {out / 'index.html'}")
 
 
 @app.command("study")
-def study_cmd(study: Path = typer.Argument(..., help="Study file (TOML): a base config plus [matrix] or [[variants]]."),
+@command(_show_study)
+def study_cmd(study: Path = typer.Argument(..., help="Study file (TOML): a base config plus \\[matrix] or \\[\\[variants]]."),
               out: Path = typer.Option(..., "--out", "-o", help="Folder for the variants' run directories."),
-              as_json: bool = JsonOpt) -> None:
+              as_json: bool = JsonOpt) -> dict[str, Any]:
     """Run every variant of a study and write summary.csv/.json/.md and index.html."""
     from .study import run_study
 
-    try:
-        table = run_study(study, out)
-    except XaicxrError as exc:
-        _fail(exc)
-    if as_json:
-        _emit(table)
-        return
-    console.print((out / "summary.md").read_text(), markup=False, highlight=False)
-    console.print(f"summary: {out / 'index.html'}")
+    return run_study(study, out)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import tomli_w
 
 from . import plugins
 from .errors import ConfigError, PluginError
-from .options import check_options, describe, matches
+from .plugins.options import check_options, describe, matches
 
 DEFAULT_SOURCE = "the embedded default configuration"
 
@@ -45,11 +45,11 @@ CORE_KEYS: dict[str, dict[str, tuple[Any, Any]]] = {
 
 PLUGIN_TABLES = {"dataset": "dataset", "backbone": "backbone", "explain": "explainer",
                  "aggregate": "aggregator"}
+"""Tables whose ``name`` selects a plugin of this kind."""
 ARRAY_TABLES = {"explain", "aggregate"}
 """Arrays of tables (``[[explain]]``): one entry per explainer / aggregator."""
 FREE_TABLES = {"binary"}
 """Tables whose keys are user-chosen names (binary tasks)."""
-"""Tables whose ``name`` selects a plugin of this kind."""
 
 
 def default_text() -> str:
@@ -175,6 +175,13 @@ def plugin_options(table: dict[str, Any], table_name: str) -> dict[str, Any]:
     """The keys of a resolved plugin table that belong to the plugin, not the core."""
     core = CORE_KEYS.get(table_name, {})
     return {k: v for k, v in table.items() if k not in core}
+
+
+def build_plugin(table_name: str, table: dict[str, Any]) -> Any:
+    """The plugin a resolved table (``[dataset]``, ``[backbone]``, an ``[[explain]]`` or
+    ``[[aggregate]]`` entry) names, made with its options."""
+    cls = plugins.get(PLUGIN_TABLES[table_name], table["name"])
+    return cls(**plugin_options(table, table_name))
 
 
 def dump_config(cfg: dict[str, Any]) -> str:

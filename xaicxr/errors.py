@@ -23,3 +23,27 @@ class PluginConflictError(PluginError):
 
 class DataError(XaicxrError):
     """A dataset cannot be used at all (missing folder, no class folders, no usable image)."""
+
+
+class WeightsNotFoundError(XaicxrError):
+    """Pretrained weights are not on this machine; the message says how to get them."""
+
+
+class ModelFileError(XaicxrError):
+    """``model.keras`` is missing or cannot be loaded (or needs ``--unsafe-load``)."""
+
+
+class LayerNotFoundError(XaicxrError):
+    """The target layer does not exist, or its output is not (N, h, w, k)."""
+
+
+class ExplainerInputError(XaicxrError):
+    """Images or targets that do not fit the model."""
+
+
+class StoreError(XaicxrError):
+    """A heatmap or template store is missing, malformed, or belongs to another model."""
+
+
+class ModelMismatchError(StoreError):
+    """A heatmap store was made with another model."""

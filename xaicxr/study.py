@@ -31,15 +31,20 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from . import storage
 from .config import resolve
 from .errors import ConfigError
-from .pipeline import STAGES, STAGES_FILE, config_hash, run_pipeline
+from .io import atomic
+from .pipeline import run_pipeline, stage_hashes
 from .progress import console
+from .rundir import RunDir
 
 SHARED_STAGES = ("dataset", "split", "train", "evaluate")
-SHARED_FILES = ("dataset.json", "skipped.json", "split.json", "model.keras", "train.json",
-                "predictions.h5", "metrics.json", "cache", "data")
+
+
+def _shared_files(rundir: RunDir) -> list[Path]:
+    """What the shared stages wrote: linked into a variant that reuses them."""
+    return [rundir.dataset_index, rundir.skipped, rundir.split, rundir.model, rundir.train_info,
+            rundir.predictions, rundir.metrics, rundir / "cache", rundir.data_dir]
 
 
 def load_study(path: Path) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
@@ -108,27 +113,22 @@ def _label(key: str, value: Any) -> str:
 
 
 def _shared_digest(cfg: dict[str, Any]) -> str:
-    digest = ""
-    for stage in STAGES:
-        digest = config_hash({**cfg, "upstream": digest}, ("upstream", *stage.tables))
-        if stage.name == SHARED_STAGES[-1]:
-            return digest
-    return digest
+    """Equal for two variants exactly when they can share the trained model."""
+    return stage_hashes(cfg)[SHARED_STAGES[-1]]
 
 
-def _link_trained(source: Path, target: Path) -> None:
+def _link_trained(source: RunDir, target: RunDir) -> None:
     """Reuse ``source``'s data, split, model and predictions in ``target`` (hard links, or copies)."""
-    target.mkdir(parents=True, exist_ok=True)
-    for name in SHARED_FILES:
-        src = source / name
-        if not src.exists() or (target / name).exists():
+    target.root.mkdir(parents=True, exist_ok=True)
+    for src, dst in zip(_shared_files(source), _shared_files(target)):
+        if not src.exists() or dst.exists():
             continue
         if src.is_dir():
-            shutil.copytree(src, target / name, copy_function=_link_or_copy)
+            shutil.copytree(src, dst, copy_function=_link_or_copy)
         else:
-            _link_or_copy(src, target / name)
-    state = storage.read_json(source / STAGES_FILE)
-    storage.write_json(target / STAGES_FILE, {k: v for k, v in state.items() if k in SHARED_STAGES})
+            _link_or_copy(src, dst)
+    state = atomic.read_json(source.stages)
+    atomic.write_json(target.stages, {k: v for k, v in state.items() if k in SHARED_STAGES})
 
 
 def _link_or_copy(src: str | Path, dst: str | Path) -> None:
@@ -143,33 +143,33 @@ def run_study(path: Path, out: Path) -> dict[str, Any]:
     resolved = [(name, resolve(raw, f"{path} (variant {name})")) for name, raw in variants]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    trained: dict[str, Path] = {}
+    trained: dict[str, RunDir] = {}
     rows = []
     for name, cfg in resolved:
-        run_dir = out / name
+        run_dir = RunDir(out / name)
         digest = _shared_digest(cfg)
-        if digest in trained and not (run_dir / "model.keras").exists():
+        if digest in trained and not run_dir.model.exists():
             _link_trained(trained[digest], run_dir)
-            console.print(f"[cyan]variant[/] {name}: reusing the model of {trained[digest].name}")
+            console.print(f"[cyan]variant[/] {name}: reusing the model of {trained[digest].root.name}")
         else:
             console.print(f"[cyan]variant[/] {name}")
         start = time.perf_counter()
-        summary = run_pipeline(cfg, run_dir)
+        summary = run_pipeline(cfg, run_dir.root)
         trained.setdefault(digest, run_dir)
         rows.extend(_rows(name, run_dir, cfg, summary, time.perf_counter() - start))
     table = {"study": str(path), "out": str(out), "variants": rows}
     _write_tables(out, rows)
-    storage.write_json(out / "summary.json", table)
+    atomic.write_json(out / "summary.json", table)
     return table
 
 
-def _rows(name: str, run_dir: Path, cfg: dict[str, Any], summary: dict[str, Any],
+def _rows(name: str, run_dir: RunDir, cfg: dict[str, Any], summary: dict[str, Any],
           seconds: float) -> list[dict[str, Any]]:
     """One row per explainer of the variant (long format): classification figures, then the
     template quality of its first aggregator averaged over classes (pointing game and lift over
     the lesion classes) and the sanity similarity."""
-    metrics = storage.read_json(run_dir / "metrics.json")
-    common: dict[str, Any] = {"variant": name, "run_dir": str(run_dir), "seconds": round(seconds, 1),
+    metrics = run_dir.read_metrics()
+    common: dict[str, Any] = {"variant": name, "run_dir": str(run_dir.root), "seconds": round(seconds, 1),
                               "stages_run": summary["stages_run"], "test_set": metrics.get("test_set"),
                               "n_test": metrics.get("n_test"), "accuracy": metrics.get("accuracy")}
     for task, b in metrics.get("binary", {}).items():
@@ -199,18 +199,18 @@ def _write_tables(out: Path, rows: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    storage.write_text(out / "summary.csv", buf.getvalue())
+    atomic.write_text(out / "summary.csv", buf.getvalue())
     fmt = lambda v: "" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
     md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     md += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
-    storage.write_text(out / "summary.md", "\n".join(md) + "\n")
+    atomic.write_text(out / "summary.md", "\n".join(md) + "\n")
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join(
         "<tr>" + "".join(
             f'<td><a href="{html.escape(r["variant"])}/report/index.html">{html.escape(r["variant"])}</a></td>'
             if c == "variant" else f"<td>{html.escape(fmt(r.get(c)))}</td>" for c in columns) + "</tr>"
         for r in rows)
-    storage.write_text(out / "index.html", f"""<!doctype html><html><head><meta charset="utf-8">
+    atomic.write_text(out / "index.html", f"""<!doctype html><html><head><meta charset="utf-8">
 <title>xaicxr study</title><style>body{{font-family:system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.25em .5em;text-align:right}}td:first-child{{text-align:left}}</style></head>
 <body><h1>xaicxr study</h1><p>Each variant links to its report. Consistency and split-half are only meaningful

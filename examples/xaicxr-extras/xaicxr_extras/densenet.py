@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from xaicxr.backbone import Backbone, WeightsNotFoundError, weights_file
-from xaicxr.errors import XaicxrError
+from xaicxr.errors import WeightsNotFoundError, XaicxrError
+from xaicxr.plugins import LOGITS, PROBS, Backbone, weights_file
 
 WEIGHTS_FILE = "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
@@ -42,7 +42,7 @@ class DenseNet121Backbone(Backbone):
     def build(self, classes: list[str]):
         import keras
 
-        from xaicxr.models import LOGITS, PROBS, GrayToColour
+        from xaicxr.plugins.layers import GrayToColour
 
         weights = weights_file(self.weights, WEIGHTS_FILE, "DenseNet121")
         inputs = keras.Input((self.input_size, self.input_size, 1), name="image")

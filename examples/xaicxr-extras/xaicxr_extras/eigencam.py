@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from xaicxr.explainer import Explainer, check_images
+from xaicxr.plugins import Explainer
+from xaicxr.plugins.explainer import check_images
 
 
 def eigen_maps(acts: np.ndarray) -> np.ndarray:

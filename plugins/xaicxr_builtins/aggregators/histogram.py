@@ -23,7 +23,7 @@ binned through a lookup table on their bit patterns (numpy's float16 arithmetic 
 vectorised). About 0.2 ms of CPU per 224x224 heatmap on the 2-core reference machine; the
 scatter (~2 ns per value) is most of it. Threads do not help: ``np.add.at`` (like
 ``np.bincount`` and fancy-index assignment) holds the GIL in numpy 2.4; to use several cores,
-run shards in separate processes (``xaicxr.templates``, ``shard=``) and merge their states.
+run shards in separate processes (``xaicxr template --shard K/N``) and merge their states.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from xaicxr.aggregator import Aggregator, State, as_batch, check_compatible
+from xaicxr.plugins.aggregator import Aggregator, State, as_batch, check_compatible
 
 TILE_BYTES = 1 << 17
 """Counters touched per scatter call; small enough to stay in the L2 cache."""
@@ -119,10 +119,6 @@ class HistogramSketch(Aggregator):
         if not 256 <= bins <= 4096:
             raise ValueError(f"bins must be between 256 and 4096 (error bound 1/(2*bins)), got {bins}")
         self.bins = bins
-
-    @property
-    def error_bound(self) -> float:
-        return 0.5 / self.bins
 
     def init(self, shape: tuple[int, int]) -> State:
         return {"n": 0, "counts": np.zeros((*shape, self.bins), counter_dtype(0))}

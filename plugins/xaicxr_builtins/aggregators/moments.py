@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xaicxr.aggregator import Aggregator, State, as_batch, check_compatible, reject_nonfinite
+from xaicxr.plugins.aggregator import Aggregator, State, as_batch, check_compatible, reject_nonfinite
 
 _ROWS = 64
 """Heatmaps centred at a time by ``std`` (bounds the float64 temporary to ~25 MB at 224x224)."""

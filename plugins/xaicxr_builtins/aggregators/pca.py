@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from xaicxr.aggregator import Aggregator, State, as_batch, check_compatible, reject_nonfinite
+from xaicxr.plugins.aggregator import Aggregator, State, as_batch, check_compatible, reject_nonfinite
 
 
 class Pca(Aggregator):
     """Top ``k`` principal components, ``finalize -> (k, H, W)`` (unit norm, components first;
-    zero maps beyond the data's rank). ``info`` / ``finalize_with_info`` add the explained
-    variance (ddof = 1), its ratio to the total variance, the singular values and the mean."""
+    zero maps beyond the data's rank). ``info`` adds the explained variance (ddof = 1), its
+    ratio to the total variance, and the singular values."""
 
     components = True
 
@@ -106,10 +106,6 @@ class Pca(Aggregator):
         return {"explained_variance": self.explained_variance(state),
                 "explained_variance_ratio": self.explained_variance_ratio(state),
                 "singular_values": singular}
-
-    def finalize_with_info(self, state: State) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Components (k, H, W) and ``info`` plus the ``mean`` heatmap (H, W)."""
-        return self.finalize(state), {**self.info(state), "mean": state["mean"].copy()}
 
 
 def _top_singular(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from xaicxr.backbone import Backbone, WeightsNotFoundError, weights_file
-from xaicxr.errors import XaicxrError
+from xaicxr.errors import WeightsNotFoundError, XaicxrError
+from xaicxr.plugins import LOGITS, PROBS, Backbone, weights_file
 
 WEIGHTS_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
 BLOCKS = ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4))
@@ -51,7 +51,7 @@ class VGG19Backbone(Backbone):
     def build(self, classes: list[str]):
         import keras
 
-        from xaicxr.models import GrayToColour
+        from xaicxr.plugins.layers import GrayToColour
 
         inputs = keras.Input((self.input_size, self.input_size, 1), name="image")
         x = GrayToColour("caffe", name="preprocess")(inputs)
@@ -67,8 +67,6 @@ class VGG19Backbone(Backbone):
 
     def _head(self, x, n_classes: int):
         import keras
-
-        from xaicxr.models import LOGITS, PROBS
 
         if self.pooling == "flatten":
             x = keras.layers.Flatten(name="flatten")(x)

@@ -14,10 +14,9 @@ import csv
 import re
 from pathlib import Path
 
-from xaicxr.data.dataset import Dataset, Progress, require_dir, walk_images
-from xaicxr.data.records import Record, Scan, Skipped
 from xaicxr.errors import DataError
-from xaicxr.imaging import precheck
+from xaicxr.io.imaging import precheck
+from xaicxr.plugins import Dataset, Progress, Record, Scan, Skipped, require_dir, walk_images
 
 CLASSES = ("normal", "bacteria", "virus", "covid")
 SUBSETS = ("train", "val", "test")

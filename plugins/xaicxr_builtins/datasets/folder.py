@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from xaicxr.data.dataset import Dataset, Progress, require_dir, walk_images
-from xaicxr.data.records import Record, Scan, Skipped
 from xaicxr.errors import DataError
+from xaicxr.plugins import Dataset, Progress, Record, Scan, Skipped, require_dir, walk_images
 
 
 class FolderDataset(Dataset):

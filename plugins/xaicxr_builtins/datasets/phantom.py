@@ -17,10 +17,9 @@ from typing import Callable, Literal
 import numpy as np
 from PIL import Image
 
-from xaicxr import storage
-from xaicxr.data.dataset import Dataset, Progress
-from xaicxr.data.records import Record, Scan, Skipped
 from xaicxr.errors import DataError
+from xaicxr.io import atomic
+from xaicxr.plugins import Dataset, Progress, Record, Scan, Skipped
 
 from .phantom_render import CLASSES, DIFFICULTIES, render_phantom
 
@@ -65,7 +64,7 @@ def generate_phantom_set(out: str | Path, n_per_class: int = 250, size: int = 12
             items.append(item)
             if progress is not None:
                 progress(1)
-    storage.write_json(out / MANIFEST, {"format": FORMAT_VERSION, "params": params, "items": items})
+    atomic.write_json(out / MANIFEST, {"format": FORMAT_VERSION, "params": params, "items": items})
     return out / MANIFEST
 
 
@@ -131,7 +130,7 @@ def _set_params(n_per_class: int, size: int, seed: int, difficulty: str, **_: ob
 
 def _read_manifest(root: Path) -> dict | None:
     try:
-        manifest = storage.read_json(root / MANIFEST)
+        manifest = atomic.read_json(root / MANIFEST)
     except (OSError, ValueError):
         return None
     return manifest if isinstance(manifest, dict) and "items" in manifest else None
@@ -145,4 +144,4 @@ def _write_png(path: Path, array: np.ndarray) -> None:
     """Written atomically with fixed settings, so the same array gives the same bytes."""
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG", compress_level=6)
-    storage.write_bytes(path, buf.getvalue())
+    atomic.write_bytes(path, buf.getvalue())

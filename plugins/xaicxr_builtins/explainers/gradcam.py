@@ -1,6 +1,6 @@
 """Native CAM explainers: ``gradcam``, ``gradcam++``, ``layercam``.
 
-Each is a few lines on top of :class:`xaicxr.explainer.CAMExplainer`, which compiles the
+Each is a few lines on top of :class:`xaicxr.plugins.CAMExplainer`, which compiles the
 forward pass, gradient, map, upsampling and normalisation into one TensorFlow function.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xaicxr.explainer import CAMExplainer
+from xaicxr.plugins import CAMExplainer
 
 
 class GradCAM(CAMExplainer):

@@ -4,7 +4,7 @@
 with ``max_n``), ``saliency``, ``smoothgrad``.
 
 Every wrapper asks tf-keras-vis for its *raw* map at layer resolution (``expand_cam=False``,
-``normalize_cam=False``) and hands it to :class:`xaicxr.explainer.Explainer`, so upsampling,
+``normalize_cam=False``) and hands it to :class:`xaicxr.plugins.Explainer`, so upsampling,
 normalisation and degenerate handling are the same as for the native explainers.
 
 Adaptations to tf-keras-vis 0.8.7 on Keras 3 / TF 2.21 (it works, with these):
@@ -31,7 +31,8 @@ from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
-from xaicxr.explainer import Explainer, explainable_model, model_cache, score_layer
+from xaicxr.kerasgraph import explainable_model, model_cache, score_layer
+from xaicxr.plugins import Explainer
 
 
 def _score(targets: np.ndarray, centred: bool = False) -> Any:

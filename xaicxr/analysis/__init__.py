@@ -1,0 +1,2 @@
+"""The figures xaicxr reports, computed from arrays: classification metrics, templates,
+explanation quality."""

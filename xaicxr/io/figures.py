@@ -1,0 +1,111 @@
+"""Pictures: heatmap overlays, template panels, confusion matrices and ROC curves (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from . import atomic  # noqa: E402
+
+CMAP = "jet"
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Gray image (H, W) in [0, 1] and heatmap in [0, 1] -> RGB float (H, W, 3)."""
+    colour = plt.get_cmap(CMAP)(np.clip(heatmap, 0, 1))[..., :3]
+    gray = np.repeat(np.clip(image, 0, 1)[..., None], 3, axis=2)
+    weight = alpha * np.clip(heatmap, 0, 1)[..., None] ** 0.5
+    return (1 - weight) * gray + weight * colour
+
+
+def save(fig, path: Path) -> str:
+    """Write the figure atomically and return its file name (for the HTML)."""
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path.name
+
+
+def template_panel(templates: dict[str, np.ndarray], backgrounds: dict[str, np.ndarray | None],
+                   counts: dict[str, int], title: str, path: Path) -> str:
+    """One column per class: the template over the class's mean image, with a colour bar."""
+    names = list(templates)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.1 * len(names), 3.4), squeeze=False)
+    vmax = max(float(np.max(t)) for t in templates.values()) or 1.0
+    for ax, name in zip(axes[0], names):
+        bg = backgrounds.get(name)
+        if bg is not None:
+            ax.imshow(bg, cmap="gray", vmin=0, vmax=1)
+        im = ax.imshow(templates[name], cmap=CMAP, vmin=0, vmax=vmax, alpha=0.5 if bg is not None else 1.0)
+        ax.set_title(f"{name} (n={counts.get(name, '?')})")
+        ax.axis("off")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="mean relevance")
+    fig.suptitle(title)
+    return save(fig, path)
+
+
+def components_panel(components: np.ndarray, explained: Sequence[float] | None, name: str,
+                     title: str, path: Path) -> str:
+    """Eigen-heatmaps of one class (diverging colours: a component has a sign)."""
+    k = len(components)
+    fig, axes = plt.subplots(1, k, figsize=(2.8 * k, 3.0), squeeze=False)
+    for i, (ax, comp) in enumerate(zip(axes[0], components)):
+        lim = float(np.abs(comp).max()) or 1.0
+        ax.imshow(comp, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        share = f" ({100 * explained[i]:.1f} %)" if explained is not None and i < len(explained) else ""
+        ax.set_title(f"{name} PC{i + 1}{share}", fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title)
+    return save(fig, path)
+
+
+def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: Path) -> str:
+    m = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 1.1 * len(classes) + 1.5))
+    ax.imshow(m, cmap="Blues")
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            ax.text(j, i, str(m[i, j]), ha="center", va="center",
+                    color="white" if m[i, j] > m.max() / 2 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion matrix (test)")
+    return save(fig, path)
+
+
+def roc_figure(binary: dict[str, dict], path: Path) -> str:
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    for task, b in binary.items():
+        lo, hi = b["ci95"]["auc"]
+        ax.plot(b["roc"]["fpr"], b["roc"]["tpr"], label=f"{task}: AUC {b['auc']:.3f} [{lo:.3f}, {hi:.3f}]")
+        ax.plot(1 - b["specificity"], b["sensitivity"], "o", color=ax.lines[-1].get_color())
+    ax.plot([0, 1], [0, 1], "--", color="gray", lw=0.8)
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title("ROC (test); dots: Youden threshold from validation")
+    ax.legend(fontsize=8, loc="lower right")
+    return save(fig, path)
+
+
+def overlay_grid(rows: list[tuple[str, np.ndarray, np.ndarray]], title: str, path: Path,
+                 columns: int = 6) -> str:
+    """``rows`` of (caption, image, heatmap); a caption may hold line breaks, not more than two lines."""
+    n = len(rows)
+    cols = min(columns, max(n, 1))
+    lines = (n + cols - 1) // cols
+    fig, axes = plt.subplots(lines, cols, figsize=(2.4 * cols, 2.8 * lines), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (caption, image, heat) in zip(axes.ravel(), rows):
+        ax.imshow(overlay(image, heat))
+        ax.set_title(caption, fontsize=7)
+    fig.suptitle(title)
+    return save(fig, path)

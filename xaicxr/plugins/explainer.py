@@ -1,0 +1,306 @@
+"""The explainer plugin contract and the mechanism every explainer shares.
+
+Contract: ``Explainer(**options).explain(model, images, targets, layer=None)`` takes ``images``
+(N, H, W, C) float32 as the model takes them and ``targets`` (N,) class indices, and returns
+(N, H, W) float32 in [0, 1] at input resolution.
+
+What is shared, so that every explainer is comparable:
+
+* **Layer and score**: found by :mod:`xaicxr.kerasgraph` (a layer by name or path, nested
+  models included; the ``logits`` layer as the score: gradients of softmax probabilities
+  saturate and mix in the other classes).
+* **Maps.** A raw map at layer resolution is upsampled bilinearly to the input size
+  (``tf.image.resize``), then normalised per image: by its maximum after a ReLU for CAM-style
+  maps, min-max for signed or offset maps (saliency). A map that is all zero, constant, or has
+  a non-finite value is *degenerate*: it comes back as zeros and flagged, never as NaN
+  (``explain_with_info`` returns the flags; ``explain`` keeps them in ``last_degenerate``).
+* **CAMs** (:class:`CAMExplainer`): forward pass, gradient, map, upsampling and normalisation
+  compiled into one TensorFlow function; a CAM method overrides only how channels are weighted.
+
+TensorFlow is imported inside functions: plugin modules import this module, and listing
+plugins must stay fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from ..errors import ExplainerInputError
+from ..kerasgraph import ExplainableModel, explainable_model, model_cache, resolve_layer, score_layer
+from .options import Configurable
+
+TINY = float(np.finfo(np.float32).tiny)
+
+
+def finish_maps(raw: Any, size: tuple[int, int], signed: bool = False) -> tuple[Any, Any]:
+    """Raw maps (..., h, w) -> (maps (..., H, W) in [0, 1], degenerate (...) bool), TF ops.
+
+    ReLU then divide by the maximum (``signed=False``), or min-max (``signed=True``).
+    Usable inside a ``tf.function`` and eagerly, so every explainer finishes identically.
+    """
+    import tensorflow as tf
+
+    raw = tf.convert_to_tensor(raw, tf.float32)
+    lead = tf.shape(raw)[:-2]
+    hw = tf.shape(raw)[-2:]
+    flat = tf.reshape(raw, tf.concat([[-1], hw, [1]], axis=0))
+    finite = tf.reduce_all(tf.math.is_finite(flat), axis=[1, 2, 3])
+    flat = tf.where(tf.math.is_finite(flat), flat, 0.0)
+    if not signed:
+        flat = tf.nn.relu(flat)
+    up = tf.image.resize(flat, size, method="bilinear")
+    hi = tf.reduce_max(up, axis=[1, 2, 3], keepdims=True)
+    lo = tf.reduce_min(up, axis=[1, 2, 3], keepdims=True) if signed else tf.zeros_like(hi)
+    span = hi - lo
+    ok = finite & (span[:, 0, 0, 0] > TINY)
+    ok4 = ok[:, None, None, None]
+    maps = tf.where(ok4, tf.clip_by_value((up - lo) / tf.where(ok4, span, 1.0), 0.0, 1.0), 0.0)
+    maps = tf.reshape(maps, tf.concat([lead, size], axis=0))
+    return maps, tf.reshape(tf.logical_not(ok), lead)
+
+
+_finishers: dict[tuple[tuple[int, int], bool], Any] = {}
+
+
+def _finish_fn(size: tuple[int, int], signed: bool) -> Any:
+    import tensorflow as tf
+
+    key = (tuple(size), signed)
+    fn = _finishers.get(key)
+    if fn is None:
+        spec = tf.TensorSpec((None, None, None), tf.float32)
+        fn = _finishers[key] = tf.function(lambda raw: finish_maps(raw, key[0], signed),
+                                           input_signature=[spec], autograph=False)
+    return fn
+
+
+# --------------------------------------------------------------------------- base classes
+
+
+class Explainer(Configurable):
+    """Base of explainer plugins. A subclass implements :meth:`raw_maps`; options are typed
+    keyword arguments of its ``__init__`` stored as attributes of the same name.
+
+    Class attributes: ``uses_layer`` (False for input-gradient methods such as saliency),
+    ``signed`` (min-max normalisation instead of ReLU + max).
+    """
+
+    uses_layer: ClassVar[bool] = True
+    signed: ClassVar[bool] = False
+
+    last_degenerate: np.ndarray | None = None
+
+    def resolve_layer(self, model: Any, layer: str | None = None) -> str:
+        """The path of the layer that ``explain(..., layer)`` will use ("" if none is used)."""
+        return resolve_layer(model, layer).path if self.uses_layer else ""
+
+    # ---- public API
+
+    def explain(self, model: Any, images: Any, targets: Any,
+                layer: str | None = None) -> np.ndarray:
+        """(N, H, W) float32 maps in [0, 1] of ``targets`` (N,); see the module docstring.
+        ``targets="all"`` is :meth:`explain_all`: (N, C, H, W), every class."""
+        if isinstance(targets, str) and targets == "all":
+            return self.explain_all(model, images, layer)
+        maps, _ = self.explain_with_info(model, images, targets, layer)
+        return maps
+
+    def explain_with_info(self, model: Any, images: Any, targets: Any,
+                          layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(maps (N, H, W), degenerate (N,) bool)``."""
+        images = check_images(model, images)
+        n_classes = self._n_classes(model, layer)
+        targets = check_targets(targets, len(images), n_classes)
+        if len(images) == 0:
+            return self._empty(images, ())
+        raw = self.raw_maps(model, images, targets, layer)
+        return self._finish(raw, images)
+
+    def explain_all(self, model: Any, images: Any, layer: str | None = None) -> np.ndarray:
+        """(N, C, H, W) maps of every class."""
+        maps, _ = self.explain_all_with_info(model, images, layer)
+        return maps
+
+    def explain_all_with_info(self, model: Any, images: Any,
+                              layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(maps (N, C, H, W), degenerate (N, C))``; here one ``explain`` per class,
+        subclasses that can share the forward pass override it."""
+        images = check_images(model, images)
+        n_classes = self._n_classes(model, layer)
+        runs = [self.explain_with_info(model, images, np.full(len(images), c), layer)
+                for c in range(n_classes)]
+        return self._store_flags(np.stack([m for m, _ in runs], axis=1),
+                                 np.stack([d for _, d in runs], axis=1))
+
+    # ---- for subclasses
+
+    def raw_maps(self, model: Any, images: np.ndarray, targets: np.ndarray,
+                 layer: str | None) -> Any:
+        """Raw (N, h, w) maps at layer (or input) resolution, before upsampling/normalising."""
+        raise NotImplementedError
+
+    def explainable(self, model: Any, layer: str | None) -> ExplainableModel:
+        return explainable_model(model, layer)
+
+    def _n_classes(self, model: Any, layer: str | None) -> int:
+        if self.uses_layer:
+            return self.explainable(model, layer).n_classes
+        ref = score_layer(model)
+        return int((ref.layer.output if ref is not None else model.outputs[0]).shape[-1])
+
+    def _finish(self, raw: Any, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        maps, flags = _finish_fn(tuple(images.shape[1:3]), self.signed)(raw)
+        return self._store_flags(maps.numpy(), flags.numpy())
+
+    def _store_flags(self, maps: np.ndarray, flags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.last_degenerate = flags.astype(bool)
+        return maps.astype(np.float32, copy=False), self.last_degenerate
+
+    def _empty(self, images: np.ndarray, lead: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        return self._store_flags(np.zeros((0, *lead, *images.shape[1:3]), np.float32),
+                                 np.zeros((0, *lead), bool))
+
+
+class CAMExplainer(Explainer):
+    """The class-activation-map family as one compiled TensorFlow function per
+    (model, layer, mode, input shape): forward pass to [activations, logits], gradient of the
+    target logits with respect to the activations, :meth:`cam`, upsampling and normalisation.
+
+    A variant overrides :meth:`channel_weights` (Grad-CAM: spatial mean of the gradients), or
+    :meth:`cam` when its weights are per position (LayerCAM). All-class mode shares one
+    forward pass between the classes (:meth:`explain_all_with_info`).
+    """
+
+    allclass_method: ClassVar[Literal["loop", "jacobian"]] = "loop"
+    """How all-class mode gets C gradients from one forward pass: C backward passes from a
+    persistent tape ("loop"), or one ``batch_jacobian`` ("jacobian"). On VGG19 224 px, 4 classes,
+    2 CPU cores, "loop" took 0.97-0.98x the time of one class in three runs, "jacobian"
+    0.99-1.5x (``benchmarks/explain.py --jacobian``): the backward pass from the logits to
+    ``block5_conv4`` is tiny next to the forward pass."""
+
+    def channel_weights(self, activations: Any, gradients: Any) -> Any:
+        """(N, h, w, k) activations and gradients -> (N, k) channel weights (TF ops)."""
+        raise NotImplementedError
+
+    def cam(self, activations: Any, gradients: Any) -> Any:
+        """(N, h, w) raw map: ReLU of the weighted sum of the activation channels."""
+        import tensorflow as tf
+
+        weights = self.channel_weights(activations, gradients)
+        return tf.nn.relu(tf.einsum("nhwk,nk->nhw", activations, weights))
+
+    # ---- compiled mechanism
+
+    def explain_with_info(self, model: Any, images: Any, targets: Any,
+                          layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        images = check_images(model, images)
+        exp = self.explainable(model, layer)
+        targets = check_targets(targets, len(images), exp.n_classes)
+        if len(images) == 0:
+            return self._empty(images, ())
+        fn = self._compiled(model, exp, "single", images.shape[1:])
+        maps, flags = fn(images, targets.astype(np.int32))
+        return self._store_flags(maps.numpy(), flags.numpy())
+
+    def explain_all_with_info(self, model: Any, images: Any,
+                              layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        images = check_images(model, images)
+        exp = self.explainable(model, layer)
+        if len(images) == 0:
+            return self._empty(images, (exp.n_classes,))
+        maps, flags = self._compiled(model, exp, self.allclass_method, images.shape[1:])(images)
+        return self._store_flags(maps.numpy(), flags.numpy())
+
+    def raw_maps(self, model: Any, images: np.ndarray, targets: np.ndarray,
+                 layer: str | None) -> Any:
+        """Uncompiled raw maps (for subclasses and checks; ``explain`` uses the compiled path)."""
+        return self._raw_single(self.explainable(model, layer).model, images, targets)
+
+    def _raw_single(self, graph: Any, images: Any, targets: Any) -> Any:
+        import tensorflow as tf
+
+        images = tf.convert_to_tensor(images, tf.float32)
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(images)  # frozen layers would otherwise break the chain to the activations
+            acts, logits = graph(images, training=False)
+            score = tf.gather(logits, tf.cast(targets, tf.int32), axis=1, batch_dims=1)
+        grads = tape.gradient(score, acts, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return self.cam(acts, grads)
+
+    def _raw_all(self, graph: Any, images: Any, method: str) -> Any:
+        import tensorflow as tf
+
+        with tf.GradientTape(persistent=method == "loop", watch_accessed_variables=False) as tape:
+            tape.watch(images)
+            acts, logits = graph(images, training=False)
+            n_classes = int(logits.shape[-1])
+            scores = [logits[:, c] for c in range(n_classes)] if method == "loop" else None
+        zero = tf.UnconnectedGradients.ZERO
+        if method == "loop":
+            grads = tf.stack([tape.gradient(s, acts, unconnected_gradients=zero) for s in scores],
+                             axis=1)
+        else:
+            grads = tape.batch_jacobian(logits, acts, unconnected_gradients=zero)
+        del tape
+        shape = tf.shape(grads)
+        flat_grads = tf.reshape(grads, tf.concat([[-1], shape[2:]], axis=0))
+        flat_acts = tf.repeat(acts, n_classes, axis=0)
+        raw = self.cam(flat_acts, flat_grads)
+        return tf.reshape(raw, tf.concat([shape[:2], tf.shape(raw)[1:]], axis=0))
+
+    def _compiled(self, model: Any, exp: ExplainableModel, mode: str, image_shape: tuple) -> Any:
+        cache = model_cache(model)
+        key = ("cam", type(self), repr(sorted(self.options().items())), exp.layer, mode,
+               tuple(image_shape))
+        fn = cache.get(key)
+        if fn is None:
+            fn = cache[key] = self._compile(exp.model, mode, tuple(image_shape))
+        return fn
+
+    def _compile(self, graph: Any, mode: str, image_shape: tuple) -> Any:
+        import tensorflow as tf
+
+        size = image_shape[:2]
+        spec = tf.TensorSpec((None, *image_shape), tf.float32)
+        if mode == "single":
+            @tf.function(input_signature=[spec, tf.TensorSpec((None,), tf.int32)], autograph=False)
+            def single(images, targets):
+                return finish_maps(self._raw_single(graph, images, targets), size, self.signed)
+            return single
+
+        @tf.function(input_signature=[spec], autograph=False)
+        def every_class(images):
+            return finish_maps(self._raw_all(graph, images, mode), size, self.signed)
+        return every_class
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def check_images(model: Any, images: Any) -> np.ndarray:
+    """``images`` as float32 (N, H, W, C) matching the model input; (N, H, W) gains C = 1."""
+    images = np.asarray(images, dtype=np.float32)
+    expected = tuple(model.inputs[0].shape[1:])
+    if images.ndim == 3 and len(expected) == 3 and expected[-1] == 1:
+        images = images[..., None]
+    fits = images.ndim == 4 and all(e is None or e == s for e, s in zip(expected, images.shape[1:]))
+    if not fits:
+        raise ExplainerInputError(f"images have shape {images.shape}; model {model.name!r} takes "
+                                  f"(N, {', '.join(str(e) for e in expected)})")
+    return np.ascontiguousarray(images)
+
+
+def check_targets(targets: Any, n: int, n_classes: int) -> np.ndarray:
+    """``targets`` as int (N,) class indices in [0, n_classes)."""
+    targets = np.asarray(targets)
+    if targets.ndim == 0:
+        targets = np.full(n, targets)
+    if targets.shape != (n,) or (n and not np.issubdtype(targets.dtype, np.integer)):
+        raise ExplainerInputError(f"targets must be {n} class indices (one per image), got "
+                                  f"shape {targets.shape} dtype {targets.dtype}")
+    if n and (targets.min() < 0 or targets.max() >= n_classes):
+        raise ExplainerInputError(f"targets must be class indices in [0, {n_classes}), got "
+                                  f"{targets.min()}..{targets.max()}")
+    return targets.astype(np.int64)

@@ -1,0 +1,54 @@
+"""The stages of a run, one module each, all of the same shape::
+
+    NAME = "train"                          # ``xaicxr run --until train``
+    TABLES = ("dataset", "split", ...)      # config tables its result depends on
+    def outputs(cfg, rundir) -> list[Path]  # the files that make it done
+    def run(run: Run) -> dict               # do the work, write the files, return a summary
+
+:mod:`xaicxr.pipeline` chains them in the order dataset, split, train, evaluate, explain,
+templates, report; :class:`Run` is what each one is given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..rundir import RunDir
+
+
+@dataclass
+class Run:
+    """A run directory, its resolved configuration, and what is shared between its stages: the
+    trained model is loaded once, however many stages use it."""
+
+    dir: RunDir
+    cfg: dict[str, Any]
+    unsafe_load: bool = False
+    results: dict[str, Any] = field(default_factory=dict)
+    _model: Any = None
+    _model_sha256: str | None = None
+
+    def model(self) -> Any:
+        if self._model is None:
+            from ..io.modelfile import load_model
+
+            self._model = load_model(self.dir.model, unsafe=self.unsafe_load)
+        return self._model
+
+    def model_sha256(self) -> str:
+        if self._model_sha256 is None:
+            from ..io.modelfile import model_sha256
+
+            self._model_sha256 = model_sha256(self.dir.model)
+        return self._model_sha256
+
+    def forget_model(self) -> None:
+        """After training wrote a new ``model.keras``."""
+        self._model = self._model_sha256 = None
+
+    def image_cache(self) -> Any:
+        """The decoded images at the model's input size (``train.json``)."""
+        from ..io.imagecache import open_image_cache
+
+        return open_image_cache(self.dir.image_cache(int(self.dir.read_train_info()["input_size"])))

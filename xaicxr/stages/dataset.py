@@ -1,0 +1,140 @@
+"""The dataset stage: scan the dataset plugin, decode every record once to learn what it really
+holds, and write the usable records (``dataset.json``) and every file left out with its reason
+(``skipped.json``). The same inventory is the ``xaicxr data inspect`` report."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Callable
+
+from pathlib import Path
+
+from ..config import build_plugin
+from ..errors import DataError
+from ..io import atomic
+from ..io.imaging import DEFAULT_MAX_PIXELS
+from ..io.loader import iter_decoded
+from ..plugins import Dataset, Record, Scan, Skipped
+from ..progress import progress_bar
+from ..rundir import RunDir
+from . import Run
+
+NAME = "dataset"
+TABLES = ("dataset",)
+IGNORED = ("dataset.resize",)
+"""Resizing happens when the train stage decodes the split, so changing it keeps scan and split."""
+
+
+def outputs(cfg: dict, rundir: RunDir) -> list[Path]:
+    return [rundir.dataset_index, rundir.skipped]
+
+
+def run(run: Run) -> dict:
+    table = run.cfg["dataset"]
+    dataset = build_plugin("dataset", table)
+    workers, max_pixels = table.get("workers"), table["max_pixels"]
+    main = inventory(dataset, run, workers, max_pixels, "dataset")
+    external = None
+    if "test_path" in table:
+        external = inventory(dataset.external(table["test_path"]), run, workers, max_pixels, "external test")
+        if external.classes != main.classes:
+            raise DataError(f"test_path classes {external.classes} differ from the dataset's {main.classes}")
+    skipped = main.skipped + (external.skipped if external else [])
+    atomic.write_json(run.dir.skipped, [s.to_json() for s in skipped])
+    summary = main.summary()
+    del summary["skipped"]
+    atomic.write_json(run.dir.dataset_index, {
+        "dataset": table["name"], "classes": main.classes, "summary": summary,
+        "records": [r.to_json() for r in main.records],
+        "external_test": [_external(r).to_json() for r in external.records] if external else []})
+    if not main.records:
+        raise DataError(f"no usable image in dataset {table['name']!r}; see {run.dir.skipped}")
+    return {"images": len(main.records), "counts": summary["counts"], "skipped": len(skipped)}
+
+
+def inventory(dataset: Dataset, run: Run, workers: int | None, max_pixels: int, label: str) -> "Inventory":
+    with progress_bar(f"scanning {label}", None) as advance:
+        scan = dataset.scan(run.dir.data_dir, progress=advance)
+    with progress_bar(f"checking {label} images", len(scan.records)) as advance:
+        return take_inventory(scan, workers=workers, max_pixels=max_pixels, progress=advance)
+
+
+def _external(record: Record) -> Record:
+    return Record(**{**record.__dict__, "id": f"external/{record.id}", "subset": "test"})
+
+
+@dataclass
+class Inventory:
+    classes: list[str]
+    records: list[Record]
+    skipped: list[Skipped]
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    modes: Counter = field(default_factory=Counter)
+    formats: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+    decoded: int = 0
+
+    def summary(self) -> dict:
+        counts = Counter(r.label for r in self.records)
+        patients: dict[str, set[str]] = defaultdict(set)
+        for r in self.records:
+            if r.patient is not None:
+                patients[r.label].add(r.patient)
+        known = any(r.patient is not None for r in self.records)
+        return {
+            "classes": self.classes,
+            "counts": {c: counts.get(c, 0) for c in self.classes},
+            "images": len(self.records),
+            "patients": {c: len(patients[c]) for c in self.classes} if known else None,
+            "sizes": _size_summary(self.sizes),
+            "modes": dict(sorted(self.modes.items())),
+            "formats": dict(sorted(self.formats.items())),
+            "masks": {"lesion": sum(r.lesion_mask is not None for r in self.records),
+                      "lung": sum(r.lung_mask is not None for r in self.records)},
+            "skipped": [s.to_json() for s in self.skipped],
+            "seconds": round(self.seconds, 3),
+            "decoded": self.decoded,
+            "images_per_s": round(self.decoded / self.seconds, 1) if self.seconds > 0 else None,
+        }
+
+
+def take_inventory(scan: Scan, *, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                   progress: Callable[[int], None] | None = None) -> Inventory:
+    """Fully decode every record (truncation only shows on a full decode); drop and report
+    failures and duplicate ids."""
+    start = time.perf_counter()
+    inv = Inventory(classes=list(scan.classes), records=[], skipped=list(scan.skipped))
+    seen: set[str] = set()
+    unique: list[Record] = []
+    for record in scan.records:
+        if record.id in seen:
+            inv.skipped.append(Skipped(str(record.path), f"duplicate id {record.id!r}"))
+        else:
+            seen.add(record.id)
+            unique.append(record)
+    for item in iter_decoded(unique, None, workers=workers, max_pixels=max_pixels):
+        inv.decoded += 1
+        if progress is not None:
+            progress(1)
+        if item.error is not None:
+            inv.skipped.append(Skipped(str(item.record.path), item.error))
+            continue
+        inv.records.append(item.record)
+        inv.sizes.append((item.info.width, item.info.height))
+        inv.modes[item.info.mode] += 1
+        inv.formats[item.info.format] += 1
+    inv.seconds = time.perf_counter() - start
+    return inv
+
+
+def _size_summary(sizes: list[tuple[int, int]]) -> dict | None:
+    if not sizes:
+        return None
+    widths = [w for w, _ in sizes]
+    heights = [h for _, h in sizes]
+    return {"width": {"min": min(widths), "median": statistics.median(widths), "max": max(widths)},
+            "height": {"min": min(heights), "median": statistics.median(heights), "max": max(heights)},
+            "distinct": len(set(sizes))}

@@ -1,0 +1,307 @@
+"""The train stage: decode the split into the image cache, build the backbone, train it (Adam,
+class weights, early stopping with the best epoch kept, optional augmentation) and write
+``model.keras`` and ``train.json``.
+
+Cached features: the frozen part of the network runs once per image; its outputs are stored
+in ``cache/features-<key>.h5`` where the key covers the frozen weights, the freeze point, the
+preprocessing and the exact pixels. Only the layers after the freeze point train, on those
+features: the same computation as a naive ``fit`` with a frozen base, without re-running the
+frozen base every epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import h5py
+import keras
+import numpy as np
+
+from ..config import build_plugin
+from ..io import atomic
+from ..io.h5rows import create_rows, read_rows
+from ..io.imagecache import ImageCache, build_image_cache
+from ..io.modelfile import save_model, weights_digest
+from ..progress import console, progress_bar
+from ..rundir import RunDir
+from . import Run
+
+NAME = "train"
+TABLES = ("dataset.resize", "backbone", "train")
+
+
+def outputs(cfg: dict, rundir: RunDir) -> list[Path]:
+    return [rundir.model, rundir.train_info]
+
+
+def run(run: Run) -> dict[str, Any]:
+    classes, records, external = run.dir.records()
+    backbone = build_plugin("backbone", run.cfg["backbone"])
+    dataset = run.cfg["dataset"]
+    cache, skipped = build_image_cache(
+        run.dir.image_cache(backbone.input_size), run.dir.read_split(), records + external, classes,
+        backbone.input_size, workers=dataset.get("workers"), max_pixels=dataset["max_pixels"],
+        resize=dataset["resize"])
+    if skipped:
+        atomic.write_json(run.dir.skipped, atomic.read_json(run.dir.skipped) + [s.to_json() for s in skipped])
+    keras.utils.set_random_seed(run.cfg["train"]["seed"])
+    with distribution_strategy().scope():
+        model = backbone.build(list(classes))
+    preprocessing = json.dumps({"backbone": run.cfg["backbone"]["name"], "input_size": backbone.input_size,
+                                "layer": _preprocess_config(model)}, sort_keys=True)
+    result = fit(model, backbone.freeze_until, cache, run.dir, run.cfg["train"], preprocessing)
+    save_model(model, run.dir.model)
+    run.forget_model()
+    atomic.write_json(run.dir.train_info, {
+        "backbone": run.cfg["backbone"], "train": run.cfg["train"],
+        "freeze_until": backbone.freeze_until, "default_layer": backbone.default_layer,
+        "input_size": backbone.input_size, "resize": dataset["resize"],
+        "parameters": int(model.count_params()),
+        "trainable_parameters": int(sum(int(np.prod(w.shape)) for w in model.trainable_weights)),
+        **result.to_json()})
+    return {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+            "best_val_loss": round(result.best_val_loss, 4), "timings_s": result.timings_s,
+            "feature_cache_reused": result.feature_cache_reused}
+
+
+def _preprocess_config(model: keras.Model) -> Any:
+    try:
+        return model.get_layer("preprocess").get_config()
+    except ValueError:
+        return None
+
+@dataclass
+class TrainResult:
+    epochs_run: int
+    best_epoch: int
+    best_val_loss: float
+    history: dict[str, list[float]]
+    timings_s: dict[str, float]
+    epoch_s: list[float]
+    feature_cache: str | None
+    feature_cache_reused: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return self.__dict__
+
+
+class KeepBest(keras.callbacks.Callback):
+    """Remember the weights of the epoch with the lowest validation loss; restore them at the end."""
+
+    def __init__(self, monitor: str = "val_loss") -> None:
+        super().__init__()
+        self.monitor = monitor
+        self.best = np.inf
+        self.best_epoch = 0
+        self.weights: list[np.ndarray] | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        value = (logs or {}).get(self.monitor)
+        if value is not None and value < self.best:
+            self.best, self.best_epoch = float(value), epoch + 1
+            self.weights = self.model.get_weights()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.weights is not None:
+            self.model.set_weights(self.weights)
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """A rich progress bar over epochs on stderr, with the latest losses; records epoch times."""
+
+    def __init__(self, advance) -> None:
+        super().__init__()
+        self.advance = advance
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.seconds.append(round(time.perf_counter() - self._start, 4))
+        logs = logs or {}
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k in
+                          ("loss", "accuracy", "val_loss", "val_accuracy"))
+        console.print(f"epoch {epoch + 1}: {shown}", highlight=False)
+        self.advance(1)
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
+    """Balanced weights n / (k * count_c); a class absent from training gets weight 1."""
+    counts = np.bincount(labels, minlength=n_classes).astype(float)
+    total = counts.sum()
+    return {c: float(total / (n_classes * counts[c])) if counts[c] else 1.0 for c in range(n_classes)}
+
+
+def augmenter(seed: int) -> keras.Sequential:
+    """Small rotation, shift, zoom and contrast changes. No horizontal flip: laterality is
+    anatomy (heart on the patient's left), and a flipped chest is not a plausible radiograph."""
+    return keras.Sequential([
+        keras.layers.RandomRotation(0.03, fill_mode="constant", seed=seed),
+        keras.layers.RandomTranslation(0.05, 0.05, fill_mode="constant", seed=seed + 1),
+        keras.layers.RandomZoom(0.1, fill_mode="constant", seed=seed + 2),
+        keras.layers.RandomContrast(0.1, seed=seed + 3),
+    ], name="augment")
+
+
+def distribution_strategy():
+    """``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` describes a cluster, ``MirroredStrategy``
+    when several GPUs are visible, else TensorFlow's default (one device). Build and compile the
+    model inside ``strategy.scope()``; see docs/scaling.md."""
+    import tensorflow as tf
+
+    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    if sum(len(v) for v in cluster.values()) > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if len(tf.config.list_physical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def compile_model(model: keras.Model, learning_rate: float) -> None:
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+def fit(model: keras.Model, freeze_until: str | None, cache: ImageCache, rundir: RunDir,
+        opts: dict[str, Any], preprocessing: str) -> TrainResult:
+    """Train ``model`` in place on the train rows of ``cache``, validating on the val rows."""
+    keras.utils.set_random_seed(opts["seed"])
+    train_rows, val_rows = cache.rows("train"), cache.rows("val")
+    n_classes = model.output_shape[-1]
+    weights = class_weights(cache.labels[train_rows], n_classes) if opts["class_weights"] else None
+    timings: dict[str, float] = {}
+    use_features = bool(opts["cache_features"] and freeze_until and not opts["augment"])
+    feature_path, reused = None, False
+    if use_features:
+        start = time.perf_counter()
+        feature_path, reused = build_feature_cache(model, freeze_until, cache, rundir, preprocessing,
+                                                   opts["batch_size"])
+        timings["feature_cache"] = round(time.perf_counter() - start, 3)
+        with distribution_strategy().scope():
+            trainable = keras.Model(model.get_layer(freeze_until).output, model.output)
+        x_name, add_channel, transform = "features", False, None
+        source = feature_path
+    else:
+        trainable = model
+        x_name, add_channel = "images", True
+        transform = _augment_fn(opts["seed"]) if opts["augment"] else None
+        source = cache.path
+    with distribution_strategy().scope():
+        compile_model(trainable, opts["learning_rate"])
+    train = H5Batches(source, x_name, train_rows, cache.labels[train_rows], opts["batch_size"],
+                      shuffle=True, seed=opts["seed"], transform=transform, add_channel=add_channel)
+    val = H5Batches(source, x_name, val_rows, cache.labels[val_rows], opts["batch_size"],
+                    add_channel=add_channel)
+    keep = KeepBest()
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=opts["patience"])
+    start = time.perf_counter()
+    with progress_bar("training", opts["epochs"], unit="epoch") as advance:
+        epochs = EpochProgress(advance)
+        history = trainable.fit(train, validation_data=val if len(val_rows) else None,
+                                epochs=opts["epochs"], class_weight=weights, verbose=0,
+                                callbacks=[keep, stop, epochs])
+    timings["fit"] = round(time.perf_counter() - start, 3)
+    train.close()
+    val.close()
+    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    return TrainResult(epochs_run=len(hist.get("loss", [])), best_epoch=keep.best_epoch,
+                       best_val_loss=float(keep.best), history=hist, timings_s=timings,
+                       epoch_s=epochs.seconds,
+                       feature_cache=str(feature_path) if feature_path else None,
+                       feature_cache_reused=reused)
+
+
+def _augment_fn(seed: int):
+    layers = augmenter(seed)
+
+    def transform(x: np.ndarray) -> np.ndarray:
+        return np.clip(keras.ops.convert_to_numpy(layers(x, training=True)), 0.0, 1.0)
+
+    return transform
+
+
+def feature_key(model: keras.Model, freeze_until: str, cache: ImageCache, preprocessing: str) -> str:
+    names = [layer.name for layer in model.layers]
+    frozen = model.layers[: names.index(freeze_until) + 1]
+    blob = json.dumps({"weights": weights_digest(frozen), "freeze_until": freeze_until,
+                       "preprocessing": preprocessing, "pixels": cache.content_sha256,
+                       "layers": [layer.get_config().get("name") for layer in frozen]}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def build_feature_cache(model: keras.Model, freeze_until: str, cache: ImageCache, rundir: RunDir,
+                        preprocessing: str, batch_size: int) -> tuple[Path, bool]:
+    """Run the frozen part once over every cached image; reuse the file when its key matches."""
+    key = feature_key(model, freeze_until, cache, preprocessing)
+    path = rundir.feature_cache(key)
+    if path.is_file():
+        return path, True
+    frozen = keras.Model(model.input, model.get_layer(freeze_until).output)
+    shape = tuple(frozen.output_shape[1:])
+    n = len(cache.ids)
+    with atomic.atomic_path(path) as tmp, h5py.File(tmp, "w") as out, h5py.File(cache.path, "r") as src:
+        feats = create_rows(out, "features", shape, n, "float32")
+        images = src["images"]
+        with progress_bar("caching frozen features", n) as advance:
+            for start in range(0, n, batch_size):
+                x = images[start:start + batch_size].astype(np.float32)[..., None]
+                feats[start:start + len(x)] = keras.ops.convert_to_numpy(frozen(x, training=False))
+                advance(len(x))
+        out.attrs["key"] = key
+        out.attrs["freeze_until"] = freeze_until
+    return path, False
+
+
+class H5Batches(keras.utils.PyDataset):
+    """Batches ``(x[rows], y[rows])`` from an HDF5 file, reshuffled each epoch when ``shuffle``."""
+
+    def __init__(self, path: str | Path, x_name: str, rows: Sequence[int], labels: np.ndarray,
+                 batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                 transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                 add_channel: bool = False) -> None:
+        super().__init__(workers=1, use_multiprocessing=False)
+        self.path = str(path)
+        self.x_name = x_name
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.labels = np.asarray(labels)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.rng = np.random.default_rng(seed)
+        self.transform = transform
+        self.add_channel = add_channel
+        self.order = np.arange(len(self.rows))
+        self._h5: h5py.File | None = None
+        if shuffle:
+            self.rng.shuffle(self.order)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.rows) / self.batch_size)
+
+    def __getitem__(self, i: int):
+        if self._h5 is None:
+            self._h5 = h5py.File(self.path, "r")
+        pick = self.order[i * self.batch_size:(i + 1) * self.batch_size]
+        x = read_rows(self._h5[self.x_name], self.rows[pick]).astype(np.float32)
+        if self.add_channel:
+            x = x[..., None]
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, self.labels[pick]
+
+    def on_epoch_end(self) -> None:
+        if self.shuffle:
+            self.rng.shuffle(self.order)
+
+    def close(self) -> None:
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = None

@@ -1,84 +1,116 @@
-"""Which explainer and target layer localise the planted lesions best? (a trained phantom run)
+"""Which explainer settings localise the lesion better than a map that knows nothing? (a study)
 
-For every built-in explainer at each target layer, explain the run's test images and report the
-pointing game, energy lift, Otsu mIoU, split-half reliability and lung energy per lesion class,
-plus the model-randomisation similarity (how much of the mean map survives re-initialising the
-layers above the target, averaged over ``--draws`` re-initialisations; lower is better).
+Reads the output folder of a localisation study (``xaicxr study examples/phantom-localisation-study.toml
+--out runs/loc-val``: every built-in explainer at three layers, one shared model) and prints, per
+lesion class, every setting's pointing game (tolerance 0 and the default tolerance) and energy
+lift with their 95 % intervals next to the best uninformed baseline and the class prior, the
+deletion/insertion AUCs (ROAD fill) with their skill over a random order, the cascading
+randomisation verdict and the random-logit similarity, and the model's reliance on the lesion.
 
-    .venv/bin/python benchmarks/localisation.py runs/demo --layers block3_conv4 block4_conv4 block5_conv4
+A setting is *selected* for a class when its pointing game's interval lies wholly above the class
+prior's and it passes the cascade (its maps after randomising every layer above the explained
+one are less like the trained maps than two different images' maps are). Run it on a study of
+the validation split to choose; report the test split once, for the chosen settings only.
+
+    .venv/bin/xaicxr study examples/phantom-localisation-study.toml --out runs/loc-val
+    .venv/bin/python benchmarks/localisation.py runs/loc-val
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import time
+import tomllib
 from pathlib import Path
+from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import numpy as np  # noqa: E402
-
-from xaicxr import plugins  # noqa: E402
-from xaicxr.analysis.quality import ClassQuality  # noqa: E402
-from xaicxr.analysis.sanity import randomisation_seed, randomised_copy  # noqa: E402
-from xaicxr.analysis.stats import pearson  # noqa: E402
-from xaicxr.io.imagecache import open_image_cache  # noqa: E402
-from xaicxr.io.modelfile import load_model  # noqa: E402
-from xaicxr.rundir import RunDir  # noqa: E402
-
-DEFAULT_EXPLAINERS = ("gradcam", "gradcam++", "layercam", "scorecam", "gradcam-tfkv")
 LESION_CLASSES = ("bacteria", "virus", "covid")
+
+
+def est(e: dict[str, Any] | None) -> str:
+    if not e or e.get("value") is None:
+        return "-"
+    lo, hi = e["ci95"]
+    return f"{e['value']:.2f} [{lo:.2f}, {hi:.2f}]" if lo is not None else f"{e['value']:.2f}"
+
+
+def above(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    return bool(a and b and a["ci95"][0] is not None and b["ci95"][1] is not None and a["ci95"][0] > b["ci95"][1])
+
+
+def settings(out: Path) -> list[dict[str, Any]]:
+    """One entry per (variant, explainer): its layer, split and metrics."""
+    summary = json.loads((out / "summary.json").read_text())
+    found, seen = [], set()
+    for row in summary["variants"]:
+        key = (row["variant"], row["explainer"])
+        if key in seen:
+            continue
+        seen.add(key)
+        metrics = json.loads((Path(row["run_dir"]) / "metrics.json").read_text())
+        config = tomllib.loads((Path(row["run_dir"]) / "config.toml").read_text())
+        spec = next(e for e in config["explain"] if e["name"] == row["explainer"])
+        found.append({"variant": row["variant"], "explainer": row["explainer"], "layer": row["layer"],
+                      "split": spec["split"], "metrics": metrics})
+    return found
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run_dir", type=Path)
-    ap.add_argument("--explainers", nargs="+", default=list(DEFAULT_EXPLAINERS))
-    ap.add_argument("--layers", nargs="+", default=["block3_conv4", "block4_conv4", "block5_conv4"])
-    ap.add_argument("--images", type=int, default=200, help="test images used (class-balanced order kept)")
-    ap.add_argument("--draws", type=int, default=3, help="re-initialisations averaged for the sanity r")
+    ap.add_argument("study_out", type=Path)
+    ap.add_argument("--fill", default="road")
     args = ap.parse_args()
-    model = load_model(args.run_dir / "model.keras")
-    size = int(model.input_shape[1])
-    cache = open_image_cache(RunDir(args.run_dir).image_cache(size))
-    rows = cache.rows("test")[: args.images]
-    block = cache.read(rows)
-    images, labels = block["images"][..., None], cache.labels[rows]
-    classes = json.loads((args.run_dir / "split.json").read_text())["classes"]
-    train_seed = json.loads((args.run_dir / "train.json").read_text())["train"]["seed"]
-    table = []
-    for layer in args.layers:
-        random_models = [randomised_copy(model, layer, randomisation_seed(train_seed, d))[0]
-                         for d in range(args.draws)]
-        for name in args.explainers:
-            explainer = plugins.get("explainer", name)()
-            start = time.perf_counter()
-            maps = np.concatenate([explainer.explain(model, images[i:i + 32], labels[i:i + 32], layer=layer)
-                                   for i in range(0, len(images), 32)])
-            seconds = time.perf_counter() - start
-            sanity = float(np.mean([pearson(maps[:64].mean(axis=0),
-                                            explainer.explain(m, images[:64], labels[:64], layer=layer).mean(axis=0))
-                                    for m in random_models]))
-            row = {"explainer": name, "layer": layer, "img_per_s": round(len(images) / seconds, 1),
-                   "sanity_r": round(sanity, 3)}
-            for k, cls in enumerate(classes):
-                if cls not in LESION_CLASSES:
-                    continue
-                q = ClassQuality(maps.shape[1:], n_splits=10)
-                pick = labels == k
-                q.update(maps[pick], block["lesion"][pick] if block["lesion"] is not None else None,
-                         block["lung"][pick] if block["lung"] is not None else None)
-                r = q.result()
-                row[cls] = {k2: round(r[k2], 3) for k2 in ("pointing_game", "energy_lift", "miou", "split_half", "lung_energy")
-                            if r.get(k2) is not None}
-            table.append(row)
-            print(f"{layer:13s} {name:13s} " + "  ".join(
-                f"{c}: PG {row[c].get('pointing_game', 0):.2f} lift {row[c].get('energy_lift', 0):.1f}"
-                for c in LESION_CLASSES if c in row) + f"  sanity r {row['sanity_r']:.2f}  {row['img_per_s']} img/s",
-                  flush=True)
-    print(json.dumps(table))
+    found = settings(args.study_out)
+    chosen: dict[str, Any] = {}
+    report: dict[str, Any] = {"study": str(args.study_out), "split": sorted({f["split"] for f in found}),
+                              "classes": {}}
+    first = found[0]["metrics"]
+    for cls in LESION_CLASSES:
+        baselines = first.get("baselines", {}).get(cls, {})
+        prior = baselines.get("class_prior", {})
+        reliance = first.get("reliance", {}).get(cls)
+        print(f"\n== {cls}: n = {first['per_image'][found[0]['explainer']][cls]['n']}"
+              + (f"; model relies on the lesion: {reliance['relies_on_lesion']} (p drop "
+                 f"{est(reliance['probability_drop'])})" if reliance else ""))
+        print(f"   class prior: pointing {est(prior.get('pointing_game'))}, tolerance "
+              f"{est(prior.get('pointing_game_tolerance'))}, lift {est(prior.get('energy_lift'))}")
+        for name in ("uniform", "lungs", "lungs_blurred", "random"):
+            b = baselines.get(name, {})
+            print(f"   {name:13s}: pointing {est(b.get('pointing_game'))}, lift {est(b.get('energy_lift'))}")
+        rows = []
+        for f in found:
+            m, e = f["metrics"], f["explainer"]
+            q = m["per_image"][e][cls]
+            faith = m.get("faithfulness", {}).get(e, {}).get(cls, {}).get(args.fill, {})
+            rand = m.get("randomisation", {}).get(e, {})
+            sanity = m.get("sanity", {}).get(e, {})
+            row = {"setting": f"{e}@{f['layer']}", "pointing_game": q.get("pointing_game"),
+                   "pointing_game_tolerance": q.get("pointing_game_tolerance"),
+                   "skill": q.get("skill", {}).get("pointing_game"), "energy_lift": q.get("energy_lift"),
+                   "energy_lift_lungs": q.get("energy_lift_lungs"),
+                   "deletion_auc": faith.get("deletion_auc"), "deletion_skill": faith.get("deletion_auc_skill"),
+                   "insertion_auc": faith.get("insertion_auc"), "insertion_skill": faith.get("insertion_auc_skill"),
+                   "cascade_passes": sanity.get("passes"),
+                   "cascade_spearman": sanity.get("spearman_above_layer_randomised"),
+                   "reference_spearman": sanity.get("reference_spearman"),
+                   "random_logit_spearman": (rand.get("random_logit") or {}).get("spearman"),
+                   "beats_prior": above(q.get("pointing_game"), prior.get("pointing_game")),
+                   "beats_prior_tolerance": above(q.get("pointing_game_tolerance"), prior.get("pointing_game_tolerance"))}
+            rows.append(row)
+            print(f"   {row['setting']:24s} PG {est(row['pointing_game']):20s} PG@tol {est(row['pointing_game_tolerance']):20s} "
+                  f"skill {est(row['skill']):22s} lift {est(row['energy_lift']):20s} "
+                  f"del {est(row['deletion_auc'])} ins {est(row['insertion_auc'])} "
+                  f"cascade {'pass' if row['cascade_passes'] else 'FAIL'} ({est(row['cascade_spearman'])} vs ref "
+                  f"{est(row['reference_spearman'])}) random-logit {est(row['random_logit_spearman'])}"
+                  f"{'  <- beats the prior' if row['beats_prior'] else ''}")
+        eligible = [r for r in rows if r["beats_prior"] and r["cascade_passes"]]
+        best = max(eligible, key=lambda r: r["pointing_game"]["value"]) if eligible else None
+        chosen[cls] = best["setting"] if best else None
+        print(f"   selected: {chosen[cls] or 'none (no setting beats the class prior with non-overlapping intervals and passes the cascade)'}")
+        report["classes"][cls] = {"prior": prior, "baselines": baselines, "reliance": reliance, "settings": rows,
+                                  "selected": chosen[cls]}
+    report["selected"] = chosen
+    print(json.dumps(report, default=str))
 
 
 if __name__ == "__main__":

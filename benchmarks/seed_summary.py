@@ -3,7 +3,8 @@
 A single seed of a small real-data run says little: early stopping lands on different epochs, and
 the validation-chosen thresholds move. This groups a study's runs by name without the trailing
 ``-s<k>`` and prints, per group, accuracy, each binary task's AUC, sensitivity and specificity,
-and for one class the lung energy of each explainer's mean template, as mean +- sd (n seeds).
+and for one class each explainer's per-image lung energy and whether it passes the cascading
+randomisation test, as mean +- sd (n seeds).
 
     .venv/bin/python benchmarks/seed_summary.py runs/cxr3-study --class COVID-19
 """
@@ -30,12 +31,12 @@ def collect(study: Path, cls: str) -> dict[str, dict[str, list[float]]]:
             for key in ("auc", "sensitivity", "specificity"):
                 if b.get(key) is not None:
                     row[f"{task} {key}"].append(b[key])
-        for template, per_class in m.get("templates", {}).items():
-            if template.endswith("-mean") and per_class.get(cls, {}).get("lung_energy") is not None:
-                row[f"{template.removesuffix('-mean')} {cls} lung energy"].append(per_class[cls]["lung_energy"])
+        for explainer, per_class in m.get("per_image", {}).items():
+            lung = per_class.get(cls, {}).get("lung_energy") or {}
+            if lung.get("value") is not None:
+                row[f"{explainer} {cls} lung energy"].append(lung["value"])
         for explainer, sanity in m.get("sanity", {}).items():
-            if sanity.get("mean_template_r") is not None:
-                row[f"{explainer} sanity r"].append(sanity["mean_template_r"])
+            row[f"{explainer} passes randomisation"].append(float(sanity["passes"]))
     return groups
 
 

@@ -8,6 +8,7 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from PIL import Image
@@ -50,8 +51,9 @@ layer = "block3_conv4"
 name = "mean"
 [[aggregate]]
 name = "median"
-[templates]
-sanity_images = 8
+[quality]
+randomisation_images = 8
+fractions = 6
 """
 
 
@@ -78,17 +80,43 @@ def finished_run(tmp_path_factory):
 
 def test_run_writes_every_contract_file(finished_run):
     _, _, out, summary = finished_run
-    assert summary["stages_run"] == ["dataset", "split", "train", "evaluate", "explain", "templates", "report"]
+    assert summary["stages_run"] == ["dataset", "split", "train", "evaluate", "explain", "templates", "quality",
+                                     "report"]
     metrics = json.loads((out / "metrics.json").read_text())
-    quality = metrics["templates"]["layercam-mean"]
-    assert set(quality) == {"normal", "bacteria", "virus", "covid"}
-    for cls in ("bacteria", "virus", "covid"):
-        assert {"n", "consistency", "split_half", "lung_energy", "pointing_game", "lesion_energy"} <= set(quality[cls])
-    assert "pointing_game" not in quality["normal"]
+    classes = {"normal", "bacteria", "virus", "covid"}
+    lesion_classes = classes - {"normal"}
+
+    def is_estimate(e):
+        return {"value", "ci95", "n"} <= set(e) and len(e["ci95"]) == 2
+
+    per_image = metrics["per_image"]["layercam"]
+    assert set(per_image) == classes
+    for cls in lesion_classes:
+        q = per_image[cls]
+        for key in ("pointing_game", "pointing_game_tolerance", "lesion_energy", "energy_lift",
+                    "energy_lift_lungs", "miou", "lung_energy", "consistency"):
+            assert is_estimate(q[key]), key
+        assert q["split_half"]["partition_spread"] and q["skill"]["pointing_game"]["baseline"] in (
+            "uniform", "lungs", "lungs_blurred", "class_prior", "random")
+    assert "pointing_game" not in per_image["normal"]
+    assert set(metrics["baselines"]["virus"]) == {"uniform", "lungs", "lungs_blurred", "class_prior", "random"}
+    mean_t, median_t = metrics["templates"]["gradcam-mean"], metrics["templates"]["gradcam-median"]
+    assert mean_t != median_t, "each aggregator's template gets its own numbers"
+    assert is_estimate(mean_t["virus"]["as_fixed_map"]["pointing_game"])
+    assert is_estimate(mean_t["virus"]["faithfulness"]["difference"])
+    for fill in ("road", "blur"):
+        assert is_estimate(metrics["faithfulness"]["gradcam"]["covid"][fill]["deletion_auc"])
+        assert is_estimate(metrics["faithfulness"]["gradcam"]["covid"][fill]["insertion_auc_skill"])
+    cascade = metrics["randomisation"]["gradcam"]
+    assert [s["name"] for s in cascade["cascade"]][:2] == ["logits", "fc1"] and len(cascade["cascade"]) == 18
+    assert is_estimate(cascade["reference"]["spearman"]) and is_estimate(cascade["random_logit"]["ssim"])
     assert set(metrics["sanity"]) == {"gradcam", "layercam"}
-    assert metrics["sanity"]["gradcam"]["randomised_layers"]
-    assert metrics["sanity"]["gradcam"]["draws"] == 3
-    assert len(metrics["sanity"]["gradcam"]["mean_template_r_per_draw"]) == 3
+    assert isinstance(metrics["sanity"]["gradcam"]["passes"], bool)
+    reliance = metrics["reliance"]
+    assert set(reliance) == classes and not reliance["normal"]["has_lesion"]
+    assert is_estimate(reliance["covid"]["probability_drop"])
+    with h5py.File(out / "quality.h5") as h5:
+        assert "scores/gradcam/virus/pointing" in h5 and "curves/gradcam/virus/road/deletion" in h5
     checker = SHARED_DATA.parent / "tools" / "check_run.py"
     if checker.exists():
         check = subprocess.run([sys.executable, str(checker), str(out)], capture_output=True, text=True)
@@ -110,10 +138,10 @@ def test_rerun_skips_and_a_changed_table_reruns_from_its_stage(finished_run):
     assert again.exit_code == 0, again.stderr
     assert json.loads(again.stdout)["stages_run"] == []
     changed = root / "changed.toml"
-    changed.write_text(TINY.replace("sanity_images = 8", "sanity_images = 4"))
+    changed.write_text(TINY.replace("randomisation_images = 8", "randomisation_images = 4"))
     third = runner.invoke(app, ["run", str(changed), "--out", str(out), "--json"])
     assert third.exit_code == 0, third.stderr
-    assert json.loads(third.stdout)["stages_run"] == ["templates", "report"]
+    assert json.loads(third.stdout)["stages_run"] == ["quality", "report"]
 
 
 def test_detect_on_png_rgba_16bit_and_dicom(finished_run, tmp_path):

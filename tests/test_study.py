@@ -28,8 +28,10 @@ dense = [8]
 [base.train]
 epochs = 2
 batch_size = 16
-[base.templates]
-sanity_images = 4
+[base.quality]
+randomisation_images = 4
+fills = ["blur"]
+fractions = 5
 [[base.aggregate]]
 name = "mean"
 
@@ -45,18 +47,22 @@ def test_two_variant_study_reuses_the_model_and_writes_tables(tmp_path):
     result = runner.invoke(app, ["study", str(study), "--out", str(out), "--json"])
     assert result.exit_code == 0, result.stderr
     table = json.loads(result.stdout)
-    names = [v["variant"] for v in table["variants"]]
+    names = list(dict.fromkeys(v["variant"] for v in table["variants"]))
     assert names == ["explain=gradcam-block4_conv4", "explain=layercam-block3_conv4"]
-    first, second = table["variants"]
+    first, second = (next(v for v in table["variants"] if v["variant"] == n) for n in names)
     assert "train" in first["stages_run"] and "train" not in second["stages_run"]
-    assert second["stages_run"] == ["explain", "templates", "report"]
+    assert second["stages_run"] == ["explain", "templates", "quality", "report"]
     assert first["accuracy"] == second["accuracy"]
     assert (first["explainer"], first["layer"]) == ("gradcam", "block4_conv4")
     assert (second["explainer"], second["layer"]) == ("layercam", "block3_conv4")
-    assert {"consistency", "split_half", "pointing_game", "energy_lift", "lung_energy", "sanity_r"} <= set(first)
+    lesion_rows = [v for v in table["variants"] if v["class"] != "normal"]
+    assert {"pointing_game", "pointing_game_lo", "pointing_game_hi", "pointing_skill", "pointing_baseline",
+            "energy_lift", "lung_energy", "split_half", "deletion_auc:blur", "relies_on_lesion",
+            "randomisation_passes"} <= set(lesion_rows[0])
+    assert {v["class"] for v in table["variants"]} == {"normal", "bacteria", "virus", "covid"}
     assert first["test_set"] == "internal split" and first["n_test"] > 0
     rows = list(csv.DictReader((out / "summary.csv").open()))
-    assert [r["variant"] for r in rows] == names
+    assert list(dict.fromkeys(r["variant"] for r in rows)) == names and len(rows) == 8
     assert (out / "summary.md").read_text().startswith("| variant")
     page = (out / "index.html").read_text()
     assert all(f'href="{n}/report/index.html"' in page for n in names)

@@ -26,7 +26,7 @@ from xaicxr.stages.train import fit
 runner = CliRunner()
 VGG19 = lambda **kw: plugins.get("backbone", "vgg19")(**kw)  # noqa: E731
 
-TRAIN_OPTS = {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "augment": False,
+TRAIN_OPTS = {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "lr_schedule": "constant", "augment": False,
               "cache_features": True, "patience": 5, "seed": 0, "class_weights": True}
 
 
@@ -166,7 +166,7 @@ def test_metrics_against_hand_computed_values():
 TINY_RUN = """
 [dataset]
 name = "phantom"
-n_per_class = 40
+n_per_class = 60
 size = 48
 seed = 2
 difficulty = "easy"
@@ -179,9 +179,11 @@ input_size = 48
 dense = [32]
 dropout = 0.0
 [train]
-epochs = 12
+epochs = 15
 batch_size = 16
 learning_rate = 0.002
+lr_schedule = "cosine"
+patience = 15
 """
 
 
@@ -202,7 +204,7 @@ def test_phantom_run_learns_and_evaluates(tmp_path):
     assert set(metrics["timings_s"]) >= {"dataset", "split", "train", "evaluate"}
     assert np.array(metrics["confusion"]).shape == (4, 4)
     with h5py.File(out / "predictions.h5") as h5:
-        assert h5["probs"].shape == (160, 4)
+        assert h5["probs"].shape == (240, 4)
     again = runner.invoke(app, ["evaluate", str(out), "--json"])
     assert again.exit_code == 0, again.stderr
     assert json.loads(again.stdout)["stages_run"] == ["evaluate"]

@@ -195,24 +195,39 @@ def _show_evaluation(rundir: RunDir) -> None:
                       f"specificity {b['specificity']:.3f} at threshold {b['threshold']:.3f} ({b['threshold_from']})")
 
 
-def _show_template_quality(rundir: RunDir) -> None:
+def _est(e: dict[str, Any] | None, digits: int = 2) -> str:
+    """``0.62 [0.48, 0.75]`` for an estimate; ``-`` when it is missing."""
+    if not e or e.get("value") is None:
+        return "-"
+    lo, hi = e.get("ci95", [None, None])
+    interval = f" [{lo:.{digits}f}, {hi:.{digits}f}]" if lo is not None and hi is not None else ""
+    return f"{e['value']:.{digits}f}{interval}"
+
+
+def _show_quality(rundir: RunDir) -> None:
+    """Per explainer and lesion class: pointing game and lift next to the best uninformed map."""
     m = rundir.read_metrics()
-    for key, per_class in m.get("templates", {}).items():
-        if not key.endswith("-mean") and len(m["templates"]) > 1:
-            continue
-        table = Table(title=f"template quality: {key}")
-        for col in ("class", "n", "consistency", "split-half", "pointing", "lift", "lung energy"):
+    baselines = m.get("baselines", {})
+    for explainer, per_class in m.get("per_image", {}).items():
+        table = Table(title=f"{explainer}: per-image localisation (95 % intervals)")
+        for col in ("class", "n", "pointing game", "best baseline", "skill", "energy lift", "lung energy"):
             table.add_column(col, justify="right")
-        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
         for cls, q in per_class.items():
-            table.add_row(cls, str(q["n"]), fmt(q.get("consistency")), fmt(q.get("split_half")),
-                          fmt(q.get("pointing_game")), fmt(q.get("energy_lift")), fmt(q.get("lung_energy")))
+            skill = q.get("skill", {}).get("pointing_game", {})
+            best = skill.get("baseline")
+            base = baselines.get(cls, {}).get(best, {}).get("pointing_game") if best else None
+            table.add_row(cls, str(q["n"]), _est(q.get("pointing_game")),
+                          f"{best}: {_est(base)}" if best else "-", _est(skill) if skill else "-",
+                          _est(q.get("energy_lift")), _est(q.get("lung_energy")))
         console.print(table)
-        sanity = m.get("sanity", {}).get(key.rsplit("-", 1)[0])
-        if sanity and sanity.get("mean_template_r") is not None:
-            console.print(f"sanity: templates after re-initialising the {len(sanity['randomised_layers'])} "
-                          f"weighted layers above {sanity['layer']} correlate with the real ones at mean r "
-                          f"{sanity['mean_template_r']:.2f} (near 1 = the maps ignore what was learned)")
+        sanity = m.get("sanity", {}).get(explainer)
+        if sanity:
+            console.print(f"randomisation: {sanity['summary']}", highlight=False)
+    for cls, r in m.get("reliance", {}).items():
+        if r["has_lesion"]:
+            console.print(f"reliance {cls}: accuracy {_est(r['accuracy'])} -> {_est(r['accuracy_lesion_removed'])} "
+                          f"without the lesion; relies on it: {'yes' if r['relies_on_lesion'] else 'no'}",
+                          highlight=False)
 
 
 def _show_run(summary: dict[str, Any]) -> None:
@@ -227,7 +242,7 @@ def _show_run(summary: dict[str, Any]) -> None:
         console.print(f"images: {ds['images']} {ds['counts']}; skipped files: {ds['skipped']} (skipped.json)")
     if rundir.metrics.exists() and "evaluate" in summary:
         _show_evaluation(rundir)
-        _show_template_quality(rundir)
+        _show_quality(rundir)
     report = summary.get("report", {}).get("report")
     if report:
         console.print(f"report: [bold]{report}[/]")
@@ -337,8 +352,8 @@ def template_cmd(run_dir: Path = typer.Argument(..., help="Run directory with he
                  shard: Optional[str] = typer.Option(None, "--shard", help="K/N: only save the aggregator states of the K-th of N parts."),
                  merge_shards: bool = typer.Option(False, "--merge-shards", help="Merge saved shard states into the template files."),
                  as_json: bool = JsonOpt, unsafe_load: bool = UnsafeOpt) -> dict[str, Any]:
-    """(Re)build the per-class templates, their quality figures and the sanity check; or, with
-    --shard / --merge-shards, the templates of a run split over several processes or hosts."""
+    """(Re)build the per-class templates; or, with --shard / --merge-shards, the templates of a
+    run split over several processes or hosts."""
     from .stages.templates import build_shard_states, merge_shard_states
 
     rundir = RunDir(run_dir)
@@ -347,6 +362,15 @@ def template_cmd(run_dir: Path = typer.Argument(..., help="Run directory with he
     if merge_shards:
         return {"templates": merge_shard_states(rundir, rundir.load_config())}
     return _run_stage("templates", run_dir, unsafe_load=unsafe_load)
+
+
+@app.command("quality")
+@command(lambda s: _show_quality(RunDir(s["run_dir"])))
+def quality_cmd(run_dir: Path = typer.Argument(..., help="Run directory with templates."), as_json: bool = JsonOpt,
+                unsafe_load: bool = UnsafeOpt) -> dict[str, Any]:
+    """(Re)compute the quality figures: localisation against baselines, template figures,
+    faithfulness, the randomisation test and the model's reliance on the lesion."""
+    return _run_stage("quality", run_dir, unsafe_load=unsafe_load)
 
 
 @app.command("report")

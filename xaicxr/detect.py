@@ -11,7 +11,7 @@ import numpy as np
 from skimage.metrics import structural_similarity
 
 from .analysis.lungs import segment_lungs
-from .analysis.quality import energy_share
+from .analysis.localisation import energy_share
 from .analysis.stats import pearson
 from .config import resolve_entry
 from .errors import XaicxrError

@@ -21,7 +21,11 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from .errors import ExplainerInputError, LayerNotFoundError
-from .plugins.backbone import LOGITS
+
+LOGITS = "logits"
+"""Name of the layer of pre-softmax class scores every model ends in (what CAMs differentiate)."""
+PROBS = "probs"
+"""Name of the softmax layer after ``logits``: the model's output."""
 
 TARGET_MARKER = "xaicxr_target"
 """Name of the identity layer that marks a nested target layer in a flattened model."""

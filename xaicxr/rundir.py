@@ -2,7 +2,7 @@
 JSON files a stage reads back. No other module builds a run-directory path by hand.
 
     RUN_DIR/config.toml  dataset.json  skipped.json  split.json  model.keras  train.json
-            predictions.h5  metrics.json  stages.json
+            predictions.h5  metrics.json  quality.h5  stages.json
             heatmaps/<explainer>.h5            templates/<explainer>-<aggregator>.h5
             shards/<explainer>.shard-K-of-N.h5  shards/<explainer>.states-K-of-N.h5
             cache/images-<size>.h5  cache/features-<key>.h5  data/  report/index.html
@@ -91,6 +91,11 @@ class RunDir:
     @property
     def metrics(self) -> Path:
         return self.root / "metrics.json"
+
+    @property
+    def quality(self) -> Path:
+        """Per-image quality scores and deletion/insertion curves (the quality stage)."""
+        return self.root / "quality.h5"
 
     @property
     def stages(self) -> Path:

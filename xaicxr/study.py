@@ -165,30 +165,47 @@ def run_study(path: Path, out: Path) -> dict[str, Any]:
 
 def _rows(name: str, run_dir: RunDir, cfg: dict[str, Any], summary: dict[str, Any],
           seconds: float) -> list[dict[str, Any]]:
-    """One row per explainer of the variant (long format): classification figures, then the
-    template quality of its first aggregator averaged over classes (pointing game and lift over
-    the lesion classes) and the sanity similarity."""
+    """One row per explainer and class of the variant (long format): classification figures,
+    then that class's per-image localisation with intervals next to the best uninformed
+    baseline (``skill``), lung energy, deletion/insertion AUCs, whether the model relies on the
+    class's lesion, and whether the explainer passes the cascading randomisation test."""
     metrics = run_dir.read_metrics()
     common: dict[str, Any] = {"variant": name, "run_dir": str(run_dir.root), "seconds": round(seconds, 1),
                               "stages_run": summary["stages_run"], "test_set": metrics.get("test_set"),
                               "n_test": metrics.get("n_test"), "accuracy": metrics.get("accuracy")}
     for task, b in metrics.get("binary", {}).items():
         common[f"auc:{task}"] = b["auc"]
-    mean = lambda vals: round(float(sum(vals) / len(vals)), 4) if vals else None  # noqa: E731
     rows = []
     for spec in cfg["explain"]:
-        per_class = metrics.get("templates", {}).get(f"{spec['name']}-{cfg['aggregate'][0]['name']}", {})
-        every = list(per_class.values())
-        lesion = [q for q in every if q.get("pointing_game") is not None]
         sanity = metrics.get("sanity", {}).get(spec["name"], {})
-        rows.append({**common, "explainer": spec["name"], "layer": sanity.get("layer") or spec.get("layer"),
-                     "consistency": mean([q["consistency"] for q in every if q.get("consistency") is not None]),
-                     "split_half": mean([q["split_half"] for q in every if q.get("split_half") is not None]),
-                     "pointing_game": mean([q["pointing_game"] for q in lesion]),
-                     "energy_lift": mean([q["energy_lift"] for q in lesion if q.get("energy_lift") is not None]),
-                     "lung_energy": mean([q["lung_energy"] for q in every if q.get("lung_energy") is not None]),
-                     "sanity_r": sanity.get("mean_template_r")})
+        for cls, q in metrics.get("per_image", {}).get(spec["name"], {}).items():
+            row = {**common, "explainer": spec["name"], "layer": sanity.get("layer") or spec.get("layer"),
+                   "class": cls, "n": q.get("n")}
+            for key in ("pointing_game", "pointing_game_tolerance", "energy_lift", "energy_lift_lungs",
+                        "lung_energy", "consistency", "split_half"):
+                row.update(_flat(key, q.get(key)))
+            skill = q.get("skill", {}).get("pointing_game")
+            if skill:
+                row["pointing_baseline"] = skill["baseline"]
+                row.update(_flat("pointing_skill", skill))
+            faith = metrics.get("faithfulness", {}).get(spec["name"], {}).get(cls, {})
+            for fill, f in faith.items():
+                row.update(_flat(f"deletion_auc:{fill}", f["deletion_auc"]))
+                row.update(_flat(f"insertion_auc:{fill}", f["insertion_auc"]))
+            reliance = metrics.get("reliance", {}).get(cls)
+            if reliance is not None:
+                row["relies_on_lesion"] = reliance["relies_on_lesion"]
+            row["randomisation_passes"] = sanity.get("passes")
+            rows.append(row)
     return rows
+
+
+def _flat(key: str, est: dict[str, Any] | None) -> dict[str, Any]:
+    """An estimate as three columns: ``key``, ``key_lo``, ``key_hi``."""
+    if not est:
+        return {}
+    lo, hi = est.get("ci95", [None, None])
+    return {key: est.get("value"), f"{key}_lo": lo, f"{key}_hi": hi}
 
 
 def _write_tables(out: Path, rows: list[dict[str, Any]]) -> None:
@@ -213,7 +230,8 @@ def _write_tables(out: Path, rows: list[dict[str, Any]]) -> None:
     atomic.write_text(out / "index.html", f"""<!doctype html><html><head><meta charset="utf-8">
 <title>xaicxr study</title><style>body{{font-family:system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.25em .5em;text-align:right}}td:first-child{{text-align:left}}</style></head>
-<body><h1>xaicxr study</h1><p>Each variant links to its report. Consistency and split-half are only meaningful
-next to the sanity similarity (near 1 = the heatmaps ignore the trained model).</p>
+<body><h1>xaicxr study</h1><p>Each variant links to its report. One row per explainer and class; _lo and _hi are
+95 % intervals; pointing_skill is the pointing game minus the best map that knows nothing about the lesion
+(pointing_baseline); randomisation_passes is the cascading randomisation test.</p>
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></body></html>
 """)

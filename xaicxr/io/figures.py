@@ -109,3 +109,62 @@ def overlay_grid(rows: list[tuple[str, np.ndarray, np.ndarray]], title: str, pat
         ax.set_title(caption, fontsize=7)
     fig.suptitle(title)
     return save(fig, path)
+
+
+def cascade_figure(result: dict, name: str, path: Path) -> str:
+    """Cascading randomisation: Spearman (with its interval) and SSIM per step, top layer first;
+    the reference level of two different images' maps as a band; the explained layer marked."""
+    steps = result["cascade"]
+    x = np.arange(len(steps))
+
+    def series(key: str, part: int | None = None) -> np.ndarray:
+        values = [s[key]["value"] if part is None else s[key]["ci95"][part] for s in steps]
+        return np.array([np.nan if v is None else v for v in values], float)
+
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.36 * len(steps) + 2), 4.0))
+    ax.fill_between(x, series("spearman", 0), series("spearman", 1), color="C0", alpha=0.2, lw=0)
+    ax.plot(x, series("spearman"), "o-", color="C0", label="Spearman rank correlation")
+    ax.plot(x, series("ssim"), "s--", color="C1", label="SSIM")
+    ref = result["reference"]["spearman"]
+    if ref["value"] is not None:
+        lo, hi = (ref["ci95"][0] or ref["value"]), (ref["ci95"][1] or ref["value"])
+        ax.axhspan(lo, hi, color="gray", alpha=0.3, label="two different images (reference)")
+    marker = result.get("explained_layer_step")
+    if marker is not None:
+        ax.axvline(marker + 0.5, color="k", ls=":", label="left of the line: the layers above the explained one")
+    ax.set_xticks(x, [s["name"] for s in steps], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("similarity to the trained model's maps")
+    ax.set_xlabel("randomised from the top down to")
+    ax.set_ylim(-0.4, 1.05)
+    ax.set_title(f"{name}: cascading randomisation (Adebayo et al. 2018)")
+    ax.legend(fontsize=7, loc="upper right")
+    return save(fig, path)
+
+
+def perturbation_figure(per_class: dict, baselines: dict, name: str, path: Path) -> str:
+    """Mean deletion and insertion curves per class for each fill; dotted: a random order."""
+    classes = list(per_class)
+    fills = list(next(iter(per_class.values())))
+    fig, axes = plt.subplots(len(fills), len(classes), figsize=(3.0 * len(classes), 2.6 * len(fills)),
+                             squeeze=False)
+    for row, fill in enumerate(fills):
+        for col, cls in enumerate(classes):
+            ax = axes[row][col]
+            f = per_class[cls][fill]
+            ax.plot(f["fractions"], f["deletion_curve"], color="C3", label="deletion")
+            ax.plot(f["fractions"], f["insertion_curve"], color="C2", label="insertion")
+            random = baselines.get(cls, {}).get("uniform", {}).get("faithfulness", {}).get(fill)
+            if random:
+                ax.plot(f["fractions"], random["deletion_curve"], color="C3", ls=":", lw=1)
+                ax.plot(f["fractions"], random["insertion_curve"], color="C2", ls=":", lw=1,
+                        label="random order (dotted)")
+            ax.set_title(f"{cls} ({fill})", fontsize=9)
+            ax.set_ylim(0, 1.02)
+            if row == len(fills) - 1:
+                ax.set_xlabel("fraction of pixels")
+            if col == 0:
+                ax.set_ylabel("class probability")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{name}: deletion (most relevant removed first) and insertion")
+    fig.tight_layout()
+    return save(fig, path)

@@ -11,11 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import WeightsNotFoundError
+from ..kerasgraph import LOGITS, PROBS
 
-LOGITS = "logits"
-"""Name of the layer of pre-softmax class scores every model ends in (what CAMs differentiate)."""
-PROBS = "probs"
-"""Name of the softmax layer after ``logits``: the model's output."""
+__all__ = ["Backbone", "LOGITS", "PROBS", "keras_cache_dir", "cached_keras_weights", "weights_file"]
 
 
 def keras_cache_dir() -> Path:

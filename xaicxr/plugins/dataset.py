@@ -6,10 +6,13 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from ..errors import DataError
 from ..io.imaging import precheck
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Progress = Callable[[int], None]
 
@@ -84,6 +87,20 @@ class Dataset:
     def external(self, path: str) -> "Dataset":
         """The same kind of dataset read from another location (``test_path``)."""
         raise DataError(f"{type(self).__name__} does not support an external test_path")
+
+    #: The changes :meth:`counterfactual` can make (a synthetic dataset that knows how each image
+    #: was made can re-make it without its lesion; a dataset of real files cannot).
+    counterfactuals: tuple[str, ...] = ()
+
+    def counterfactual(self, record: Record, change: str, workdir: Path | None = None) -> "np.ndarray":
+        """``record``'s image with ``change`` applied, as the dataset's own file would decode:
+        (H, W) float32 in [0, 1] at the file's size, so the core resizes it like the original.
+
+        Changes: ``"lesion_removed"`` (the same image without its lesion: what the model's
+        answer depends on when its evidence is the lesion) and ``"lesion_in_mask_only"`` (the
+        lesion kept only inside its mask: whether the mask holds the evidence). ``workdir`` is
+        the folder :meth:`scan` was given."""
+        raise DataError(f"{type(self).__name__} cannot make counterfactual images ({change!r})")
 
 
 def require_dir(path: str | Path | None, what: str) -> Path:

@@ -1,9 +1,15 @@
-"""The report stage: ``report/index.html``, one page (plus its PNG figures) that opens offline."""
+"""The report stage: ``report/index.html``, one page (plus its PNG figures) that opens offline.
+
+It follows the questions a reader asks, in order: how good is the classifier; does it rely on
+the lesion at all (counterfactual twins, where the data allow); where do the heatmaps point,
+next to what maps that know nothing earn; are the templates where the lesions are; do the maps
+pick the pixels the model needs (deletion, insertion); and do they change when what the model
+learned is destroyed (cascading randomisation). Every estimate is shown with its 95 % interval.
+"""
 
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +36,34 @@ def run(run: Run) -> dict[str, Any]:
     return {"report": str(write_report(run.dir, run.cfg, run.image_cache()))}
 
 
+# --------------------------------------------------------------------------- html pieces
+
+
+class _Raw(str):
+    """A cell that is already HTML (an estimate with its interval)."""
+
+
 def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "–"
+    if isinstance(value, _Raw):
+        return str(value)
+    if isinstance(value, dict) and "value" in value:
+        return _est(value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return "nan" if not np.isfinite(value) else f"{value:.{digits}f}"
     return html.escape(str(value))
+
+
+def _est(e: dict[str, Any] | None, digits: int = 2) -> str:
+    """``0.62 [0.48, 0.75]``: an estimate with its 95 % interval."""
+    if not e or e.get("value") is None:
+        return "–"
+    lo, hi = e.get("ci95", [None, None])
+    interval = f" <small>[{lo:.{digits}f}, {hi:.{digits}f}]</small>" if lo is not None and hi is not None else ""
+    return f"{e['value']:.{digits}f}{interval}"
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -46,6 +74,10 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 def _img(name: str, alt: str) -> str:
     return f'<figure><img src="{html.escape(name)}" alt="{html.escape(alt)}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+
+
+def _note(text: str) -> str:
+    return f"<p class='note'>{html.escape(text)}</p>"
 
 
 def class_means(cache: ImageCache, ids: list[str], labels: np.ndarray, classes: list[str]) -> dict[str, np.ndarray | None]:
@@ -64,18 +96,7 @@ def class_means(cache: ImageCache, ids: list[str], labels: np.ndarray, classes: 
     return {c: (sums[c] / counts[c]).astype(np.float32) if counts[c] else None for c in classes}
 
 
-def _quality_rows(quality: dict[str, dict[str, Any]]) -> list[list[Any]]:
-    rows = []
-    for cls, q in quality.items():
-        ci = q.get("split_half_ci95")
-        rows.append([cls, q.get("n"), q.get("consistency"),
-                     f"{_fmt(q.get('split_half'))} [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "–",
-                     q.get("pointing_game"), q.get("lesion_energy"), q.get("energy_lift"),
-                     q.get("miou"), q.get("lung_energy")])
-    return rows
-
-
-def _examples(store, cache: ImageCache, classes: list[str]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def _examples(store: HeatmapStore, cache: ImageCache, classes: list[str]) -> list[tuple[str, np.ndarray, np.ndarray]]:
     correct = np.flatnonzero(store.labels == store.predictions)
     wrong = np.flatnonzero(store.labels != store.predictions)
     rng = np.random.default_rng(0)
@@ -93,6 +114,176 @@ def _examples(store, cache: ImageCache, classes: list[str]) -> list[tuple[str, n
     return out
 
 
+# --------------------------------------------------------------------------- sections
+
+
+def _classification(metrics: dict[str, Any], classes: list[str], out: Path) -> list[str]:
+    parts = ["<h2>Classification</h2>",
+             f"<p>Accuracy <b>{_fmt(metrics['accuracy'])}</b>, macro F1 {_fmt(metrics.get('macro_f1'))}.</p>",
+             _table(["class", "precision", "recall", "F1", "support"],
+                    [[c, v["precision"], v["recall"], v["f1"], v["support"]] for c, v in metrics["per_class"].items()]),
+             '<div class="row">' + _img(figures.confusion_figure(metrics["confusion"], classes, out / "confusion.png"),
+                                        "confusion matrix (test)")]
+    if metrics.get("binary"):
+        parts.append(_img(figures.roc_figure(metrics["binary"], out / "roc.png"), "ROC curves of the binary tasks") + "</div>")
+        parts.append(_table(["task", "positive", "AUC", "AUC 95 % CI", "sensitivity", "specificity", "threshold"],
+                            [[t, ", ".join(b["positive"]), b["auc"], f"[{_fmt(b['ci95']['auc'][0])}, {_fmt(b['ci95']['auc'][1])}]",
+                              b["sensitivity"], b["specificity"], b["threshold"]] for t, b in metrics["binary"].items()]))
+    else:
+        parts.append("</div>")
+    return parts
+
+
+def _reliance(metrics: dict[str, Any]) -> list[str]:
+    reliance = metrics.get("reliance")
+    if not reliance:
+        return []
+    rows = [[c, r["n"], r["accuracy"], r["accuracy_lesion_removed"], r["accuracy_lesion_in_mask_only"],
+             r["probability_drop"], r["probability_drop_mask_only"], r["relies_on_lesion"] if r["has_lesion"] else None]
+            for c, r in reliance.items()]
+    return ["<h2>Does the model rely on the lesion? (counterfactual twins)</h2>",
+            _note("Each test image re-made from its seeds with the lesion removed, and with the lesion kept only "
+                  "inside its mask. Where removing the lesion collapses the answer, the lesion is the model's evidence "
+                  "and a heatmap that points elsewhere is the explainer failing; where it does not, localisation "
+                  "figures of that class do not test the explainer."),
+            _table(["class", "n", "accuracy", "lesion removed", "lesion only in mask", "p drop (removed)",
+                    "p drop (mask only)", "relies on lesion"], rows)]
+
+
+def _baselines(metrics: dict[str, Any]) -> list[str]:
+    baselines = metrics.get("baselines", {})
+    rows = []
+    for cls, per in baselines.items():
+        for name, f in per.items():
+            if "pointing_game" in f or "lung_energy" in f:
+                rows.append([cls, name, f.get("pointing_game"), f.get("pointing_game_tolerance"), f.get("energy_lift"),
+                             f.get("energy_lift_lungs"), f.get("miou"), f.get("lung_energy")])
+    if not rows:
+        return []
+    return ["<h2>What maps that know nothing about the lesion score</h2>",
+            _note("uniform: flat over the image; lungs: flat in the image's own lungs; lungs_blurred: that mask blurred; "
+                  "class_prior: the mean training lesion mask of the class; random: noise. Same images, same pass as "
+                  "the explainers below."),
+            _table(["class", "baseline", "pointing game", "pointing (tolerance)", "energy lift", "lung lift", "mIoU",
+                    "lung energy"], rows)]
+
+
+def _localisation(name: str, metrics: dict[str, Any]) -> list[str]:
+    per_class = metrics.get("per_image", {}).get(name)
+    if not per_class:
+        return []
+    reliance = metrics.get("reliance", {})
+    rows = []
+    for cls, q in per_class.items():
+        skill = q.get("skill", {})
+        pg_skill = skill.get("pointing_game")
+        lift_skill = skill.get("energy_lift")
+        rows.append([cls, q.get("n"), q.get("pointing_game"), q.get("pointing_game_tolerance"),
+                     _versus(pg_skill), q.get("energy_lift"), _versus(lift_skill),
+                     q.get("energy_lift_lungs"), q.get("miou"), q.get("lung_energy"), q.get("consistency"),
+                     q.get("split_half")])
+    parts = ["<h3>Where the maps point (per image)</h3>",
+             _table(["class", "n", "pointing game", "pointing (tolerance)", "skill over best baseline (pointing)",
+                     "energy lift", "skill (lift)", "lung lift", "mIoU (Otsu)", "lung energy", "consistency",
+                     "split-half (Spearman-Brown)"], rows)]
+    unreliable = [c for c, r in reliance.items() if r["has_lesion"] and not r["relies_on_lesion"]]
+    if unreliable:
+        parts.append(_note(f"The model does not rely on the lesion for {', '.join(unreliable)}: localisation figures "
+                           "there do not test the explainer."))
+    tolerance = next((q.get("tolerance_px") for q in per_class.values() if q.get("tolerance_px") is not None), None)
+    parts.append(_note("Pointing game: share of maps whose maximum is in the lesion (Zhang et al. 2018; ties shared); "
+                       f"with tolerance: within {tolerance} px. Skill: the figure minus the best uninformed baseline on "
+                       "the same images, paired 95 % interval (above 0: better than knowing nothing). Lung lift 1 = a "
+                       "map spread evenly over the lungs. Split-half: Spearman-Brown corrected, interval by bootstrap "
+                       "over images."))
+    return parts
+
+
+def _versus(skill: dict[str, Any] | None) -> _Raw | None:
+    """``class_prior: 0.12 [0.02, 0.22]``: a skill and the baseline it is measured against."""
+    return _Raw(f"{html.escape(skill['baseline'])}: {_est(skill)}") if skill else None
+
+
+def _templates_quality(name: str, metrics: dict[str, Any], aggregators: list[str]) -> list[str]:
+    rows = []
+    for agg in aggregators:
+        for cls, t in metrics.get("templates", {}).get(f"{name}-{agg}", {}).items():
+            fixed = t.get("as_fixed_map", {})
+            faith = t.get("faithfulness", {})
+            rows.append([agg, cls, t.get("n"), t.get("lesion_frequency_r"), t.get("peak_in_lungs"),
+                         fixed.get("pointing_game"), fixed.get("energy_lift"), faith.get("template_drop"),
+                         faith.get("random_lung_region_drop"), faith.get("difference")])
+    if not rows:
+        return []
+    return ["<h3>The templates as maps</h3>",
+            _table(["aggregator", "class", "n", "r with lesion frequency", "peak in lungs", "pointing (as fixed map)",
+                    "lift (as fixed map)", "p drop: template region", "p drop: random lung region", "difference"], rows),
+            _note("Each template scored on its class's images as if it were every image's map; template faithfulness: "
+                  "the class probability drop when the template's top region is occluded (ROAD fill), against random "
+                  "lung regions of the same area.")]
+
+
+def _faithfulness(name: str, metrics: dict[str, Any], out: Path) -> list[str]:
+    per_class = metrics.get("faithfulness", {}).get(name)
+    if not per_class:
+        return []
+    rows = []
+    for cls, fills in per_class.items():
+        for fill, f in fills.items():
+            rows.append([cls, fill, f["deletion_auc"], _versus(f.get("deletion_auc_skill")),
+                         f["insertion_auc"], _versus(f.get("insertion_auc_skill"))])
+    fig = figures.perturbation_figure(per_class, metrics.get("baselines", {}), name, out / f"faithfulness-{name}.png")
+    return ["<h3>Deletion and insertion</h3>",
+            _table(["class", "fill", "deletion AUC (lower = better)", "skill over best baseline order",
+                    "insertion AUC (higher = better)", "skill over best baseline order"], rows),
+            _img(fig, f"{name}: mean deletion and insertion curves"),
+            _note("Pixels removed most relevant first (deletion) or kept most relevant first (insertion), filled by "
+                  "ROAD's noisy linear imputation (Rong et al. 2022) or a blur; the class probability along the way. "
+                  "Baseline orders: random (uniform), lungs first, class prior.")]
+
+
+def _randomisation(name: str, metrics: dict[str, Any], out: Path) -> list[str]:
+    result = metrics.get("randomisation", {}).get(name)
+    if not result:
+        return []
+    sanity = metrics.get("sanity", {}).get(name, {})
+    fig = figures.cascade_figure(result, name, out / f"cascade-{name}.png")
+    rl = result["random_logit"]
+    return ["<h3>Cascading randomisation (Adebayo et al. 2018)</h3>",
+            f"<p><b>{html.escape(sanity.get('summary', ''))}</b></p>",
+            _img(fig, f"{name}: similarity to the trained maps as layers are randomised from the top"),
+            f"<p>Random-logit test (Sixt et al. 2020): maps for a random other class keep Spearman {_est(rl['spearman'])}, "
+            f"SSIM {_est(rl['ssim'])} with the maps of the explained class.</p>",
+            _note("Per image, Spearman rank correlation and SSIM between the trained model's map and the map after "
+                  "randomising every weighted layer from the top down to the named one; the grey band is the "
+                  "similarity of two different images' trained maps (what the shared layout alone gives).")]
+
+
+def _templates_pictures(name: str, store: HeatmapStore, cfg: dict[str, Any], rundir: RunDir, cache: ImageCache,
+                        classes: list[str], out: Path) -> list[str]:
+    parts = []
+    means = class_means(cache, store.ids, store.labels, classes)
+    for agg in cfg.get("aggregate", []):
+        tpath = rundir.template(name, agg["name"])
+        if not tpath.exists():
+            continue
+        loaded = read_template_file(tpath)
+        if next(iter(loaded.values()))[0].ndim == 3:
+            for cls, (comps, attrs) in loaded.items():
+                explained = attrs.get("explained_variance_ratio")
+                fig = figures.components_panel(comps, None if explained is None else list(explained), cls,
+                                               f"{name} eigen-heatmaps: {cls} (n={attrs.get('n')})",
+                                               out / f"pca-{name}-{agg['name']}-{cls}.png")
+                parts.append(_img(fig, f"{agg['name']} components of {cls}"))
+            continue
+        fig = figures.template_panel({c: t for c, (t, _) in loaded.items()}, means,
+                                     {c: int(a.get("n", 0)) for c, (_, a) in loaded.items()},
+                                     f"{name}: {agg['name']} template per class over the class's mean image",
+                                     out / f"templates-{name}-{agg['name']}.png")
+        parts.append(_img(fig, f"{agg['name']} templates ({name})"))
+    return parts
+
+
 def write_report(rundir: RunDir, cfg: dict[str, Any], cache: ImageCache) -> Path:
     out = rundir.report_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -105,69 +296,27 @@ def write_report(rundir: RunDir, cfg: dict[str, Any], cache: ImageCache) -> Path
     if cfg["backbone"].get("weights", "imagenet") == "none":
         setting += " &mdash; trained from scratch: <b>not</b> the paper's ImageNet transfer setting"
     parts.append(f"<p>{setting}. Test set: {html.escape(metrics.get('test_set', ''))}, n = {metrics.get('n_test')}.</p>")
-
-    parts.append("<h2>Classification</h2>")
-    parts.append(f"<p>Accuracy <b>{_fmt(metrics['accuracy'])}</b>, macro F1 {_fmt(metrics.get('macro_f1'))}.</p>")
-    parts.append(_table(["class", "precision", "recall", "F1", "support"],
-                        [[c, v["precision"], v["recall"], v["f1"], v["support"]] for c, v in metrics["per_class"].items()]))
-    parts.append('<div class="row">' + _img(figures.confusion_figure(metrics["confusion"], classes, out / "confusion.png"), "confusion matrix (test)"))
-    if metrics.get("binary"):
-        parts.append(_img(figures.roc_figure(metrics["binary"], out / "roc.png"), "ROC curves of the binary tasks") + "</div>")
-        parts.append(_table(["task", "positive", "AUC", "AUC 95 % CI", "sensitivity", "specificity", "threshold"],
-                            [[t, ", ".join(b["positive"]), b["auc"], f"[{_fmt(b['ci95']['auc'][0])}, {_fmt(b['ci95']['auc'][1])}]",
-                              b["sensitivity"], b["specificity"], b["threshold"]] for t, b in metrics["binary"].items()]))
-    else:
-        parts.append("</div>")
-
+    parts += _classification(metrics, classes, out)
+    parts += _reliance(metrics)
+    parts += _baselines(metrics)
+    aggregators = [a["name"] for a in cfg.get("aggregate", [])]
     for spec in cfg.get("explain", []):
         name = spec["name"]
         path = rundir.heatmaps(name)
         if not path.exists():
             continue
         with HeatmapStore(path) as store:
-            means = class_means(cache, store.ids, store.labels, classes)
-            parts.append(f"<h2>Templates: {html.escape(name)} at layer <code>{html.escape(store.layer or 'input')}</code></h2>")
-            for agg in cfg.get("aggregate", []):
-                tpath = rundir.template(name, agg["name"])
-                if not tpath.exists():
-                    continue
-                loaded = read_template_file(tpath)
-                first = next(iter(loaded.values()))[0]
-                if first.ndim == 3:
-                    for cls, (comps, attrs) in loaded.items():
-                        explained = attrs.get("explained_variance_ratio")
-                        fig = figures.components_panel(comps, None if explained is None else list(explained), cls,
-                                                       f"{name} eigen-heatmaps: {cls} (n={attrs.get('n')})",
-                                                       out / f"pca-{name}-{agg['name']}-{cls}.png")
-                        parts.append(_img(fig, f"{agg['name']} components of {cls}"))
-                    continue
-                fig = figures.template_panel({c: t for c, (t, _) in loaded.items()}, means,
-                                             {c: int(a.get("n", 0)) for c, (_, a) in loaded.items()},
-                                             f"{name}: {agg['name']} template per class over the class's mean image",
-                                             out / f"templates-{name}-{agg['name']}.png")
-                parts.append(_img(fig, f"{agg['name']} templates ({name})"))
-            key = f"{name}-{cfg['aggregate'][0]['name']}" if cfg.get("aggregate") else None
-            quality = metrics.get("templates", {}).get(key) if key else None
-            if quality:
-                parts.append("<h3>Template quality</h3>")
-                parts.append(_table(["class", "n", "consistency", "split-half [95 %]", "pointing game",
-                                     "lesion energy", "energy lift", "mIoU (Otsu)", "lung energy"],
-                                    _quality_rows(quality)))
-                parts.append("<p class='note'>Consistency: mean pairwise Pearson r of the class's heatmaps. "
-                             "Split-half: r between templates of random halves. Pointing game: share of maps whose maximum "
-                             "lies in the lesion. Energy lift: lesion energy share / lesion area share (1 = chance). "
-                             "Lung energy: share of heatmap mass in the lung fields (low = evidence outside the lungs).</p>")
+            parts.append(f"<h2>{html.escape(name)} at layer <code>{html.escape(store.layer or 'input')}</code></h2>")
+            parts += _templates_pictures(name, store, cfg, rundir, cache, classes, out)
+            parts += _localisation(name, metrics)
+            parts += _templates_quality(name, metrics, aggregators)
+            parts += _faithfulness(name, metrics, out)
+            parts += _randomisation(name, metrics, out)
+            key = f"{name}-{aggregators[0]}" if aggregators else None
             dist = metrics.get("distinctiveness", {}).get(key) if key else None
             if dist:
                 parts.append("<h3>Distinctiveness (Pearson r between class templates)</h3>")
                 parts.append(_table([""] + list(dist), [[a] + [dist[a][b] for b in dist] for a in dist]))
-            sanity = metrics.get("sanity", {}).get(name)
-            if sanity and sanity.get("n"):
-                parts.append("<h3>Sanity check: model randomisation</h3>")
-                parts.append(f"<p>{html.escape(sanity['method'])}; re-initialised: {html.escape(', '.join(sanity['randomised_layers']) or 'none')}; "
-                             f"{sanity['n']} images. Mean template r {_fmt(sanity.get('mean_template_r'))}, "
-                             f"mean per-map Spearman {_fmt(sanity.get('map_spearman'))}. {html.escape(sanity['reading'])}.</p>")
-                parts.append(_table(["class", "template r (trained vs randomised)"], [[c, r] for c, r in sanity["template_r"].items()]))
             examples = _examples(store, cache, classes)
             if examples:
                 parts.append(_img(figures.overlay_grid(examples, f"{name}: examples (correct, then wrong)",
@@ -184,10 +333,11 @@ body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px;
 table {{ border-collapse: collapse; margin: .8em 0; }} td, th {{ border: 1px solid #ccc; padding: .25em .6em; text-align: right; }}
 th {{ background: #f2f2f2; }} td:first-child {{ text-align: left; }} img {{ max-width: 100%; }}
 figure {{ margin: .5em 0; }} figcaption {{ font-size: .85em; color: #555; }} .row {{ display: flex; gap: 1em; flex-wrap: wrap; }}
-.note {{ font-size: .85em; color: #555; }} code {{ background: #f5f5f5; padding: 0 .2em; }}
+.note {{ font-size: .85em; color: #555; }} code {{ background: #f5f5f5; padding: 0 .2em; }} small {{ color: #666; }}
 </style></head><body>
 <h1>xaicxr report: {html.escape(rundir.root.name)}</h1>
-<p class="note">xaicxr {__version__}; configuration in <code>config.toml</code>, figures in <code>metrics.json</code>.</p>
+<p class="note">xaicxr {__version__}; configuration in <code>config.toml</code>, figures in <code>metrics.json</code>,
+per-image scores and curves in <code>quality.h5</code>. Bracketed figures are 95 % intervals.</p>
 {''.join(parts)}
 </body></html>
 """

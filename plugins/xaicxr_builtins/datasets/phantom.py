@@ -5,12 +5,18 @@ On disk: ``images/<class>/<id>.png``, ``masks/lesion/<class>/<id>.png``,
 image's own parameters). Each image depends only on (seed, class, index, size, difficulty), so
 generation is parallel and byte-identical; the manifest is written last, so a set without one
 is incomplete and is generated again.
+
+Because every image is re-made from its seeds, the dataset can also make counterfactual images:
+the same radiograph without its lesion, or with the lesion only inside its mask
+(:meth:`PhantomDataset.counterfactual`).
 """
 
 from __future__ import annotations
 
 import io
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -24,7 +30,11 @@ from xaicxr.plugins import Dataset, Progress, Record, Scan, Skipped
 from .phantom_render import CLASSES, DIFFICULTIES, render_phantom
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: lesion masks hold 90 % of the lesion density, lesion placement varies within each class."""
+
+COUNTERFACTUAL_LESION_MODES = {"lesion_removed": "removed", "lesion_in_mask_only": "mask_only"}
+"""The dataset's counterfactual changes, and the renderer's lesion mode that makes each."""
 
 Difficulty = Literal["easy", "standard", "subtle"]
 
@@ -56,7 +66,8 @@ def generate_phantom_set(out: str | Path, n_per_class: int = 250, size: int = 12
         _write_png(out / "masks" / "lesion" / label / f"{pid}.png", ph.lesion.astype(np.uint8) * 255)
         _write_png(out / "masks" / "lung" / label / f"{pid}.png", ph.lung.astype(np.uint8) * 255)
         return {"id": pid, "label": label, "index": index,
-                "lesion_fraction": round(float(ph.lesion.mean()), 6), "params": ph.params}
+                "lesion_fraction": round(float(ph.lesion.mean()), 6),
+                "lesion_share": ph.params["lesion_share"], "params": ph.params}
 
     items = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -78,6 +89,7 @@ class PhantomDataset(Dataset):
 
     classes = CLASSES
     defaults = {"n_per_class": 250, "size": 128, "seed": 0, "difficulty": "standard"}
+    counterfactuals = tuple(COUNTERFACTUAL_LESION_MODES)
 
     def __init__(self, n_per_class: int | None = None, size: int | None = None,
                  seed: int | None = None, difficulty: Difficulty | None = None,
@@ -100,6 +112,28 @@ class PhantomDataset(Dataset):
             manifest = _read_manifest(root)
         return scan_phantom_set(root, manifest)
 
+    def counterfactual(self, record: Record, change: str, workdir: Path | None = None) -> np.ndarray:
+        """The record's image re-rendered from the set's manifest with ``change`` applied, as its
+        PNG would decode: the renderer makes the twin from the same seeds (pixel-identical away
+        from the lesion), then it is rounded to 8 bits as the saved image was.
+
+        The set is the one the record's file belongs to (``<set>/images/<class>/<id>.png``), which
+        need not be ``workdir``'s: a study variant reads the phantoms of the run it shares them with."""
+        if change not in COUNTERFACTUAL_LESION_MODES:
+            raise DataError(f"phantom: unknown counterfactual {change!r}; "
+                            f"one of {', '.join(self.counterfactuals)}")
+        parents = Path(record.path).parents
+        root = parents[2] if len(parents) > 2 else Path(record.path).parent
+        index = _manifest_index(root)
+        item = index.items.get(tuple(record.id.split("/")[-2:]))
+        expected = root / "images" / item["label"] / f"{item['id']}.png" if item else None
+        if expected is None or Path(record.path).resolve() != expected.resolve():
+            raise DataError(f"phantom: {record.id!r} ({record.path}) is not an image of the phantom set at {root}")
+        params = index.params
+        ph = render_phantom(params["seed"], item["label"], item["index"], size=params["size"],
+                            difficulty=params["difficulty"], lesion=COUNTERFACTUAL_LESION_MODES[change])
+        return _to_uint8(ph.image).astype(np.float32) / 255.0
+
     def _root(self, workdir: Path | None) -> Path:
         if self.path is not None:
             return Path(self.path).expanduser()
@@ -121,6 +155,35 @@ def scan_phantom_set(root: Path, manifest: dict) -> Scan:
             lesion_mask=root / "masks" / "lesion" / label / f"{pid}.png",
             lung_mask=root / "masks" / "lung" / label / f"{pid}.png"))
     return scan
+
+
+@dataclass(frozen=True)
+class _ManifestIndex:
+    params: dict
+    items: dict[tuple[str, str], dict]
+    """Manifest entries by (class, id), the last two parts of a record id."""
+
+
+def _manifest_index(root: Path) -> _ManifestIndex:
+    """The set's manifest, indexed; read once per version of the file (a 1,000-image manifest
+    takes longer to parse than an image takes to render)."""
+    try:
+        stat = (root / MANIFEST).stat()
+    except OSError:
+        raise DataError(f"phantom: no phantom set at {root} (scan it first)") from None
+    return _indexed_manifest(str(root), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=4)
+def _indexed_manifest(root: str, mtime_ns: int, size: int) -> _ManifestIndex:
+    manifest = _read_manifest(Path(root))
+    if manifest is None:
+        raise DataError(f"phantom: no readable phantom manifest at {root}")
+    if manifest.get("format") != FORMAT_VERSION:
+        raise DataError(f"phantom: the set at {root} was written by another version of the renderer; "
+                        "scan it again to regenerate it")
+    return _ManifestIndex(params=manifest["params"],
+                          items={(it["label"], it["id"]): it for it in manifest["items"]})
 
 
 def _set_params(n_per_class: int, size: int, seed: int, difficulty: str, **_: object) -> dict:

@@ -12,13 +12,22 @@ the same distribution for every class, so the only class evidence is the lesion 
 the lungs. Some nuisances (hilar prominence, breast shadows, patchy lung density) deliberately
 overlap the classes' favourite regions, so that "brighter here on average" is not enough to
 classify; the lesions' textures (a sharp fissure, streaks, mottled haze) are. The class patterns follow their
-radiological descriptions:
+radiological descriptions, and where they lie varies within each description, so that no fixed
+map of "where this class's lesions usually are" points at the lesion of most images:
 
-* ``bacteria``: unilateral lobar consolidation, dense and homogeneous, one side bounded by a
-  fissure, sometimes with air bronchograms;
-* ``virus``: bilateral perihilar interstitial pattern, streaks radiating from both hila over a
-  fine reticular net;
-* ``covid``: bilateral, peripheral, lower-zone ground-glass patches, faint and hazy.
+* ``bacteria``: unilateral lobar consolidation (either lung; upper, middle or lower zone), dense
+  and homogeneous, one side bounded by a fissure, sometimes with air bronchograms;
+* ``virus``: interstitial streaks radiating from a hilum along the bronchi over a fine reticular
+  net, usually in both lungs; in each lung the streaks are predominantly upper, middle or lower
+  from the hilum and reach more or less far;
+* ``covid``: peripheral ground-glass patches, faint and hazy, usually in both lungs, one to four
+  per lung, lower-zone predominant but also middle or upper.
+
+The lesion mask is the smallest set of lung pixels, taken from the densest (after slight
+smoothing) down, that holds at least 90 % of the density the lesion adds; ``lesion_share`` in the
+parameters says how much it holds. The lesion density is exactly zero below 1 % of its peak, so a
+counterfactual twin rendered without it (``lesion="removed"``) differs from the image only near
+the lesion (:func:`lesion_support`).
 
 The difficulty sets the range of lesion density and extent; nuisances do not depend on it.
 """
@@ -34,6 +43,9 @@ from scipy import ndimage
 
 CLASSES = ("normal", "bacteria", "virus", "covid")
 DIFFICULTIES = ("easy", "standard", "subtle")
+LESION_MODES = ("full", "removed", "mask_only")
+"""What of the lesion an image shows: all of it, none of it (the counterfactual twin), or only
+the part inside the lesion mask."""
 
 _REFERENCE_SIZE = 128
 """Noise and blur are given for this size and scaled with it, so a smaller rendering looks like
@@ -42,15 +54,36 @@ a downsampled larger one."""
 _SIDES = (-1, 1)
 """Image-left (patient's right lung) and image-right (patient's left lung)."""
 
+MASK_SHARE = 0.9
+"""The lesion mask holds at least this share of the density the lesion adds."""
+
+_MASK_SMOOTHING_PX = 2.0
+"""Sigma (at the reference size) of the smoothing that ranks pixels for the lesion mask: the mask
+grows over a patch or a bundle of streaks as a whole rather than picking single bright pixels."""
+
+_DENSITY_CUTOFF = 0.01
+"""Lesion density below this share of its peak is set to zero, so the lesion has a compact support
+outside which a counterfactual twin is pixel-identical to the image."""
+
+_BLUR_TRUNCATE = 4.0
+"""The detector blur's kernel reaches this many sigmas (scipy's default); the reach in pixels is
+recorded in the parameters (``blur_reach_px``) for :func:`lesion_support`."""
+
 
 @dataclass(frozen=True)
 class Phantom:
-    """One rendered radiograph: ``image`` in [0, 1], lesion and lung masks, and its parameters."""
+    """One rendered radiograph: ``image`` in [0, 1], lesion and lung masks, and its parameters.
+
+    ``lesion_density`` is the attenuation the lesion adds in the full image, whatever the
+    rendering's lesion mode: the mask and ``params["lesion_share"]`` describe it, and a
+    counterfactual twin differs from the image only where it is non-zero (:func:`lesion_support`).
+    """
 
     image: np.ndarray
     lesion: np.ndarray
     lung: np.ndarray
     params: dict
+    lesion_density: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -79,6 +112,9 @@ class _Lung:
     side: int
     soft: np.ndarray
     inside: np.ndarray
+    room: np.ndarray
+    """Where a lesion may add density: like ``soft`` but ramping up just inside the border, so it
+    is zero wherever ``inside`` is false and the lung mask holds the whole lesion."""
     u: np.ndarray
     v: np.ndarray
     hilum_r: np.ndarray
@@ -96,12 +132,19 @@ class _Body:
 
 
 def render_phantom(seed: int, label: str, index: int, size: int = 128,
-                   difficulty: str = "standard") -> Phantom:
-    """Render one phantom; the result depends only on the arguments."""
+                   difficulty: str = "standard", lesion: str = "full") -> Phantom:
+    """Render one phantom; the result depends only on the arguments.
+
+    ``lesion`` (one of :data:`LESION_MODES`) makes counterfactual twins: every random number is
+    drawn the same way in every mode and only the lesion density added to the attenuation
+    differs, so a twin is pixel-identical to the full image outside :func:`lesion_support`.
+    """
     if label not in CLASSES:
         raise ValueError(f"unknown phantom class {label!r}; one of {', '.join(CLASSES)}")
     if difficulty not in DIFFICULTIES:
         raise ValueError(f"unknown phantom difficulty {difficulty!r}; one of {', '.join(DIFFICULTIES)}")
+    if lesion not in LESION_MODES:
+        raise ValueError(f"unknown lesion mode {lesion!r}; one of {', '.join(LESION_MODES)}")
     if size < 16:
         raise ValueError("phantom size must be at least 16")
     root = np.random.SeedSequence([seed, CLASSES.index(label), index, DIFFICULTIES.index(difficulty)])
@@ -110,16 +153,59 @@ def render_phantom(seed: int, label: str, index: int, size: int = 128,
     anatomy = _draw_anatomy(anatomy_rng)
     body = _body_geometry(size, anatomy)
     attenuation = _anatomy_attenuation(body, anatomy, anatomy_rng)
-    density, envelope, lesion_params = _LESIONS[label](lesion_rng, body, _DIFFICULTY[difficulty])
-    lung_soft = np.maximum(body.lungs[0].soft, body.lungs[1].soft)
-    attenuation += density * lung_soft
+    density, lesion_params = _LESIONS[label](lesion_rng, body, _DIFFICULTY[difficulty])
+    density = _compact(density * np.maximum(body.lungs[0].room, body.lungs[1].room))
+    lung = body.lungs[0].inside | body.lungs[1].inside
+    mask = _lesion_mask(density, lung)
+    if lesion == "full":
+        attenuation += density
+    elif lesion == "mask_only":
+        attenuation += density * mask
     image, film = _expose(attenuation, body.px, film_rng)
 
-    lung = body.lungs[0].inside | body.lungs[1].inside
-    lesion = (envelope > 0.5) & lung
+    total = float(density.sum(dtype=np.float64))
+    share = round(float(density[mask].sum(dtype=np.float64)) / total, 5) if total > 0 else None
     params = {"label": label, "index": index, "seed": seed, "size": size, "difficulty": difficulty,
-              **{k: _jsonable(v) for k, v in anatomy.items()}, **film, "lesion": lesion_params}
-    return Phantom(image=image, lesion=lesion, lung=lung, params=params)
+              **{k: _jsonable(v) for k, v in anatomy.items()}, **film, "lesion": lesion_params,
+              "lesion_mode": lesion, "lesion_share": share}
+    return Phantom(image=image, lesion=mask, lung=lung, params=params, lesion_density=density)
+
+
+def lesion_support(phantom: Phantom) -> np.ndarray:
+    """The pixels the lesion can change: where its density is non-zero, grown by the reach of the
+    detector blur's kernel (a square, as the blur is separable). Outside it the image and its
+    counterfactual twins are pixel-identical."""
+    reach = phantom.params["blur_reach_px"]
+    support = phantom.lesion_density > 0
+    if reach == 0 or not support.any():
+        return support
+    return ndimage.binary_dilation(support, structure=np.ones((2 * reach + 1, 2 * reach + 1), bool))
+
+
+def _compact(density: np.ndarray) -> np.ndarray:
+    """``density`` with everything below :data:`_DENSITY_CUTOFF` of its peak set to zero."""
+    peak = float(density.max())
+    if peak <= 0:
+        return np.zeros_like(density)
+    return np.where(density >= np.float32(_DENSITY_CUTOFF * peak), density, np.float32(0.0))
+
+
+def _lesion_mask(density: np.ndarray, lung: np.ndarray) -> np.ndarray:
+    """The fewest lung pixels, densest first after slight smoothing, that hold :data:`MASK_SHARE`
+    of ``density``. Smoothing ranks the gaps between a lesion's streaks or mottles with the
+    lesion; unsmoothed, the mask would be a scatter of single bright pixels."""
+    mask = np.zeros(density.shape, bool)
+    if not density.any():
+        return mask
+    sigma = _MASK_SMOOTHING_PX * density.shape[0] / _REFERENCE_SIZE
+    ranking = ndimage.gaussian_filter(density, sigma, mode="constant")[lung]
+    order = np.argsort(-ranking, kind="stable")
+    held = np.cumsum(density[lung][order], dtype=np.float64)
+    count = int(np.searchsorted(held, MASK_SHARE * held[-1])) + 1
+    chosen = np.zeros(order.shape, bool)
+    chosen[order[:count]] = True
+    mask[lung] = chosen
+    return mask
 
 
 # ---------------------------------------------------------------- grids and random fields
@@ -269,7 +355,8 @@ def _lung_field(x: np.ndarray, y: np.ndarray, i: int, a: dict, px: float, heart:
     margin = np.minimum(margin, -heart * np.float32(min(a["heart_radii"]) / 2))
     hx, hy = side * (medial + 0.1), top + 0.55 * (base - top) + a["hilum_height"]
     dx, dy = (x - np.float32(hx)) * np.float32(side), y - np.float32(hy)
-    return _Lung(side=side, soft=_soft_inside(margin, 1.5 * px), inside=margin > 0, u=u, v=v,
+    return _Lung(side=side, soft=_soft_inside(margin, 1.5 * px), inside=margin > 0,
+                 room=np.clip(margin / np.float32(1.5 * px), 0.0, 1.0), u=u, v=v,
                  hilum_r=np.sqrt(dx * dx + dy * dy), hilum_theta=np.arctan2(dy, dx))
 
 
@@ -355,10 +442,11 @@ def _clavicles(x: np.ndarray, y: np.ndarray, px: float) -> np.ndarray:
 
 
 def _ray_profile(rng: np.random.Generator, n: int, width: tuple[float, float],
-                 spread: float, bins: int = 360) -> np.ndarray:
-    """Sum of n narrow bumps over angle (-pi, pi], pointing mostly away from the midline."""
+                 spread: float, bins: int = 360, centre: float = 0.0) -> np.ndarray:
+    """Sum of n narrow bumps over angle (-pi, pi], spread about ``centre`` (0: away from the
+    midline)."""
     angles = np.linspace(-np.pi, np.pi, bins, endpoint=False, dtype=np.float32)
-    centres = rng.normal(0.0, spread, n).astype(np.float32)
+    centres = rng.normal(centre, spread, n).astype(np.float32)
     widths = rng.uniform(*width, n).astype(np.float32)
     amps = rng.uniform(0.4, 1.0, n).astype(np.float32)
     diff = (angles[None, :] - centres[:, None] + np.float32(np.pi)) % np.float32(2 * np.pi) - np.float32(np.pi)
@@ -416,14 +504,24 @@ def _gastric_bubble(x: np.ndarray, y: np.ndarray, a: dict, rng: np.random.Genera
 
 # ---------------------------------------------------------------- lesions
 
-_LesionResult = tuple[np.ndarray, np.ndarray, dict]
-"""(added attenuation, lesion envelope, parameters). The envelope is the pattern's amplitude
-before texture, 1 at its peak; the lesion mask is where it exceeds one half."""
+_LesionResult = tuple[np.ndarray, dict]
+"""(added attenuation, parameters). :func:`render_phantom` confines the attenuation to the lungs'
+``room`` and zeroes its faint tail; the lesion mask is made from what is left."""
 
 
 def _normal(rng: np.random.Generator, body: _Body, diff: _Difficulty) -> _LesionResult:
-    zero = np.zeros_like(body.x)
-    return zero, zero, {}
+    return np.zeros_like(body.x), {}
+
+
+def _involved_lungs(rng: np.random.Generator, p_both: float) -> tuple[int, ...]:
+    """Indices into ``body.lungs``: both with probability ``p_both``, otherwise either one alike."""
+    if rng.random() < p_both:
+        return (0, 1)
+    return (int(rng.integers(2)),)
+
+
+def _image_side(lung: _Lung) -> str:
+    return "left" if lung.side < 0 else "right"
 
 
 def _bacteria(rng: np.random.Generator, body: _Body, diff: _Difficulty) -> _LesionResult:
@@ -459,62 +557,98 @@ def _bacteria(rng: np.random.Generator, body: _Body, diff: _Difficulty) -> _Lesi
         profile = _ray_profile(rng, n=int(rng.integers(3, 7)), width=(0.01, 0.02), spread=0.9)
         along, r = _rays(lung, profile, curl=rng.uniform(-0.5, 0.5))
         density -= 0.35 * density * np.minimum(along, 1.0) * _soft_inside(r - 0.08, 0.05)
-    params = {"image_side": "left" if lung.side < 0 else "right",
+    params = {"image_side": _image_side(lung),
               "patient_side": "right" if lung.side < 0 else "left", "zone": zone,
               "contrast": round(contrast, 4), "extent": round(extent, 4),
               "air_bronchograms": bronchograms}
-    return density, envelope, params
+    return density, params
+
+
+_VIRUS_SECTORS = {"upper": -1.2, "middle": 0.0, "lower": 0.95}
+"""Direction of each sector about the hilum: radians from lateral, positive downwards."""
 
 
 def _virus(rng: np.random.Generator, body: _Body, diff: _Difficulty) -> _LesionResult:
-    """Bilateral perihilar interstitial pattern: radiating streaks over a reticular net.
+    """Interstitial pattern: streaks radiating from the hilum along the bronchi, over a reticular net.
 
-    The net is the zero-level set of a random field (a web of thin curved lines); the streaks
-    are rays from each hilum. Both fade with distance from the hilum.
+    Usually in both lungs. In each lung the pattern is predominant in one sector about the hilum
+    (upper, middle or lower, its direction jittered), starts more or less close to the hilum and
+    reaches more or less far, so that no one perihilar spot is involved in most images. The net
+    is the zero-level set of a random field (a web of thin curved lines), the streaks are rays
+    from the hilum; both fade with distance from the hilum and away from the sector's direction.
+    The sector's angular window is flat-topped (a Gaussian of the fourth power), so little of
+    the density lies in a faint fringe and the mask that holds 90 % of it is the sector one sees.
+    The density is higher than a bilateral perihilar disc's would need to be, as one sector per
+    lung is a smaller lesion to detect.
     """
     contrast = float(rng.uniform(*diff.contrast))
     extent = float(rng.uniform(*diff.extent))
     size = body.x.shape[0]
     density = np.zeros_like(body.x)
-    envelope = np.zeros_like(body.x)
-    reach = []
-    for lung in body.lungs:
-        radius = 0.28 * extent * rng.uniform(0.85, 1.15)
-        reach.append(round(float(radius), 4))
-        profile = _ray_profile(rng, n=int(rng.integers(24, 34)), width=(0.03, 0.06), spread=1.2)
+    lungs = []
+    for i in _involved_lungs(rng, p_both=0.55):
+        lung = body.lungs[i]
+        sector = str(rng.choice(list(_VIRUS_SECTORS)))
+        direction = _VIRUS_SECTORS[sector] + rng.uniform(-0.3, 0.3)
+        spread = rng.uniform(0.45, 0.65)
+        start = rng.uniform(0.03, 0.15)
+        reach = 0.3 * extent * rng.uniform(0.8, 1.25)
+        profile = _ray_profile(rng, n=int(rng.integers(8, 13)), width=(0.03, 0.06), spread=1.2 * spread,
+                               centre=direction)
         wobble = np.float32(0.18) * _smooth_field(rng, size, 9)
-        along, r = _rays(lung, profile, curl=rng.uniform(-0.8, 0.8), wobble=wobble)
-        fade = np.exp(-0.5 * (r / np.float32(radius)) ** 2)
+        along, r = _rays(lung, profile, curl=rng.uniform(-0.6, 0.6), wobble=wobble)
+        off_axis = (lung.hilum_theta - np.float32(direction - np.pi)) % np.float32(2 * np.pi) - np.float32(np.pi)
+        window = np.exp(-0.5 * (off_axis / np.float32(1.3 * spread)) ** 4)
+        beyond = r - np.float32(start)
+        fade = np.exp(-0.5 * (np.maximum(beyond, 0.0) / np.float32(reach)) ** 2) * _smoothstep(beyond / 0.1)
         net = np.exp(-(_smooth_field(rng, size, 18) / 0.25) ** 2)
-        streaks = np.minimum(along, 1.0) * _smoothstep((r - 0.03) / 0.12)
-        pattern = 0.65 * streaks + 0.35 * net
-        density += np.float32(rng.uniform(0.7, 1.0)) * fade * pattern * lung.soft
-        envelope = np.maximum(envelope, fade * lung.soft)
-    params = {"contrast": round(contrast, 4), "extent": round(extent, 4), "reach": reach}
-    return 0.7 * contrast * density, envelope, params
+        pattern = 0.65 * np.minimum(along, 1.0) + 0.35 * net
+        density += np.float32(rng.uniform(0.7, 1.0)) * fade * window * pattern * lung.soft
+        lungs.append({"image_side": _image_side(lung), "sector": sector, "direction": round(direction, 4),
+                      "start": round(start, 4), "reach": round(reach, 4)})
+    params = {"contrast": round(contrast, 4), "extent": round(extent, 4), "lungs": lungs}
+    return 1.2 * contrast * density, params
+
+
+_COVID_ZONES = {"lower": (0.65, 0.95), "middle": (0.4, 0.65), "upper": (0.12, 0.4)}
+"""Ranges of a patch centre's lung-local height ``v``."""
+_COVID_ZONE_ODDS = (0.45, 0.35, 0.2)
+"""How often each zone is an image's predominant one."""
 
 
 def _covid(rng: np.random.Generator, body: _Body, diff: _Difficulty) -> _LesionResult:
-    """Bilateral, peripheral, lower-zone ground glass: several hazy, mottled patches per lung."""
+    """Peripheral ground glass: faint, hazy, mottled patches along the lateral lung margin.
+
+    Usually in both lungs, one to four patches in each. Lower-zone predominant: each image draws
+    a predominant zone (lower, middle or upper, the lower likeliest) and most of its patches lie
+    in it, the others in any zone. A patch falls off as ``exp(-d**3 / 2)`` rather than a
+    Gaussian's ``exp(-d**2 / 2)``: as hazy to the eye, but with less density in a wide fringe, so
+    the mask that holds 90 % of it is not much larger than the patch looks.
+    """
     contrast = float(rng.uniform(*diff.contrast))
     extent = float(rng.uniform(*diff.extent))
     size = body.x.shape[0]
     haze = np.zeros_like(body.x)
-    patches = []
-    for lung in body.lungs:
-        n = int(rng.integers(2, 5))
-        patches.append(n)
-        for _ in range(n):
-            cu = rng.uniform(0.72, 1.0)
-            cv = rng.uniform(0.55, 0.95)
+    zone = str(rng.choice(list(_COVID_ZONES), p=_COVID_ZONE_ODDS))
+    lungs = []
+    for i in _involved_lungs(rng, p_both=0.6):
+        lung = body.lungs[i]
+        zones = []
+        for _ in range(int(rng.integers(1, 5))):
+            where = zone if rng.random() < 0.75 else str(rng.choice(list(_COVID_ZONES)))
+            zones.append(where)
+            cu = rng.uniform(0.7, 1.0)
+            cv = rng.uniform(*_COVID_ZONES[where])
             su = 0.22 * extent * rng.uniform(0.7, 1.3)
             sv = 0.16 * extent * rng.uniform(0.7, 1.3)
-            blob = np.exp(-0.5 * (((lung.u - cu) / su) ** 2 + ((lung.v - cv) / sv) ** 2))
+            d2 = ((lung.u - np.float32(cu)) / np.float32(su)) ** 2 + ((lung.v - np.float32(cv)) / np.float32(sv)) ** 2
+            blob = np.exp(-0.5 * d2 * np.sqrt(d2))
             haze = np.maximum(haze, blob * lung.soft)
+        lungs.append({"image_side": _image_side(lung), "patches": zones})
     mottle = np.clip(0.55 + 0.6 * _smooth_field(rng, size, 20), 0.0, 1.2)
-    density = 0.7 * contrast * haze * mottle
-    params = {"contrast": round(contrast, 4), "extent": round(extent, 4), "patches": patches}
-    return density, haze, params
+    density = 0.8 * contrast * haze * mottle
+    params = {"contrast": round(contrast, 4), "extent": round(extent, 4), "zone": zone, "lungs": lungs}
+    return density, params
 
 
 _LESIONS: dict[str, Callable[[np.random.Generator, _Body, _Difficulty], _LesionResult]] = {
@@ -534,10 +668,11 @@ def _expose(attenuation: np.ndarray, px: float, rng: np.random.Generator) -> tup
     scale = 2.0 / (px * _REFERENCE_SIZE)
     signal = 1.0 - np.exp(-np.float32(mu) * np.clip(attenuation, 0.0, None))
     signal = np.clip((signal - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0) ** np.float32(gamma)
-    signal = ndimage.gaussian_filter(signal, blur * scale, mode="nearest")
+    reach = int(_BLUR_TRUNCATE * blur * scale + 0.5)
+    signal = ndimage.gaussian_filter(signal, blur * scale, mode="nearest", radius=reach)
     grain = rng.standard_normal(signal.shape, dtype=np.float32)
     image = signal + np.float32(noise * scale) * grain * (0.4 + 0.6 * np.sqrt(signal))
     image = np.clip(image, 0.0, 1.0).astype(np.float32)
     film = {"exposure": round(mu, 5), "window": [round(lo, 5), round(hi, 5)], "gamma": round(gamma, 5),
-            "noise_at_128px": round(noise, 5), "blur_px_at_128px": round(blur, 5)}
+            "noise_at_128px": round(noise, 5), "blur_px_at_128px": round(blur, 5), "blur_reach_px": reach}
     return image, film

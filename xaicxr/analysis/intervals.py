@@ -1,0 +1,106 @@
+"""95 % intervals, in the one form every estimate in ``metrics.json`` takes:
+``{"value": v, "ci95": [lo, hi], "n": n}``.
+
+Proportions (the pointing game) get the Wilson score interval (Wilson 1927), which stays inside
+[0, 1] and behaves at 0 and 1 where the normal approximation does not; everything else gets a
+seeded percentile bootstrap over images. A difference between two figures measured on the same
+images (an explainer against a baseline) is bootstrapped *paired*: one resample of images for
+both, so the interval is that of the difference, not of two independent means.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+Z95 = 1.959963984540054
+BOOTSTRAP = 2000
+
+
+def estimate(value: float | None, lo: float | None, hi: float | None, n: int) -> dict[str, Any]:
+    return {"value": _num(value), "ci95": [_num(lo), _num(hi)], "n": int(n)}
+
+
+def wilson(successes: float, n: int) -> dict[str, Any]:
+    """A proportion and its Wilson score interval. ``successes`` may be fractional (an expected
+    number of hits, e.g. a pointing game with ties broken at random)."""
+    if n <= 0:
+        return estimate(None, None, None, 0)
+    p = successes / n
+    denom = 1 + Z95 ** 2 / n
+    centre = (p + Z95 ** 2 / (2 * n)) / denom
+    half = Z95 * np.sqrt(p * (1 - p) / n + Z95 ** 2 / (4 * n * n)) / denom
+    return estimate(p, max(0.0, centre - half), min(1.0, centre + half), n)
+
+
+def proportion(hits: np.ndarray) -> dict[str, Any]:
+    """Wilson interval of the mean of per-image hits in [0, 1] (NaN entries left out)."""
+    hits = np.asarray(hits, np.float64)
+    hits = hits[np.isfinite(hits)]
+    return wilson(float(hits.sum()), len(hits))
+
+
+def bootstrap_mean(values: np.ndarray, *, seed: int = 0, n_boot: int = BOOTSTRAP) -> dict[str, Any]:
+    """The mean of the finite ``values`` and its percentile bootstrap interval."""
+    values = np.asarray(values, np.float64)
+    values = values[np.isfinite(values)]
+    n = len(values)
+    if n == 0:
+        return estimate(None, None, None, 0)
+    if n == 1:
+        return estimate(values[0], None, None, 1)
+    means = _resampled_means(values[None], n_boot, seed)[0]
+    return estimate(values.mean(), np.percentile(means, 2.5), np.percentile(means, 97.5), n)
+
+
+def bootstrap_ratio(numerator: np.ndarray, denominator: np.ndarray, *, seed: int = 0,
+                    n_boot: int = BOOTSTRAP) -> dict[str, Any]:
+    """mean(numerator) / mean(denominator) over the same images (a lift), bootstrapped paired."""
+    num, den = _paired(numerator, denominator)
+    n = len(num)
+    if n == 0 or den.mean() <= 0:
+        return estimate(None, None, None, n)
+    if n == 1:
+        return estimate(num[0] / den[0], None, None, 1)
+    means = _resampled_means(np.stack([num, den]), n_boot, seed)
+    ratios = means[0] / np.where(means[1] > 0, means[1], np.nan)
+    return estimate(num.mean() / den.mean(), np.nanpercentile(ratios, 2.5), np.nanpercentile(ratios, 97.5), n)
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, *, seed: int = 0,
+                      n_boot: int = BOOTSTRAP) -> dict[str, Any]:
+    """mean(a - b) over the images where both are finite, with a paired bootstrap interval."""
+    a, b = _paired(a, b)
+    return bootstrap_mean(a - b, seed=seed, n_boot=n_boot)
+
+
+def _paired(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    keep = np.isfinite(a) & np.isfinite(b)
+    return a[keep], b[keep]
+
+
+def _resampled_means(rows: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """(k, n_boot) means of each row of ``rows`` (k, n) over the same resamples of columns."""
+    rng = np.random.default_rng(seed)
+    n = rows.shape[1]
+    out = np.empty((rows.shape[0], n_boot))
+    step = max(1, 2_000_000 // max(n, 1))
+    for start in range(0, n_boot, step):
+        idx = rng.integers(0, n, size=(min(step, n_boot - start), n))
+        out[:, start:start + len(idx)] = rows[:, idx].mean(axis=2)
+    return out
+
+
+def _num(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def non_overlapping_above(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether estimate ``a``'s interval lies wholly above ``b``'s."""
+    lo, hi = a["ci95"][0], b["ci95"][1]
+    return lo is not None and hi is not None and lo > hi

@@ -1,0 +1,141 @@
+"""Does a map point at the lesion? Per-image localisation scores against a ground-truth mask.
+
+Every function takes maps (N, H, W) and masks (N, H, W) bool and returns one value per image;
+:func:`class_figures` turns them into the figures of one class with 95 % intervals.
+
+- **Pointing game** (Zhang et al. 2018, "Top-down neural attention by excitation backprop"): a
+  hit when the map's maximum lies inside the lesion, or within ``tolerance`` pixels of it (they
+  use 15 px at 224 px, :func:`default_tolerance`). When several pixels share the maximum (a flat
+  map, a map constant inside the lungs) the hit is the share of those pixels that hit, i.e. the
+  expected hit of a random choice among them, so an uninformed flat map scores chance and not 0.
+- **Lesion energy**: the share of the map's mass inside the lesion. Divided by the lesion's share
+  of the image it is the **energy lift** (1 = a map spread evenly over the image); divided by
+  the lesion's share of the lungs it is the **lung lift** (1 = a map spread evenly over the
+  lungs, which is what a model that merely "looks at the lungs" earns: lesions lie in the lungs).
+- **mIoU**: IoU of the Otsu-thresholded map with the lesion (as CheXlocalize thresholds maps).
+- **Lung energy**: the share of the map's mass inside the lung fields; low values flag evidence
+  outside the lungs (borders, text marks, devices).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+from skimage.filters import threshold_otsu
+
+from .intervals import bootstrap_mean, bootstrap_ratio, proportion
+from .stats import EPS
+
+TOLERANCE_AT_224 = 15.0
+"""Zhang et al. (2018) count a hit within 15 px of the lesion in 224 px images."""
+
+
+def default_tolerance(size: int, at_224: float = TOLERANCE_AT_224) -> float:
+    """The pointing-game tolerance in pixels for images of ``size`` px."""
+    return at_224 * size / 224.0
+
+
+def near(masks: np.ndarray, tolerance: float) -> np.ndarray:
+    """Pixels within ``tolerance`` (Euclidean, in pixels) of each mask; the mask itself at 0."""
+    masks = np.asarray(masks, bool)
+    if tolerance <= 0:
+        return masks
+    out = np.zeros_like(masks)
+    for i, mask in enumerate(masks):
+        if mask.any():
+            out[i] = ndimage.distance_transform_edt(~mask) <= tolerance
+    return out
+
+
+def pointing_hits(maps: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per image: the share of the map's maximal pixels that lie in ``targets`` (a mask, or
+    :func:`near` of one); NaN where the target is empty (no lesion to point at)."""
+    flat = np.asarray(maps, np.float64).reshape(len(maps), -1)
+    hit_region = np.asarray(targets, bool).reshape(len(maps), -1)
+    peak = flat >= flat.max(axis=1, keepdims=True)
+    hits = (peak & hit_region).sum(axis=1) / peak.sum(axis=1)
+    return np.where(hit_region.any(axis=1), hits, np.nan)
+
+
+def energy_share(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Per map: share of its mass inside the mask (NaN for an all-zero map)."""
+    flat = np.asarray(maps, np.float64).reshape(len(maps), -1)
+    inside = (flat * np.asarray(masks).reshape(len(masks), -1)).sum(axis=1)
+    total = flat.sum(axis=1)
+    return np.divide(inside, total, out=np.full(len(maps), np.nan), where=total > EPS)
+
+
+def otsu_iou(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Per map: IoU of its Otsu-thresholded region with the mask (0 for a flat map)."""
+    out = np.zeros(len(maps))
+    for i, (m, mask) in enumerate(zip(maps, masks)):
+        if m.max() - m.min() < EPS:
+            continue
+        region = m > threshold_otsu(np.asarray(m, np.float64))
+        union = np.logical_or(region, mask).sum()
+        out[i] = np.logical_and(region, mask).sum() / union if union else 0.0
+    return out
+
+
+class Targets:
+    """The masks of a set of images, with everything the scores need derived once (the
+    tolerance regions cost a distance transform per image) and shared by every map scored on
+    them: an explainer's maps, each uninformed baseline, a template."""
+
+    def __init__(self, lesion: np.ndarray | None, lung: np.ndarray | None, tolerance: float) -> None:
+        self.lesion = None if lesion is None else np.asarray(lesion, bool)
+        self.lung = None if lung is None else np.asarray(lung, bool)
+        self.tolerance = float(tolerance)
+        self.near_lesion = None if self.lesion is None else near(self.lesion, self.tolerance)
+        if self.lesion is not None:
+            has = self.lesion.reshape(len(self.lesion), -1).any(axis=1)
+            self.has_lesion = has
+            self.lesion_area = np.where(has, self.lesion.reshape(len(has), -1).mean(axis=1), np.nan)
+            if self.lung is not None:
+                lung_area = self.lung.reshape(len(has), -1).sum(axis=1)
+                in_lung = (self.lesion & self.lung).reshape(len(has), -1).sum(axis=1)
+                self.lesion_lung_share = np.where(has & (lung_area > 0), in_lung / np.maximum(lung_area, 1), np.nan)
+            else:
+                self.lesion_lung_share = None
+
+    def __len__(self) -> int:
+        ref = self.lesion if self.lesion is not None else self.lung
+        return 0 if ref is None else len(ref)
+
+    def scores(self, maps: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-image scores of ``maps`` (N, H, W), or of one (H, W) map used on every image."""
+        maps = np.asarray(maps, np.float32)
+        if maps.ndim == 2:
+            maps = np.broadcast_to(maps, (len(self), *maps.shape))
+        out: dict[str, np.ndarray] = {}
+        if self.lesion is not None:
+            out["pointing"] = pointing_hits(maps, self.lesion)
+            out["pointing_tolerance"] = pointing_hits(maps, self.near_lesion)
+            energy = np.where(self.has_lesion, energy_share(maps, self.lesion), np.nan)
+            out["lesion_energy"] = energy
+            out["miou"] = np.where(self.has_lesion, otsu_iou(maps, self.lesion), np.nan)
+        if self.lung is not None:
+            out["lung_energy"] = energy_share(maps, self.lung)
+        return out
+
+
+def class_figures(scores: dict[str, np.ndarray], targets: Targets, *, seed: int = 0) -> dict[str, Any]:
+    """The figures of one class from its per-image scores, each with its 95 % interval:
+    Wilson for the pointing game, bootstrap for the rest (lifts are ratios of means)."""
+    out: dict[str, Any] = {}
+    if "pointing" in scores and np.isfinite(scores["pointing"]).any():
+        out["pointing_game"] = proportion(scores["pointing"])
+        out["pointing_game_tolerance"] = proportion(scores["pointing_tolerance"])
+        out["tolerance_px"] = round(targets.tolerance, 2)
+        out["lesion_energy"] = bootstrap_mean(scores["lesion_energy"], seed=seed)
+        out["lesion_area"] = bootstrap_mean(targets.lesion_area, seed=seed)
+        out["energy_lift"] = bootstrap_ratio(scores["lesion_energy"], targets.lesion_area, seed=seed)
+        if targets.lesion_lung_share is not None:
+            out["energy_lift_lungs"] = bootstrap_ratio(scores["lesion_energy"], targets.lesion_lung_share,
+                                                       seed=seed)
+        out["miou"] = bootstrap_mean(scores["miou"], seed=seed)
+    if "lung_energy" in scores:
+        out["lung_energy"] = bootstrap_mean(scores["lung_energy"], seed=seed)
+    return out

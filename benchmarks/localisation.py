@@ -24,18 +24,12 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from xaicxr.analysis.intervals import describe, wholly_above
+
 LESION_CLASSES = ("bacteria", "virus", "covid")
 
 
-def est(e: dict[str, Any] | None) -> str:
-    if not e or e.get("value") is None:
-        return "-"
-    lo, hi = e["ci95"]
-    return f"{e['value']:.2f} [{lo:.2f}, {hi:.2f}]" if lo is not None else f"{e['value']:.2f}"
-
-
-def above(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
-    return bool(a and b and a["ci95"][0] is not None and b["ci95"][1] is not None and a["ci95"][0] > b["ci95"][1])
+est = describe
 
 
 def settings(out: Path) -> list[dict[str, Any]]:
@@ -94,8 +88,9 @@ def main() -> None:
                    "cascade_spearman": sanity.get("spearman_above_layer_randomised"),
                    "reference_spearman": sanity.get("reference_spearman"),
                    "random_logit_spearman": (rand.get("random_logit") or {}).get("spearman"),
-                   "beats_prior": above(q.get("pointing_game"), prior.get("pointing_game")),
-                   "beats_prior_tolerance": above(q.get("pointing_game_tolerance"), prior.get("pointing_game_tolerance"))}
+                   "beats_prior": wholly_above(q.get("pointing_game"), prior.get("pointing_game")),
+                   "beats_prior_tolerance": wholly_above(q.get("pointing_game_tolerance"),
+                                                         prior.get("pointing_game_tolerance"))}
             rows.append(row)
             print(f"   {row['setting']:24s} PG {est(row['pointing_game']):20s} PG@tol {est(row['pointing_game_tolerance']):20s} "
                   f"skill {est(row['skill']):22s} lift {est(row['energy_lift']):20s} "

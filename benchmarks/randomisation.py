@@ -46,18 +46,18 @@ def naive_cascade(model, explainer, images, targets, seed: int) -> int:
     """Explain ``images`` after each step, re-cloning the model for every step; the steps done."""
     import keras
 
-    from xaicxr.analysis.randomisation import _explain, _leaf_layers, cascade_steps
+    from xaicxr.analysis.randomisation import explain_batches, leaf_layers, cascade_steps
 
     steps = cascade_steps(model)
-    trained = _leaf_layers(model)
+    trained = leaf_layers(model)
     for k in range(len(steps)):
         keras.utils.set_random_seed(seed)
         clone = keras.models.clone_model(model)
         randomised = {path for step in steps[:k + 1] for path in step.layers}
-        for path, layer in _leaf_layers(clone).items():
+        for path, layer in leaf_layers(clone).items():
             if path not in randomised:
                 layer.set_weights(trained[path].get_weights())
-        _explain(explainer, clone, images, targets, None)
+        explain_batches(explainer, clone, images, targets, None)
         del clone
     return len(steps)
 

@@ -99,6 +99,8 @@ def test_run_writes_every_contract_file(finished_run):
         assert q["split_half"]["partition_spread"] and q["skill"]["pointing_game"]["baseline"] in (
             "uniform", "lungs", "lungs_blurred", "class_prior", "random")
     assert "pointing_game" not in per_image["normal"]
+    assert all(per_image[c]["n_other_target"] == 0 and per_image[c]["n_degenerate"] >= 0 for c in classes)
+    assert per_image["virus"]["split_half"]["interval"].startswith("grouped jackknife")
     assert set(metrics["baselines"]["virus"]) == {"uniform", "lungs", "lungs_blurred", "class_prior", "random"}
     mean_t, median_t = metrics["templates"]["gradcam-mean"], metrics["templates"]["gradcam-median"]
     assert mean_t != median_t, "each aggregator's template gets its own numbers"
@@ -228,3 +230,25 @@ def test_sharded_templates_merge_to_the_unsharded_ones(finished_run):
         for cls, (template, attrs) in templates.items():
             np.testing.assert_array_equal(after[cls][0], template)
             assert after[cls][1]["n"] == attrs["n"]
+
+
+def test_quality_scores_only_maps_of_the_images_own_class(finished_run, tmp_path):
+    """With targets = "predicted", a misclassified image's map explains another class: it is
+    left out of the localisation figures and counted, not scored against the wrong lesion."""
+    import shutil
+
+    _, _, out, _ = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    explained = runner.invoke(app, ["explain", str(copy), "--explainer", "gradcam", "--layer", "block4_conv4",
+                                    "--targets", "predicted", "--overwrite", "--json"])
+    assert explained.exit_code == 0, explained.stderr
+    quality = runner.invoke(app, ["quality", str(copy), "--json"])
+    assert quality.exit_code == 0, quality.stderr
+    metrics = json.loads((copy / "metrics.json").read_text())
+    with h5py.File(copy / "heatmaps" / "gradcam.h5") as h5:
+        labels, targets = h5["labels"][()], h5["targets"][()]
+    for k, cls in enumerate(metrics["classes"]):
+        figures = metrics["per_image"]["gradcam"][cls]
+        assert figures["n_other_target"] == int(((labels == k) & (targets != k)).sum())
+        assert figures["n"] == int(((labels == k) & (targets == k)).sum())

@@ -118,7 +118,7 @@ def test_baselines_come_from_the_masks_only_and_skill_is_paired():
         lesion[i, r:r + 6, 8:14] = True
     lung = np.zeros((n, *SHAPE), bool)
     lung[:, 4:28, 4:20] = True
-    prior = base.class_prior(lesion)
+    prior = base.class_priors([(lesion, np.zeros(n, int)), (None, np.zeros(3, int))], 1)[0]
     np.testing.assert_allclose(prior.max(), 0.5)
     targets = Targets(lesion, lung, tolerance=0)
     scores = base.baseline_scores(targets, prior, SHAPE, seed=0)
@@ -222,16 +222,18 @@ def test_randomisation_never_replays_the_training_initialisation():
     and a briefly trained head would then look as if its maps survived randomisation."""
     import keras
 
-    from xaicxr.analysis.randomisation import randomisation_seed, randomised_copy
+    from xaicxr.analysis.randomisation import cascade, randomisation_seed
 
     backbone = plugins.get("backbone", "vgg19")(weights="none", width=0.125, input_size=32, dense=[8])
     keras.utils.set_random_seed(0)
     model = backbone.build(["a", "b", "c"])
     initial = model.get_layer("logits").get_weights()[0]
-    clone, randomised = randomised_copy(model, "block5_conv4", randomisation_seed(0, 0))
-    assert "logits" in randomised and "block5_conv4" not in randomised
-    assert not np.allclose(clone.get_layer("logits").get_weights()[0], initial)
-    np.testing.assert_array_equal(clone.get_layer("block5_conv4").get_weights()[0],
+    steps = cascade(model, randomisation_seed(0, 0))
+    _, working = next(steps)
+    np.testing.assert_array_equal(working.get_layer("logits").get_weights()[0], initial)
+    step, working = next(steps)
+    assert step == 0 and not np.allclose(working.get_layer("logits").get_weights()[0], initial)
+    np.testing.assert_array_equal(working.get_layer("block5_conv4").get_weights()[0],
                                   model.get_layer("block5_conv4").get_weights()[0])
     seeds = {randomisation_seed(s, d) for s in range(3) for d in range(3)}
     assert len(seeds) == 9 and not seeds & {0, 1, 2}

@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__, plugins
+from .analysis.intervals import describe
 from .config import load_config
 from .errors import ConfigError, XaicxrError
 from .io.imaging import DEFAULT_MAX_PIXELS
@@ -195,15 +196,6 @@ def _show_evaluation(rundir: RunDir) -> None:
                       f"specificity {b['specificity']:.3f} at threshold {b['threshold']:.3f} ({b['threshold_from']})")
 
 
-def _est(e: dict[str, Any] | None, digits: int = 2) -> str:
-    """``0.62 [0.48, 0.75]`` for an estimate; ``-`` when it is missing."""
-    if not e or e.get("value") is None:
-        return "-"
-    lo, hi = e.get("ci95", [None, None])
-    interval = f" [{lo:.{digits}f}, {hi:.{digits}f}]" if lo is not None and hi is not None else ""
-    return f"{e['value']:.{digits}f}{interval}"
-
-
 def _show_quality(rundir: RunDir) -> None:
     """Per explainer and lesion class: pointing game and lift next to the best uninformed map."""
     m = rundir.read_metrics()
@@ -216,16 +208,16 @@ def _show_quality(rundir: RunDir) -> None:
             skill = q.get("skill", {}).get("pointing_game", {})
             best = skill.get("baseline")
             base = baselines.get(cls, {}).get(best, {}).get("pointing_game") if best else None
-            table.add_row(cls, str(q["n"]), _est(q.get("pointing_game")),
-                          f"{best}: {_est(base)}" if best else "-", _est(skill) if skill else "-",
-                          _est(q.get("energy_lift")), _est(q.get("lung_energy")))
+            table.add_row(cls, str(q["n"]), describe(q.get("pointing_game")),
+                          f"{best}: {describe(base)}" if best else "-", describe(skill) if skill else "-",
+                          describe(q.get("energy_lift")), describe(q.get("lung_energy")))
         console.print(table)
         sanity = m.get("sanity", {}).get(explainer)
         if sanity:
             console.print(f"randomisation: {sanity['summary']}", highlight=False)
     for cls, r in m.get("reliance", {}).items():
         if r["has_lesion"]:
-            console.print(f"reliance {cls}: accuracy {_est(r['accuracy'])} -> {_est(r['accuracy_lesion_removed'])} "
+            console.print(f"reliance {cls}: accuracy {describe(r['accuracy'])} -> {describe(r['accuracy_lesion_removed'])} "
                           f"without the lesion; relies on it: {'yes' if r['relies_on_lesion'] else 'no'}",
                           highlight=False)
 

@@ -98,7 +98,22 @@ def resolve(raw: dict[str, Any], source: str = "<config>") -> dict[str, Any]:
         else:
             cfg[table] = _resolve_table(table, given, keys, source)
     _check_test_set_choice(raw, cfg, source)
+    _check_quality(cfg["quality"], source)
     return cfg
+
+
+def _check_quality(quality: dict[str, Any], source: str) -> None:
+    """Values that type-check but cannot work."""
+    where = f"[quality] in {source}"
+    if not quality["fills"]:
+        raise ConfigError(f"'fills' in {where} is empty; use \"road\", \"blur\" or both, or faithfulness = false")
+    if quality["fractions"] < 2:
+        raise ConfigError(f"'fractions' in {where} must be at least 2 (0 and 1 of the pixels), got {quality['fractions']}")
+    if not 0 < quality["template_q"] <= 1:
+        raise ConfigError(f"'template_q' in {where} must be in (0, 1], got {quality['template_q']}")
+    for key in ("max_images", "faithfulness_images", "randomisation_images", "partitions", "template_draws"):
+        if quality[key] < 0 or (key in ("randomisation_images", "partitions", "template_draws") and quality[key] < 1):
+            raise ConfigError(f"'{key}' in {where} must be positive, got {quality[key]}")
 
 
 def _check_test_set_choice(raw: dict[str, Any], cfg: dict[str, Any], source: str) -> None:

@@ -20,7 +20,7 @@ from .io.heatmap_store import HeatmapStore
 from .io.imaging import ImageDecodeError, read_image
 from .io.modelfile import load_model
 from .io.resize import fit_square
-from .io.template_store import read_template_file
+from .io.template_store import is_multi_component, read_template_file
 from .rundir import RunDir
 from .stages.explain import ExplainJob
 
@@ -45,7 +45,7 @@ def _templates(rundir: RunDir, cfg: dict[str, Any], explainer: str) -> tuple[str
         path = rundir.template(explainer, agg["name"])
         if path.exists():
             loaded = read_template_file(path)
-            if next(iter(loaded.values()))[0].ndim == 2:
+            if loaded and not is_multi_component(loaded):
                 return agg["name"], {c: t for c, (t, _) in loaded.items()}
     raise XaicxrError(f"no {explainer} templates in {rundir / 'templates'}; run the templates stage "
                       f"first (xaicxr template {rundir.root})")

@@ -56,7 +56,7 @@ class LayerRef:
         return bool(self.chain)
 
 
-def _is_submodel(layer: Any) -> bool:
+def is_submodel(layer: Any) -> bool:
     import keras
 
     return isinstance(layer, keras.Model) and hasattr(layer, "layers")
@@ -67,7 +67,7 @@ def iter_layers(model: Any, _chain: tuple[Any, ...] = ()) -> Iterator[LayerRef]:
     prefix = "/".join(m.name for m in _chain)
     for layer in model.layers:
         yield LayerRef(f"{prefix}/{layer.name}" if prefix else layer.name, layer, _chain)
-        if _is_submodel(layer):
+        if is_submodel(layer):
             yield from iter_layers(layer, _chain + (layer,))
 
 
@@ -88,7 +88,7 @@ def default_layer(model: Any) -> LayerRef:
     """The last 4-D layer that is not pooling/dropout/padding, looking inside nested models."""
     for ref in reversed(spatial_layers(model)):
         kind = type(ref.layer).__name__
-        if not _is_submodel(ref.layer) and not any(word in kind for word in _NOT_TARGETS):
+        if not is_submodel(ref.layer) and not any(word in kind for word in _NOT_TARGETS):
             return ref
     raise LayerNotFoundError(f"model {model.name!r} has no layer with a 4-D output (N, h, w, k) "
                              "to explain")

@@ -16,7 +16,7 @@ is its figure minus the best of these (:func:`skill`), with a paired interval.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 from scipy import ndimage
@@ -101,8 +101,18 @@ def _lift_difference(energy: np.ndarray, baseline_energy: np.ndarray, area: np.n
     return estimate((e.mean() - b.mean()) / a.mean(), ratio["ci95"][0], ratio["ci95"][1], int(keep.sum()))
 
 
-def class_prior(lesion_masks: np.ndarray) -> np.ndarray | None:
-    """The mean lesion mask of a class's training images (None if none has a lesion)."""
-    masks = np.asarray(lesion_masks, np.float32)
-    has = masks.reshape(len(masks), -1).any(axis=1) if len(masks) else np.zeros(0, bool)
-    return masks[has].mean(axis=0) if has.any() else None
+def class_priors(blocks: Iterable[tuple[np.ndarray | None, np.ndarray]], n_classes: int) -> dict[int, np.ndarray]:
+    """The mean lesion mask of each class over images that have a lesion, from ``(lesion masks
+    (n, H, W) or None, labels (n,))`` blocks of training images (memory: one sum per class)."""
+    sums: dict[int, np.ndarray] = {}
+    counts = np.zeros(n_classes, int)
+    for lesion, labels in blocks:
+        if lesion is None:
+            continue
+        has = lesion.reshape(len(lesion), -1).any(axis=1)
+        for k in range(n_classes):
+            pick = (np.asarray(labels) == k) & has
+            if pick.any():
+                sums[k] = sums.get(k, 0) + lesion[pick].sum(axis=0, dtype=np.float64)
+                counts[k] += int(pick.sum())
+    return {k: (total / counts[k]).astype(np.float32) for k, total in sums.items()}

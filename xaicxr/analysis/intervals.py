@@ -100,7 +100,17 @@ def _num(value: Any) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def non_overlapping_above(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether estimate ``a``'s interval lies wholly above ``b``'s."""
-    lo, hi = a["ci95"][0], b["ci95"][1]
+def wholly_above(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """Whether estimate ``a``'s interval lies wholly above ``b``'s (they do not overlap)."""
+    lo = (a or {}).get("ci95", [None, None])[0]
+    hi = (b or {}).get("ci95", [None, None])[1]
     return lo is not None and hi is not None and lo > hi
+
+
+def describe(e: dict[str, Any] | None, digits: int = 2) -> str:
+    """``0.62 [0.48, 0.75]``: an estimate and its interval as text (``-`` if there is none)."""
+    if not e or e.get("value") is None:
+        return "-"
+    lo, hi = e.get("ci95", [None, None])
+    interval = f" [{lo:.{digits}f}, {hi:.{digits}f}]" if lo is not None and hi is not None else ""
+    return f"{e['value']:.{digits}f}{interval}"

@@ -84,11 +84,14 @@ class Targets:
     tolerance regions cost a distance transform per image) and shared by every map scored on
     them: an explainer's maps, each uninformed baseline, a template."""
 
-    def __init__(self, lesion: np.ndarray | None, lung: np.ndarray | None, tolerance: float) -> None:
+    def __init__(self, lesion: np.ndarray | None, lung: np.ndarray | None, tolerance: float,
+                 near_lesion: np.ndarray | None = None) -> None:
         self.lesion = None if lesion is None else np.asarray(lesion, bool)
         self.lung = None if lung is None else np.asarray(lung, bool)
         self.tolerance = float(tolerance)
-        self.near_lesion = None if self.lesion is None else near(self.lesion, self.tolerance)
+        if self.lesion is not None and near_lesion is None:
+            near_lesion = near(self.lesion, self.tolerance)
+        self.near_lesion = near_lesion
         if self.lesion is not None:
             has = self.lesion.reshape(len(self.lesion), -1).any(axis=1)
             self.has_lesion = has
@@ -104,21 +107,34 @@ class Targets:
         ref = self.lesion if self.lesion is not None else self.lung
         return 0 if ref is None else len(ref)
 
-    def scores(self, maps: np.ndarray) -> dict[str, np.ndarray]:
-        """Per-image scores of ``maps`` (N, H, W), or of one (H, W) map used on every image."""
+    def scores(self, maps: np.ndarray, degenerate: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Per-image scores of ``maps`` (N, H, W), or of one (H, W) map used on every image.
+
+        ``degenerate`` flags explainer maps that came back all zero (no signal): they count as
+        a miss everywhere (pointing 0, energy 0, IoU 0). Only an uninformed map that is flat on
+        purpose earns the chance share of the pointing game."""
         maps = np.asarray(maps, np.float32)
         if maps.ndim == 2:
             maps = np.broadcast_to(maps, (len(self), *maps.shape))
+        miss = np.zeros(len(maps), bool) if degenerate is None else np.asarray(degenerate, bool)
         out: dict[str, np.ndarray] = {}
         if self.lesion is not None:
-            out["pointing"] = pointing_hits(maps, self.lesion)
-            out["pointing_tolerance"] = pointing_hits(maps, self.near_lesion)
-            energy = np.where(self.has_lesion, energy_share(maps, self.lesion), np.nan)
-            out["lesion_energy"] = energy
+            for key, region in (("pointing", self.lesion), ("pointing_tolerance", self.near_lesion)):
+                out[key] = np.where(miss & self.has_lesion, 0.0, pointing_hits(maps, region))
+            energy = np.where(miss, 0.0, energy_share(maps, self.lesion))
+            out["lesion_energy"] = np.where(self.has_lesion, energy, np.nan)
             out["miou"] = np.where(self.has_lesion, otsu_iou(maps, self.lesion), np.nan)
         if self.lung is not None:
-            out["lung_energy"] = energy_share(maps, self.lung)
+            has_lung = self.lung.reshape(len(self.lung), -1).any(axis=1)
+            energy = np.where(miss, 0.0, energy_share(maps, self.lung))
+            out["lung_energy"] = np.where(has_lung, energy, np.nan)
         return out
+
+    def take(self, rows: np.ndarray) -> "Targets":
+        """The targets of a subset of the images."""
+        return Targets(None if self.lesion is None else self.lesion[rows],
+                       None if self.lung is None else self.lung[rows], self.tolerance,
+                       None if self.near_lesion is None else self.near_lesion[rows])
 
 
 def class_figures(scores: dict[str, np.ndarray], targets: Targets, *, seed: int = 0) -> dict[str, Any]:

@@ -1,10 +1,10 @@
 """A classical lung-field segmentation (scikit-image), for lung-energy figures on images that
 come without lung masks.
 
-Lungs are the large dark regions inside the body: threshold (Otsu) the smoothed image, drop
-dark regions that touch the image border (air around the patient, letterbox padding), keep
-the two largest remaining regions, then close and fill holes so vessels and lesions inside
-the lungs count as lung. Its agreement with the phantoms' true lung masks (Dice about 0.7) is
+Lungs are the large dark regions inside the body: the body is the filled, eroded region above a
+low threshold (so air around the patient and letterbox padding are outside it); inside it the
+smoothed image is thresholded by Otsu, the two largest dark regions are kept, then closed and
+filled so vessels and lesions inside the lungs count as lung. Its agreement with the phantoms' true lung masks (Dice about 0.7) is
 checked by ``tests/test_quality.py`` and described in docs/data.md.
 """
 

@@ -42,7 +42,7 @@ from typing import Any, Iterator
 import numpy as np
 from scipy.stats import rankdata
 
-from .intervals import bootstrap_mean, estimate
+from .intervals import bootstrap_mean, estimate, wholly_above
 from .stats import pearson
 
 METHOD = ("cascading model-parameter randomisation, top (logits) to input, explained again after "
@@ -82,35 +82,14 @@ def randomisation_seed(train_seed: int, draw: int) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def randomised_copy(model: Any, layer_path: str, seed: int) -> tuple[Any, list[str]]:
-    """A copy of ``model`` whose weighted layers after ``layer_path`` (in ``model.layers`` order)
-    are re-initialised with ``seed`` (take it from :func:`randomisation_seed`, never the training
-    seed), and the names of those layers: the one-cut check, for scripts that want a single
-    randomised model rather than the cascade."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    clone = keras.models.clone_model(model)
-    top = layer_path.split("/")[0]
-    names = [layer.name for layer in model.layers]
-    cut = names.index(top) if top in names else len(names) - 1
-    randomised = []
-    for i, (src, dst) in enumerate(zip(model.layers, clone.layers)):
-        if i <= cut or not src.weights:
-            dst.set_weights(src.get_weights())
-        else:
-            randomised.append(src.name)
-    return clone, randomised
-
-
 # --------------------------------------------------------------------------- the steps
 
 
-def _leaf_layers(model: Any) -> dict[str, Any]:
+def leaf_layers(model: Any) -> dict[str, Any]:
     """Every layer that is not itself a model, by path, in graph order."""
-    from ..kerasgraph import _is_submodel, iter_layers
+    from ..kerasgraph import is_submodel, iter_layers
 
-    return {ref.path: ref.layer for ref in iter_layers(model) if not _is_submodel(ref.layer)}
+    return {ref.path: ref.layer for ref in iter_layers(model) if not is_submodel(ref.layer)}
 
 
 def _has_kernel(layer: Any) -> bool:
@@ -148,7 +127,7 @@ def cascade_steps(model: Any) -> list[Step]:
     layer list interleaves branches); failing that, the kernel layer before it in graph order.
     Weighted layers before the first kernel layer (none in the built-in backbones) belong to no
     step and stay trained."""
-    layers = _leaf_layers(model)
+    layers = leaf_layers(model)
     kernels = [path for path, layer in layers.items() if _has_kernel(layer)]
     kernel_ids = {id(layers[path]): path for path in kernels}
     members: dict[str, list[str]] = {path: [path] for path in kernels}
@@ -193,7 +172,7 @@ def explained_layer_step(model: Any, steps: list[Step], layer_path: str) -> int 
                     ancestors.add(id(parent))
                     nxt.append(parent)
         frontier = nxt
-    layers = _leaf_layers(model)
+    layers = leaf_layers(model)
     run = 0
     while run < len(steps) and id(layers[steps[run].name]) not in ancestors:
         run += 1
@@ -209,15 +188,15 @@ def cascade(model: Any, seed: int, steps: list[Step] | None = None) -> Iterator[
     Yields ``(-1, copy)`` with the trained weights, then ``(i, copy)`` once step ``i`` is
     randomised as well (the same copy every time: use it before asking for the next step).
     The randomised values are fresh draws of each layer's own initializers, those of
-    ``keras.models.clone_model`` under ``keras.utils.set_random_seed(seed)``, so they equal
-    what :func:`randomised_copy` draws with the same seed. They are assigned to the copy's
-    variables in place: a function compiled for the copy is traced once for the whole cascade."""
+    ``keras.models.clone_model`` under ``keras.utils.set_random_seed(seed)`` (the same seed
+    draws the same weights). They are assigned to the copy's variables in place: a function
+    compiled for the copy is traced once for the whole cascade."""
     import keras
 
     steps = cascade_steps(model) if steps is None else steps
     keras.utils.set_random_seed(seed)
     working = keras.models.clone_model(model)
-    layers = _leaf_layers(working)
+    layers = leaf_layers(working)
     fresh = {path: layers[path].get_weights() for step in steps for path in step.layers}
     working.set_weights(model.get_weights())
     yield -1, working
@@ -227,8 +206,9 @@ def cascade(model: Any, seed: int, steps: list[Step] | None = None) -> Iterator[
         yield i, working
 
 
-def _explain(explainer: Any, model: Any, images: np.ndarray, targets: np.ndarray,
-             layer: str | None) -> np.ndarray:
+def explain_batches(explainer: Any, model: Any, images: np.ndarray, targets: np.ndarray,
+                    layer: str | None) -> np.ndarray:
+    """``explainer``'s maps of ``images``, :data:`BATCH` at a time."""
     return np.concatenate([explainer.explain(model, images[i:i + BATCH], targets[i:i + BATCH],
                                              layer=layer)
                            for i in range(0, len(images), BATCH)])
@@ -352,7 +332,8 @@ def randomisation_test(model: Any, explainer: Any, images: np.ndarray, targets: 
     images = np.asarray(images, np.float32)
     targets = np.asarray(targets, np.int64)
     labels = np.asarray(labels, np.int64)
-    path = explainer.resolve_layer(model, layer or None)
+    resolve = getattr(explainer, "resolve_layer", None)
+    path = resolve(model, layer or None) if resolve else (layer or "")
     steps = cascade_steps(model)
     cut = explained_layer_step(model, steps, path)
     n_run = len(steps) if max_steps is None else min(len(steps), max(max_steps, (cut or 0) + 1))
@@ -369,11 +350,11 @@ def randomisation_test(model: Any, explainer: Any, images: np.ndarray, targets: 
     trained = other = at_cut = None
     others = other_classes(targets, n_classes, seed) if n_classes > 1 else None
     for i, working in cascade(model, randomisation_seed(train_seed, draw), steps[:n_run]):
-        maps = _explain(explainer, working, images, targets, explain_layer)
+        maps = explain_batches(explainer, working, images, targets, explain_layer)
         if i < 0:
             trained = RankedMaps.of(maps)
             if others is not None:
-                other = RankedMaps.of(_explain(explainer, working, images, others, explain_layer))
+                other = RankedMaps.of(explain_batches(explainer, working, images, others, explain_layer))
             continue
         result["steps"].append({"step": i, "name": steps[i].name, "randomised": list(steps[i].layers),
                                 "above_explained_layer": cut is not None and i <= cut,
@@ -407,6 +388,4 @@ def _passes(steps: list[dict[str, Any]], cut: int | None, reference: dict[str, A
     reference interval (False when either is missing)."""
     if cut is None or cut >= len(steps):
         return False
-    hi = steps[cut]["spearman"]["ci95"][1]
-    lo = reference["spearman"]["ci95"][0]
-    return hi is not None and lo is not None and hi < lo
+    return wholly_above(reference["spearman"], steps[cut]["spearman"])

@@ -56,11 +56,13 @@ class ImageCache:
                              "was it made for another split?") from None
 
     def read(self, rows: np.ndarray) -> dict[str, np.ndarray | None]:
-        """Images (n, S, S) float32 and masks (None where no row of the block has one)."""
+        """Images (n, S, S) float32, and the masks (None where no row of the block has one;
+        rows without one are all False there, and ``has_lesion`` / ``has_lung`` say which)."""
         with h5py.File(self.path, "r") as h5:
             out: dict[str, np.ndarray | None] = {"images": read_rows(h5["images"], rows).astype(np.float32)}
             for m in MASKS:
                 flags = h5[f"has_{m}"][...][rows]
+                out[f"has_{m}"] = flags.astype(bool)
                 out[m] = read_rows(h5[m], rows) if flags.any() else None
         return out
 

@@ -55,6 +55,12 @@ def read_template_file(path: str | Path) -> dict[str, tuple[np.ndarray, dict[str
         return {cls: (f[cls][()], dict(f[cls].attrs)) for cls in f}
 
 
+def is_multi_component(loaded: dict[str, tuple[np.ndarray, dict[str, Any]]]) -> bool:
+    """Whether templates read by :func:`read_template_file` are (K, H, W) components (``pca``)
+    rather than one (H, W) map per class."""
+    return any(np.ndim(template) == 3 for template, _ in loaded.values())
+
+
 def save_states(path: str | Path, states: TemplateStates, aggregators: Mapping[str, Aggregator],
                 **meta: Any) -> None:
     """Save partial states (e.g. of one shard) to HDF5, atomically: group ``<agg>/<class>``

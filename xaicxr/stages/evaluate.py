@@ -52,10 +52,16 @@ def predict_cache(model: keras.Model, cache: ImageCache, batch_size: int = 64) -
     with h5py.File(cache.path, "r") as h5, progress_bar("predicting", n) as advance:
         images = h5["images"]
         for start in range(0, n, batch_size):
-            x = images[start:start + batch_size].astype(np.float32)[..., None]
-            probs[start:start + len(x)] = keras.ops.convert_to_numpy(model(x, training=False))
+            x = images[start:start + batch_size].astype(np.float32)
+            probs[start:start + len(x)] = predict_images(model, x, batch_size)
             advance(len(x))
     return probs
+
+
+def predict_images(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Class probabilities of gray images (N, S, S) in [0, 1]."""
+    return np.concatenate([keras.ops.convert_to_numpy(model(images[i:i + batch_size, ..., None], training=False))
+                           for i in range(0, len(images), batch_size)] or [np.zeros((0, model.output_shape[-1]))])
 
 
 def evaluation(classes: list[str], labels: np.ndarray, splits: np.ndarray, probs: np.ndarray,

@@ -1,21 +1,25 @@
 """The quality stage: can these heatmaps and templates be trusted? Every figure next to what a
-map that knows nothing earns, with its 95 % interval.
+map that knows nothing earns, with its 95 % interval (docs/quality.md).
 
-For each explainer of the run, on the images it explained (grouped by true class):
+For each explainer of the run, on the images it explained, grouped by true class (only maps that
+explain the image's own class are scored against its lesion: with ``targets = "predicted"``, a
+misclassified image's map explains another class and is counted in ``n_other_target``):
 
 - ``per_image``: localisation against the lesion masks (pointing game at tolerance 0 and at the
   default tolerance, lesion energy, lifts, Otsu mIoU), lung energy, consistency and split-half
   reliability, and the ``skill`` over the best uninformed baseline;
-- ``baselines``: the same figures for maps that ignore the lesion (:mod:`~xaicxr.analysis.baselines`),
-  computed in the same pass, plus their deletion/insertion AUCs;
+- ``baselines``: the same figures for maps that ignore the lesion, on the same images, plus
+  their deletion/insertion AUCs (the first set of explained images; an explainer that explained
+  other images carries its own under ``per_image[explainer][class]["baselines"]``);
 - ``templates``: each aggregator's template scored as a map, and template faithfulness;
 - ``faithfulness``: deletion and insertion AUCs with a blur and a ROAD imputation fill;
 - ``randomisation``: the cascading model-parameter randomisation test, its reference level and
   the random-logit test; ``sanity``: its one-line summary;
-- ``reliance`` (datasets that can make counterfactual twins): whether the model relies on the
-  lesion at all, per class: where it does not, a localisation figure tests nothing.
+- ``reliance`` (datasets that can make counterfactual twins; ``{}`` otherwise): whether the model
+  relies on the lesion at all, per class: where it does not, a localisation figure tests nothing.
 
-Per-image scores and the deletion/insertion curves go to ``quality.h5`` for re-analysis.
+``quality.h5`` keeps the per-image scores of every explainer and baseline and the explainers'
+deletion/insertion curves, for re-analysis.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import h5py
 import numpy as np
 
 from ..analysis import baselines as base
-from ..analysis.intervals import bootstrap_mean, paired_difference
+from ..analysis.intervals import bootstrap_mean, describe, paired_difference
 from ..analysis.localisation import Targets, class_figures, default_tolerance
 from ..analysis.lungs import segment_lungs
 from ..analysis.reliability import consistency, split_half
@@ -37,12 +41,13 @@ from ..analysis.template_quality import distinctiveness, template_figures
 from ..config import build_plugin
 from ..io import atomic
 from ..io.heatmap_store import HeatmapStore
-from ..io.imagecache import ImageCache
+from ..io.imagecache import SPLITS, ImageCache
 from ..io.resize import fit_square
-from ..io.template_store import read_template_file
+from ..io.template_store import is_multi_component, read_template_file
 from ..progress import console, progress_bar
 from ..rundir import RunDir
 from . import Run
+from .evaluate import predict_images
 
 NAME = "quality"
 TABLES = ("quality",)
@@ -55,29 +60,27 @@ def outputs(cfg: dict, rundir: RunDir) -> list[Path]:
 def run(run: Run) -> dict[str, Any]:
     opts = run.cfg["quality"]
     cache = run.image_cache()
-    split = run.dir.read_split()
-    classes = split["classes"]
-    priors = _class_priors(cache, len(classes))
+    classes = run.dir.read_split()["classes"]
     figures: dict[str, Any] = {"per_image": {}, "baselines": {}, "templates": {}, "faithfulness": {},
-                               "randomisation": {}, "sanity": {}, "distinctiveness": {}}
-    scored: dict[tuple[str, ...], dict[str, Any]] = {}
+                               "randomisation": {}, "sanity": {}, "distinctiveness": {}, "reliance": {}}
+    sets: dict[tuple, _ImageSet] = {}
     with atomic.atomic_path(run.dir.quality) as tmp, h5py.File(tmp, "w") as out:
         for spec in run.cfg["explain"]:
             name = spec["name"]
             with HeatmapStore(run.dir.heatmaps(name)) as store:
-                groups = _class_rows(store.labels, len(classes), opts["max_images"], opts["seed"])
-                images = _ClassImages(store, cache, groups, opts, classes)
-                key = tuple(store.ids)
-                if key not in scored:
-                    scored[key] = _baselines(images, priors, classes, opts, out.require_group(f"baselines/{name}"))
-                    figures["baselines"] = scored[key]["figures"]
-                figures["per_image"][name] = _per_image(images, scored[key], classes, opts, out.require_group(f"scores/{name}"))
+                key = (tuple(store.ids), store.targets.tobytes())
+                if key not in sets:
+                    sets[key] = _ImageSet(store, cache, classes, opts, out.require_group(f"baselines/{name}"))
+                images, first = sets[key], next(iter(sets.values()))
+                figures["baselines"] = first.baseline_figures
+                figures["per_image"][name] = _per_image(images, store, opts, out.require_group(f"scores/{name}"),
+                                                        own_baselines=images is not first)
                 if opts["faithfulness"]:
-                    figures["faithfulness"][name] = _faithfulness(run, images, classes, opts,
-                                                                  scored[key], out.require_group(f"curves/{name}"))
+                    figures["faithfulness"][name] = _faithfulness(run, images, store, opts,
+                                                                  out.require_group(f"curves/{name}"))
                 for agg in run.cfg["aggregate"]:
                     key_t = f"{name}-{agg['name']}"
-                    figures["templates"][key_t], distinct = _templates(run, images, classes, opts, name, agg["name"])
+                    figures["templates"][key_t], distinct = _templates(run, images, opts, name, agg["name"])
                     if distinct is not None:
                         figures["distinctiveness"][key_t] = distinct
                 if opts["randomisation"]:
@@ -85,152 +88,167 @@ def run(run: Run) -> dict[str, Any]:
                     figures["randomisation"][name] = result
                     figures["sanity"][name] = _sanity_line(result)
         if opts["reliance"]:
-            reliance = _reliance(run, cache, classes, opts)
-            if reliance is not None:
-                figures["reliance"] = reliance
+            figures["reliance"] = _reliance(run, cache, classes, opts) or {}
         out.attrs["classes"] = list(classes)
     run.dir.update_metrics(figures)
     return {"explainers": list(figures["per_image"]),
             "sanity": {k: v["passes"] for k, v in figures["sanity"].items()},
-            "reliance": {c: v["relies_on_lesion"] for c, v in figures.get("reliance", {}).items()}}
+            "reliance": {c: v["relies_on_lesion"] for c, v in figures["reliance"].items()}}
 
 
-# --------------------------------------------------------------------------- images of a store
+# --------------------------------------------------------------------------- the images explained
 
 
-def _class_rows(labels: np.ndarray, n_classes: int, cap: int, seed: int) -> dict[int, np.ndarray]:
-    """Store rows per true class, at most ``cap`` of each (a seeded sample, in row order)."""
-    rng = np.random.default_rng(seed)
-    groups = {}
-    for k in range(n_classes):
-        rows = np.flatnonzero(labels == k)
-        if cap and len(rows) > cap:
-            rows = np.sort(rng.choice(rows, cap, replace=False))
-        if len(rows):
-            groups[k] = rows
-    return groups
+class _ImageSet:
+    """The images an explainer explained, per true class: images, masks, scoring targets, the
+    uninformed baselines and their deletion/insertion curves. Built once for every explainer
+    that explained the same images for the same targets."""
 
-
-class _ClassImages:
-    """The explained images of one store, per class: maps, images, masks, scoring targets."""
-
-    def __init__(self, store: HeatmapStore, cache: ImageCache, groups: dict[int, np.ndarray],
-                 opts: dict[str, Any], classes: list[str]) -> None:
-        self.store, self.groups, self.classes = store, groups, classes
+    def __init__(self, store: HeatmapStore, cache: ImageCache, classes: list[str], opts: dict[str, Any],
+                 out: h5py.Group) -> None:
+        self.classes, self.opts = classes, opts
         self.size = store.shape[1]
         self.tolerance = default_tolerance(self.size, opts["tolerance"])
-        self.segmented = False
-        self.data: dict[int, dict[str, Any]] = {}
+        self.segmented: set[int] = set()
+        rng = np.random.default_rng(opts["seed"])
         cache_rows = cache.rows_of(store.ids)
-        for k, rows in groups.items():
+        self.priors = _class_priors(cache, len(classes), exclude=set(cache_rows.tolist()))
+        self.data: dict[int, dict[str, Any]] = {}
+        self.other_target: dict[int, int] = {}
+        for k in range(len(classes)):
+            of_class = np.flatnonzero(store.labels == k)
+            rows = of_class[store.targets[of_class] == k]
+            self.other_target[k] = int(len(of_class) - len(rows))
+            if opts["max_images"] and len(rows) > opts["max_images"]:
+                rows = np.sort(rng.choice(rows, opts["max_images"], replace=False))
+            if not len(rows):
+                continue
             block = cache.read(cache_rows[rows])
-            lung = block["lung"]
-            if lung is None:
-                lung = np.stack([segment_lungs(im) for im in block["images"]])
-                self.segmented = True
-            self.data[k] = {"rows": rows, "maps": store.read(rows), "images": block["images"],
-                            "targets": Targets(block["lesion"], lung, self.tolerance),
-                            "explained": store.targets[rows]}
+            lung = self._lungs(block, k)
+            targets = Targets(block["lesion"], lung, self.tolerance)
+            sample = np.arange(len(rows))
+            if opts["faithfulness_images"] and len(rows) > opts["faithfulness_images"]:
+                sample = np.sort(rng.choice(len(rows), opts["faithfulness_images"], replace=False))
+            self.data[k] = {"rows": rows, "images": block["images"], "targets": targets, "sample": sample}
+        self.baseline_scores, self.baseline_figures = {}, {}
+        for k, data in self.data.items():
+            scores = base.baseline_scores(data["targets"], self.priors.get(k), (self.size, self.size),
+                                          seed=opts["seed"] + k)
+            self.baseline_scores[k] = scores
+            self.baseline_figures[classes[k]] = {b: class_figures(s, data["targets"], seed=opts["seed"])
+                                                 for b, s in scores.items()}
+            for b, s in scores.items():
+                for fig, values in s.items():
+                    out.create_dataset(f"{classes[k]}/{b}/{fig}", data=values)
+        self.baseline_curves: dict[tuple[int, str], dict[str, dict[str, np.ndarray]]] = {}
+
+    def _lungs(self, block: dict[str, Any], k: int) -> np.ndarray:
+        """The lung masks of a block, segmented from the image where a row has none."""
+        lung = block["lung"] if block["lung"] is not None else np.zeros(block["images"].shape, bool)
+        missing = np.flatnonzero(~block["has_lung"])
+        if len(missing):
+            lung = lung.copy()
+            for i in missing:
+                lung[i] = segment_lungs(block["images"][i])
+            self.segmented.add(k)
+        return lung
+
+    def curves_of_baselines(self, model: Any, k: int, fill: str) -> dict[str, dict[str, np.ndarray]]:
+        """Deletion/insertion curves of the uninformed orders on class ``k``'s sample (once)."""
+        from ..analysis.faithfulness import perturbation_curves
+
+        if (k, fill) not in self.baseline_curves:
+            data, opts = self.data[k], self.opts
+            pick = data["sample"]
+            targets = data["targets"].take(pick)
+            curves = {}
+            for name in opts["faithfulness_baselines"]:
+                maps = base.baseline_maps(name, targets.lung, self.priors.get(k), (self.size, self.size),
+                                          len(pick), seed=opts["seed"])
+                if maps is None:
+                    continue
+                maps = np.broadcast_to(maps, (len(pick), self.size, self.size)) if maps.ndim == 2 else maps
+                curves[name] = perturbation_curves(model, data["images"][pick], np.ascontiguousarray(maps),
+                                                   np.full(len(pick), k), fill=fill,
+                                                   fractions=np.linspace(0, 1, opts["fractions"]), seed=opts["seed"])
+                self.baseline_figures[self.classes[k]][name].setdefault("faithfulness", {})[fill] = {
+                    "deletion_auc": bootstrap_mean(curves[name]["deletion_auc"], seed=opts["seed"]),
+                    "insertion_auc": bootstrap_mean(curves[name]["insertion_auc"], seed=opts["seed"]),
+                    "deletion_curve": np.nanmean(curves[name]["deletion"], axis=0).round(5).tolist(),
+                    "insertion_curve": np.nanmean(curves[name]["insertion"], axis=0).round(5).tolist()}
+            self.baseline_curves[(k, fill)] = curves
+        return self.baseline_curves[(k, fill)]
+
+
+def _class_priors(cache: ImageCache, n_classes: int, exclude: set[int]) -> dict[int, np.ndarray]:
+    """The mean lesion mask of every class over training images that are not scored (a prior
+    must not have seen the images it is scored on); where the training split is what is scored,
+    over the other splits."""
+    for splits in (("train",), tuple(s for s in SPLITS if s != "train")):
+        rows = np.array([r for s in splits for r in cache.rows(s) if r not in exclude], dtype=np.int64)
+        chunks = (rows[i:i + 256] for i in range(0, len(rows), 256))
+        priors = base.class_priors(((cache.read(c)["lesion"], cache.labels[c]) for c in chunks), n_classes)
+        if priors:
+            return priors
+    return {}
 
 
 # --------------------------------------------------------------------------- figures
 
 
-def _baselines(images: _ClassImages, priors: dict[int, np.ndarray | None], classes: list[str],
-               opts: dict[str, Any], out: h5py.Group) -> dict[str, Any]:
-    scores, figures = {}, {}
-    shape = (images.size, images.size)
-    for k, data in images.data.items():
-        scores[k] = base.baseline_scores(data["targets"], priors.get(k), shape, seed=opts["seed"] + k)
-        figures[classes[k]] = {b: class_figures(s, data["targets"], seed=opts["seed"])
-                               for b, s in scores[k].items()}
-        for b, s in scores[k].items():
-            for fig, values in s.items():
-                out.create_dataset(f"{classes[k]}/{b}/{fig}", data=values)
-    return {"scores": scores, "figures": figures, "priors": priors}
-
-
-def _per_image(images: _ClassImages, baseline: dict[str, Any], classes: list[str], opts: dict[str, Any],
-               group: h5py.Group) -> dict[str, Any]:
+def _per_image(images: _ImageSet, store: HeatmapStore, opts: dict[str, Any], group: h5py.Group, *,
+               own_baselines: bool) -> dict[str, Any]:
     out = {}
+    seed = opts["seed"]
     for k, data in images.data.items():
-        targets, seed = data["targets"], opts["seed"]
-        scores = targets.scores(data["maps"])
+        cls = images.classes[k]
+        maps = store.read(data["rows"])
+        degenerate = store.degenerate[data["rows"]]
+        targets = data["targets"]
+        scores = targets.scores(maps, degenerate)
         figures = class_figures(scores, targets, seed=seed)
         figures["n"] = int(len(data["rows"]))
-        figures["consistency"] = consistency(data["maps"], seed=seed)
-        figures["split_half"] = split_half(data["maps"], partitions=opts["partitions"], seed=seed)
-        skill = base.skill(figures, scores, baseline["figures"][classes[k]], baseline["scores"][k], targets, seed=seed)
+        figures["n_degenerate"] = int(degenerate.sum())
+        figures["n_other_target"] = images.other_target[k]
+        figures["consistency"] = consistency(maps, seed=seed)
+        figures["split_half"] = split_half(maps, partitions=opts["partitions"], seed=seed)
+        skill = base.skill(figures, scores, images.baseline_figures[cls], images.baseline_scores[k], targets, seed=seed)
         if skill:
             figures["skill"] = skill
-        figures["lung_source"] = "segmented (scikit-image)" if images.segmented else "mask"
-        out[classes[k]] = figures
-        group.create_dataset(f"{classes[k]}/rows", data=data["rows"])
+        if own_baselines:
+            figures["baselines"] = images.baseline_figures[cls]
+        figures["lung_source"] = "segmented (scikit-image)" if k in images.segmented else "mask"
+        out[cls] = figures
+        group.create_dataset(f"{cls}/ids", data=np.array([store.ids[r] for r in data["rows"]], dtype=object),
+                             dtype=h5py.string_dtype())
         for fig, values in scores.items():
-            group.create_dataset(f"{classes[k]}/{fig}", data=values)
+            group.create_dataset(f"{cls}/{fig}", data=values)
+    for k, other in images.other_target.items():
+        if k not in images.data and other:
+            out[images.classes[k]] = {"n": 0, "n_other_target": other}
     return out
 
 
-def _sample(data: dict[str, Any], cap: int, seed: int) -> dict[str, Any]:
-    """At most ``cap`` of a class's images (a seeded sample): the perturbation figures cost
-    tens of forward passes per image."""
-    n = len(data["rows"])
-    if not cap or n <= cap:
-        return data
-    pick = np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))
-    targets = data["targets"]
-    return {**data, "rows": data["rows"][pick], "maps": data["maps"][pick], "images": data["images"][pick],
-            "explained": data["explained"][pick],
-            "targets": Targets(None if targets.lesion is None else targets.lesion[pick],
-                               None if targets.lung is None else targets.lung[pick], targets.tolerance)}
-
-
-def _faithfulness(run: Run, images: _ClassImages, classes: list[str], opts: dict[str, Any],
-                  baseline: dict[str, Any], group: h5py.Group) -> dict[str, Any]:
+def _faithfulness(run: Run, images: _ImageSet, store: HeatmapStore, opts: dict[str, Any],
+                  group: h5py.Group) -> dict[str, Any]:
     from ..analysis.faithfulness import perturbation_curves
 
     model, out = run.model(), {}
-    samples = {k: _sample(d, opts["faithfulness_images"], opts["seed"] + k) for k, d in images.data.items()}
-    total = sum(len(d["rows"]) for d in samples.values()) * len(opts["fills"])
+    total = sum(len(d["sample"]) for d in images.data.values()) * len(opts["fills"])
     with progress_bar("deletion/insertion", total) as advance:
-        for k, data in samples.items():
+        for k, data in images.data.items():
+            cls, pick = images.classes[k], data["sample"]
+            maps = store.read(data["rows"][pick])
             per_fill: dict[str, Any] = {}
             for fill in opts["fills"]:
-                curves = perturbation_curves(model, data["images"], data["maps"], data["explained"], fill=fill,
+                curves = perturbation_curves(model, data["images"][pick], maps, np.full(len(pick), k), fill=fill,
                                              fractions=np.linspace(0, 1, opts["fractions"]), seed=opts["seed"])
-                reference = baseline.setdefault("faithfulness", {}).setdefault(k, {}).get(fill)
-                if reference is None:
-                    reference = baseline["faithfulness"][k][fill] = _baseline_curves(
-                        model, data, baseline["priors"].get(k), fill, opts)
-                    for b, c in reference.items():
-                        baseline["figures"][classes[k]][b].setdefault("faithfulness", {})[fill] = {
-                            "deletion_auc": bootstrap_mean(c["deletion_auc"], seed=opts["seed"]),
-                            "insertion_auc": bootstrap_mean(c["insertion_auc"], seed=opts["seed"]),
-                            "deletion_curve": np.nanmean(c["deletion"], axis=0).round(5).tolist(),
-                            "insertion_curve": np.nanmean(c["insertion"], axis=0).round(5).tolist()}
-                per_fill[fill] = _curve_figures(curves, reference, opts["seed"])
+                per_fill[fill] = _curve_figures(curves, images.curves_of_baselines(model, k, fill), opts["seed"])
                 for part in ("deletion", "insertion"):
-                    group.create_dataset(f"{classes[k]}/{fill}/{part}", data=curves[part].astype(np.float32))
+                    group.create_dataset(f"{cls}/{fill}/{part}", data=curves[part].astype(np.float32))
                 group.attrs["fractions"] = curves["fractions"]
-                advance(len(data["rows"]))
-            out[classes[k]] = per_fill
-    return out
-
-
-def _baseline_curves(model: Any, data: dict[str, Any], prior: np.ndarray | None, fill: str,
-                     opts: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
-    from ..analysis.faithfulness import perturbation_curves
-
-    shape = data["maps"].shape[1:]
-    out = {}
-    for name in opts["faithfulness_baselines"]:
-        maps = base.baseline_maps(name, data["targets"].lung, prior, shape, len(data["rows"]), seed=opts["seed"])
-        if maps is None:
-            continue
-        maps = np.broadcast_to(maps, data["maps"].shape) if maps.ndim == 2 else maps
-        out[name] = perturbation_curves(model, data["images"], np.ascontiguousarray(maps), data["explained"],
-                                        fill=fill, fractions=np.linspace(0, 1, opts["fractions"]),
-                                        seed=opts["seed"])
+                advance(len(pick))
+            out[cls] = per_fill
     return out
 
 
@@ -253,23 +271,27 @@ def _curve_figures(curves: dict[str, np.ndarray], reference: dict[str, dict[str,
     return out
 
 
-def _templates(run: Run, images: _ClassImages, classes: list[str], opts: dict[str, Any], explainer: str,
+def _templates(run: Run, images: _ImageSet, opts: dict[str, Any], explainer: str,
                aggregator: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
     loaded = read_template_file(run.dir.template(explainer, aggregator))
-    first = next(iter(loaded.values()))[0]
-    if first.ndim != 2:
-        return {cls: {"n": int(attrs.get("n", 0)), "note": "components, not a map: scored through their "
-                      "explained variance only"} for cls, (_, attrs) in loaded.items()}, None
+    if is_multi_component(loaded):
+        return {cls: {"n": int(attrs.get("n", 0)),
+                      "explained_variance_ratio": np.asarray(attrs.get("explained_variance_ratio", [])).tolist(),
+                      "note": "components, not one map: no localisation figures"}
+                for cls, (_, attrs) in loaded.items()}, None
     out: dict[str, Any] = {}
     for k, data in images.data.items():
-        cls = classes[k]
+        cls = images.classes[k]
         if cls not in loaded:
             continue
         template, attrs = loaded[cls]
-        figures = template_figures(template, data["targets"], n=int(attrs.get("n", 0)), seed=opts["seed"])
+        n = int(attrs.get("n", 0))
+        if n == 0:
+            out[cls] = {"n": 0, "note": "no heatmap of this class was aggregated"}
+            continue
+        figures = template_figures(template, data["targets"], n=n, seed=opts["seed"])
         if opts["faithfulness"] and np.ptp(template) > 0:
-            figures["faithfulness"] = _template_faithfulness(
-                run, _sample(data, opts["faithfulness_images"], opts["seed"] + k), k, template, opts)
+            figures["faithfulness"] = _template_faithfulness(run, data, k, template, opts)
         out[cls] = figures
     return out, distinctiveness({c: t for c, (t, _) in loaded.items()})
 
@@ -280,12 +302,11 @@ def _template_faithfulness(run: Run, data: dict[str, Any], k: int, template: np.
     regions of the same area: the drop of the template's own class probability."""
     from ..analysis.faithfulness import template_faithfulness
 
-    targets = np.full(len(data["rows"]), k)
-    result = template_faithfulness(run.model(), data["images"], targets, template,
-                                   data["targets"].lung, q=opts["template_q"], fill=opts["fills"][0],
-                                   draws=opts["template_draws"], seed=opts["seed"])
-    seed = opts["seed"]
-    return {"q": opts["template_q"], "fill": opts["fills"][0],
+    pick, fill, seed = data["sample"], opts["fills"][0], opts["seed"]
+    result = template_faithfulness(run.model(), data["images"][pick], np.full(len(pick), k), template,
+                                   data["targets"].lung[pick], q=opts["template_q"], fill=fill,
+                                   draws=opts["template_draws"], seed=seed)
+    return {"q": opts["template_q"], "fill": fill,
             "template_drop": bootstrap_mean(result["template_drop"], seed=seed),
             "random_lung_region_drop": bootstrap_mean(result["random_drop"], seed=seed),
             "difference": paired_difference(result["template_drop"], result["random_drop"], seed=seed)}
@@ -310,54 +331,22 @@ def _randomisation(run: Run, store: HeatmapStore, cache: ImageCache, classes: li
 
 
 def _sanity_line(result: dict[str, Any]) -> dict[str, Any]:
-    step = result["cascade"][result["explained_layer_step"]] if result.get("explained_layer_step") is not None else None
+    index = result.get("explained_layer_step")
+    step = result["cascade"][index] if index is not None else None
+    ref = result["reference"]["spearman"]
+    if step is None or step["spearman"]["value"] is None:
+        summary = "no cascade step above the explained layer could be scored"
+    else:
+        summary = (f"{'passes' if result['passes'] else 'fails'}: after randomising every layer above "
+                   f"{result.get('layer') or 'the input'}, maps keep Spearman {describe(step['spearman'])} with the "
+                   f"trained ones, against {describe(ref)} between two different images' trained maps")
     return {"passes": bool(result["passes"]),
             "spearman_above_layer_randomised": step["spearman"] if step else None,
-            "reference_spearman": result["reference"]["spearman"],
-            "random_logit_spearman": result["random_logit"]["spearman"],
-            "mean_template_r": result.get("mean_template_r"), "layer": result.get("layer"),
-            "summary": _summary(result, step)}
+            "reference_spearman": ref, "random_logit_spearman": result["random_logit"]["spearman"],
+            "mean_template_r": result.get("mean_template_r"), "layer": result.get("layer"), "summary": summary}
 
 
-def _summary(result: dict[str, Any], step: dict[str, Any] | None) -> str:
-    if step is None or step["spearman"]["value"] is None:
-        return "no cascade step above the explained layer could be scored"
-    ref = result["reference"]["spearman"]
-    verdict = "passes" if result["passes"] else "fails"
-    return (f"{verdict}: after randomising every layer above {result.get('layer') or 'the input'}, maps keep "
-            f"Spearman {_fmt(step['spearman'])} with the trained ones, against {_fmt(ref)} between two "
-            f"different images' trained maps")
-
-
-def _fmt(est: dict[str, Any]) -> str:
-    lo, hi = est["ci95"]
-    if est["value"] is None:
-        return "-"
-    return f"{est['value']:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else "")
-
-
-# --------------------------------------------------------------------------- the run's masks and twins
-
-
-def _class_priors(cache: ImageCache, n_classes: int) -> dict[int, np.ndarray | None]:
-    """The mean training lesion mask of every class (only from the train split: a prior must not
-    have seen the images it is scored on)."""
-    rows = cache.rows("train")
-    sums: dict[int, np.ndarray] = {}
-    counts = np.zeros(n_classes, int)
-    for start in range(0, len(rows), 256):
-        chunk = rows[start:start + 256]
-        lesion = cache.read(chunk)["lesion"]
-        if lesion is None:
-            continue
-        labels = cache.labels[chunk]
-        has = lesion.reshape(len(chunk), -1).any(axis=1)
-        for k in range(n_classes):
-            pick = (labels == k) & has
-            if pick.any():
-                sums[k] = sums.get(k, 0) + lesion[pick].sum(axis=0, dtype=np.float64)
-                counts[k] += int(pick.sum())
-    return {k: (s / counts[k]).astype(np.float32) for k, s in sums.items()}
+# --------------------------------------------------------------------------- counterfactual twins
 
 
 def _reliance(run: Run, cache: ImageCache, classes: list[str], opts: dict[str, Any]) -> dict[str, Any] | None:
@@ -371,8 +360,8 @@ def _reliance(run: Run, cache: ImageCache, classes: list[str], opts: dict[str, A
     rows = np.array([r for r in cache.rows("test") if cache.ids[r] in by_id], dtype=np.int64)
     if not len(rows):
         return None
-    size = int(run.dir.read_train_info()["input_size"])
-    resize = run.dir.read_train_info()["resize"]
+    train = run.dir.read_train_info()
+    size, resize = int(train["input_size"]), train["resize"]
     model = run.model()
 
     def twin(job: tuple[str, str]) -> np.ndarray:
@@ -380,22 +369,15 @@ def _reliance(run: Run, cache: ImageCache, classes: list[str], opts: dict[str, A
         return fit_square(image, size, policy=resize).astype(np.float16).astype(np.float32)
 
     block = cache.read(rows)
-    probs = {"original": _predict(model, block["images"])}
+    probs = {"original": predict_images(model, block["images"])}
     with ThreadPoolExecutor() as pool, progress_bar("counterfactual twins", len(rows) * len(changes)) as advance:
         for change in changes:
             images = []
             for image in pool.map(twin, [(cache.ids[r], change) for r in rows]):
                 images.append(image)
                 advance(1)
-            probs[change] = _predict(model, np.stack(images))
-    has_lesion = (block["lesion"].reshape(len(rows), -1).any(axis=1) if block["lesion"] is not None
-                  else np.zeros(len(rows), bool))
+            probs[change] = predict_images(model, np.stack(images))
+    lesion = block["lesion"]
+    has_lesion = lesion.reshape(len(rows), -1).any(axis=1) if lesion is not None else np.zeros(len(rows), bool)
     return reliance_figures(cache.labels[rows], probs["original"], probs["lesion_removed"],
                             probs["lesion_in_mask_only"], classes, has_lesion, seed=opts["seed"])
-
-
-def _predict(model: Any, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    import keras
-
-    return np.concatenate([keras.ops.convert_to_numpy(model(images[i:i + batch_size, ..., None], training=False))
-                           for i in range(0, len(images), batch_size)])

@@ -10,16 +10,18 @@ learned is destroyed (cascading randomisation). Every estimate is shown with its
 from __future__ import annotations
 
 import html
+from urllib.parse import quote
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import __version__
+from ..analysis.intervals import describe
 from ..io import atomic, figures
 from ..io.heatmap_store import HeatmapStore
 from ..io.imagecache import ImageCache
-from ..io.template_store import read_template_file
+from ..io.template_store import is_multi_component, read_template_file
 from ..rundir import RunDir
 from . import Run
 
@@ -49,21 +51,12 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, _Raw):
         return str(value)
     if isinstance(value, dict) and "value" in value:
-        return _est(value)
+        return describe(value)
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
         return "nan" if not np.isfinite(value) else f"{value:.{digits}f}"
     return html.escape(str(value))
-
-
-def _est(e: dict[str, Any] | None, digits: int = 2) -> str:
-    """``0.62 [0.48, 0.75]``: an estimate with its 95 % interval."""
-    if not e or e.get("value") is None:
-        return "–"
-    lo, hi = e.get("ci95", [None, None])
-    interval = f" <small>[{lo:.{digits}f}, {hi:.{digits}f}]</small>" if lo is not None and hi is not None else ""
-    return f"{e['value']:.{digits}f}{interval}"
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -73,7 +66,8 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def _img(name: str, alt: str) -> str:
-    return f'<figure><img src="{html.escape(name)}" alt="{html.escape(alt)}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+    src = html.escape(quote(name))
+    return f'<figure><img src="{src}" alt="{html.escape(alt)}"><figcaption>{html.escape(alt)}</figcaption></figure>'
 
 
 def _note(text: str) -> str:
@@ -201,15 +195,16 @@ def _localisation(name: str, metrics: dict[str, Any]) -> list[str]:
 
 def _versus(skill: dict[str, Any] | None) -> _Raw | None:
     """``class_prior: 0.12 [0.02, 0.22]``: a skill and the baseline it is measured against."""
-    return _Raw(f"{html.escape(skill['baseline'])}: {_est(skill)}") if skill else None
+    return _Raw(f"{html.escape(skill['baseline'])}: {describe(skill)}") if skill else None
 
 
 def _templates_quality(name: str, metrics: dict[str, Any], aggregators: list[str]) -> list[str]:
-    rows = []
+    rows, fills = [], set()
     for agg in aggregators:
         for cls, t in metrics.get("templates", {}).get(f"{name}-{agg}", {}).items():
             fixed = t.get("as_fixed_map", {})
             faith = t.get("faithfulness", {})
+            fills.add(faith.get("fill"))
             rows.append([agg, cls, t.get("n"), t.get("lesion_frequency_r"), t.get("peak_in_lungs"),
                          fixed.get("pointing_game"), fixed.get("energy_lift"), faith.get("template_drop"),
                          faith.get("random_lung_region_drop"), faith.get("difference")])
@@ -219,8 +214,8 @@ def _templates_quality(name: str, metrics: dict[str, Any], aggregators: list[str
             _table(["aggregator", "class", "n", "r with lesion frequency", "peak in lungs", "pointing (as fixed map)",
                     "lift (as fixed map)", "p drop: template region", "p drop: random lung region", "difference"], rows),
             _note("Each template scored on its class's images as if it were every image's map; template faithfulness: "
-                  "the class probability drop when the template's top region is occluded (ROAD fill), against random "
-                  "lung regions of the same area.")]
+                  "the class probability drop when the template's top region is occluded (filled by "
+                  f"{' / '.join(sorted(f for f in fills if f)) or '-'}), against random lung regions of the same area.")]
 
 
 def _faithfulness(name: str, metrics: dict[str, Any], out: Path) -> list[str]:
@@ -232,14 +227,16 @@ def _faithfulness(name: str, metrics: dict[str, Any], out: Path) -> list[str]:
         for fill, f in fills.items():
             rows.append([cls, fill, f["deletion_auc"], _versus(f.get("deletion_auc_skill")),
                          f["insertion_auc"], _versus(f.get("insertion_auc_skill"))])
-    fig = figures.perturbation_figure(per_class, metrics.get("baselines", {}), name, out / f"faithfulness-{name}.png")
+    baselines = metrics.get("baselines", {})
+    orders = sorted({b for per in baselines.values() for b, f in per.items() if "faithfulness" in f})
+    fig = figures.perturbation_figure(per_class, baselines, name, out / f"faithfulness-{name}.png")
     return ["<h3>Deletion and insertion</h3>",
             _table(["class", "fill", "deletion AUC (lower = better)", "skill over best baseline order",
                     "insertion AUC (higher = better)", "skill over best baseline order"], rows),
             _img(fig, f"{name}: mean deletion and insertion curves"),
             _note("Pixels removed most relevant first (deletion) or kept most relevant first (insertion), filled by "
                   "ROAD's noisy linear imputation (Rong et al. 2022) or a blur; the class probability along the way. "
-                  "Baseline orders: random (uniform), lungs first, class prior.")]
+                  f"Uninformed orders compared: {', '.join(orders) or 'none'} (uniform = random order).")]
 
 
 def _randomisation(name: str, metrics: dict[str, Any], out: Path) -> list[str]:
@@ -252,8 +249,8 @@ def _randomisation(name: str, metrics: dict[str, Any], out: Path) -> list[str]:
     return ["<h3>Cascading randomisation (Adebayo et al. 2018)</h3>",
             f"<p><b>{html.escape(sanity.get('summary', ''))}</b></p>",
             _img(fig, f"{name}: similarity to the trained maps as layers are randomised from the top"),
-            f"<p>Random-logit test (Sixt et al. 2020): maps for a random other class keep Spearman {_est(rl['spearman'])}, "
-            f"SSIM {_est(rl['ssim'])} with the maps of the explained class.</p>",
+            f"<p>Random-logit test (Sixt et al. 2020): maps for a random other class keep Spearman {describe(rl['spearman'])}, "
+            f"SSIM {describe(rl['ssim'])} with the maps of the explained class.</p>",
             _note("Per image, Spearman rank correlation and SSIM between the trained model's map and the map after "
                   "randomising every weighted layer from the top down to the named one; the grey band is the "
                   "similarity of two different images' trained maps (what the shared layout alone gives).")]
@@ -268,7 +265,7 @@ def _templates_pictures(name: str, store: HeatmapStore, cfg: dict[str, Any], run
         if not tpath.exists():
             continue
         loaded = read_template_file(tpath)
-        if next(iter(loaded.values()))[0].ndim == 3:
+        if is_multi_component(loaded):
             for cls, (comps, attrs) in loaded.items():
                 explained = attrs.get("explained_variance_ratio")
                 fig = figures.components_panel(comps, None if explained is None else list(explained), cls,

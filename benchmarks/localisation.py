@@ -13,7 +13,9 @@ one are less like the trained maps than two different images' maps are). Run it 
 the validation split to choose; report the test split once, for the chosen settings only.
 
     .venv/bin/xaicxr study examples/phantom-localisation-study.toml --out runs/loc-val
-    .venv/bin/python benchmarks/localisation.py runs/loc-val
+    .venv/bin/python benchmarks/localisation.py runs/loc-val [--markdown tables.md]
+
+``--markdown`` also writes the per-class tables and the cascade table as docs/results.md shows them.
 """
 
 from __future__ import annotations
@@ -49,10 +51,46 @@ def settings(out: Path) -> list[dict[str, Any]]:
     return found
 
 
+def _cell(estimate: Any) -> str:
+    return est(estimate).replace(" ", "&nbsp;", 1) if estimate else "-"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """Per lesion class: the uninformed maps, then every setting; then one cascade table."""
+    out = []
+    for cls, data in report["classes"].items():
+        rel = data["reliance"]
+        out.append(f"**{cls}** (n = {data['settings'][0]['pointing_game']['n']}"
+                   + (f"; lesion removed: class-probability drop {est(rel['probability_drop'])}" if rel else "") + ")\n")
+        out.append("| map | pointing game | pointing game @ tolerance | skill over the class prior | energy lift "
+                   "| ROAD deletion AUC |")
+        out.append("|---|---|---|---|---|---|")
+        for name in ("class_prior", "lungs", "lungs_blurred", "uniform", "random"):
+            b = data["baselines"].get(name, {})
+            faith = (b.get("faithfulness") or {}).get("road", {})
+            out.append(f"| *{name}* | {_cell(b.get('pointing_game'))} | {_cell(b.get('pointing_game_tolerance'))} | "
+                       f"| {_cell(b.get('energy_lift'))} | {_cell(faith.get('deletion_auc'))} |")
+        for r in data["settings"]:
+            mark = "**" if r["beats_prior"] and r["cascade_passes"] else ""
+            out.append(f"| {mark}{r['setting']}{mark} | {_cell(r['pointing_game'])} | "
+                       f"{_cell(r['pointing_game_tolerance'])} | {_cell(r['skill'])} | {_cell(r['energy_lift'])} | "
+                       f"{_cell(r['deletion_auc'])} |")
+        out.append(f"\nselected: {data['selected'] or 'none'}\n")
+    first = next(iter(report["classes"].values()))["settings"]
+    out.append("| setting | Spearman after randomising every layer above | reference (two images) | cascade "
+               "| random-logit Spearman |")
+    out.append("|---|---|---|---|---|")
+    for r in first:
+        out.append(f"| {r['setting']} | {_cell(r['cascade_spearman'])} | {_cell(r['reference_spearman'])} | "
+                   f"{'passes' if r['cascade_passes'] else 'fails'} | {_cell(r['random_logit_spearman'])} |")
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("study_out", type=Path)
     ap.add_argument("--fill", default="road")
+    ap.add_argument("--markdown", type=Path, help="also write the tables as Markdown here")
     args = ap.parse_args()
     found = settings(args.study_out)
     chosen: dict[str, Any] = {}
@@ -105,6 +143,8 @@ def main() -> None:
         report["classes"][cls] = {"prior": prior, "baselines": baselines, "reliance": reliance, "settings": rows,
                                   "selected": chosen[cls]}
     report["selected"] = chosen
+    if args.markdown:
+        args.markdown.write_text(markdown(report))
     print(json.dumps(report, default=str))
 
 

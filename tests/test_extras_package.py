@@ -1,6 +1,7 @@
 """The example third-party package ``examples/xaicxr-extras``: installed for real with pip into a
 temporary directory, discovered through its entry points by the CLI in a subprocess, and run
-end to end (DenseNet121 backbone, Eigen-CAM explainer)."""
+end to end (its DenseNet121 backbone with the built-in explainers, Eigen-CAM among them: it
+lived in this package before it was built in; its own tests are in test_cam_methods.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 EXTRAS = Path(__file__).resolve().parents[1] / "examples" / "xaicxr-extras"
@@ -81,7 +81,9 @@ def test_installed_package_is_discovered_through_entry_points(site, tmp_path):
     assert done.returncode == 0, done.stderr
     listing = json.loads(done.stdout)
     ours = {(p["kind"], p["name"]): p for p in listing["plugins"] if p.get("distribution") == "xaicxr-extras"}
-    assert set(ours) == {("backbone", "densenet121"), ("explainer", "eigencam")}
+    assert set(ours) == {("backbone", "densenet121")}
+    eigencam = [p for p in listing["plugins"] if (p["kind"], p["name"]) == ("explainer", "eigencam")]
+    assert [p["module"] for p in eigencam] == ["xaicxr_builtins.explainers"], "built in, once"
     assert all(p["version"] == "0.1.0" and p["module"] == "xaicxr_extras" for p in ours.values())
     assert not [f for f in listing["failed"] if f["distribution"] == "xaicxr-extras"]
 
@@ -120,43 +122,6 @@ def test_study_with_densenet121_and_eigencam(site, tmp_path):
         maps = f["heatmaps"][:]
         assert f.attrs["layer"] == "relu" and f.attrs["explainer"] == "eigencam"
     assert maps.shape[1:] == (64, 64) and 0.0 <= maps.min() and maps.max() <= 1.0 and maps.max() > 0
-
-
-def _tiny_model(size: int = 16):
-    import keras
-
-    inputs = keras.Input((size, size, 1))
-    x = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="conv")(inputs)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dense(3, name="logits")(x)
-    return keras.Model(inputs, keras.layers.Activation("softmax", name="probs")(x))
-
-
-def test_eigencam_maps_shape_range_and_class_independence():
-    import keras
-
-    keras.utils.set_random_seed(0)
-    model = _tiny_model()
-    images = np.random.default_rng(0).random((5, 16, 16, 1), dtype=np.float32)
-    cam = _load("eigencam").EigenCAM()
-    maps = cam.explain(model, images, np.array([0, 1, 2, 0, 1]))
-    assert maps.shape == (5, 16, 16) and maps.dtype == np.float32
-    assert np.isfinite(maps).all() and maps.min() >= 0.0 and maps.max() <= 1.0 and maps.max() > 0
-    every = cam.explain(model, images, "all")
-    assert every.shape == (5, 3, 16, 16)
-    np.testing.assert_array_equal(every[:, 1], maps)
-
-
-def test_eigencam_sign_points_at_the_strongest_activation():
-    """A blob active in every channel must come out bright, not as the background."""
-    rng = np.random.default_rng(1)
-    acts = rng.random((2, 8, 8, 5)) * 0.1
-    acts[:, 2:4, 5:7, :] += 3.0
-    raw = _load("eigencam").eigen_maps(acts)
-    assert raw.shape == (2, 8, 8)
-    for m in raw:
-        assert np.unravel_index(np.argmax(m), m.shape) in {(2, 5), (2, 6), (3, 5), (3, 6)}
-        assert m[2:4, 5:7].min() > 0 > m[0, 0]
 
 
 def test_densenet121_missing_imagenet_weights_names_file_cache_and_alternative(tmp_path, monkeypatch):

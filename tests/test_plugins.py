@@ -40,12 +40,15 @@ def test_third_party_distribution_is_discovered(fake_distribution):
     fake_distribution("xaicxr-toy", {"toy_plugin": TOY}, {"toy": "toy_plugin"}, version="2.5")
     row = next(r for r in plugins.available() if r.get("name") == "toy")
     assert row == {"kind": "dataset", "name": "toy", "module": "toy_plugin",
-                   "distribution": "xaicxr-toy", "version": "2.5"}
+                   "distribution": "xaicxr-toy", "version": "2.5",
+                   "options": {"path": "none", "flavour": '"plain"'}}
     assert plugins.get("dataset", "toy").__name__ == "Toy"
     result = runner.invoke(app, ["plugins", "--json"])
     assert result.exit_code == 0
     names = {(p["kind"], p["name"]) for p in json.loads(result.stdout)["plugins"]}
     assert ("dataset", "toy") in names and ("dataset", "phantom") in names
+    table = runner.invoke(app, ["plugins"], env={"COLUMNS": "200"})
+    assert 'flavour="plain"' in table.stderr
 
 
 def test_broken_plugin_is_reported_not_fatal(fake_distribution):

@@ -84,3 +84,15 @@ def test_study_help_shows_the_table_names():
     result = runner.invoke(app, ["study", "--help"])
     assert result.exit_code == 0
     assert "[matrix]" in result.stdout and "[[variants]]" in result.stdout
+
+
+def test_a_matrix_key_with_one_value_sets_every_variant_and_stays_out_of_the_names(tmp_path):
+    from xaicxr.study import load_study
+
+    base = tmp_path / "base.toml"
+    base.write_text("[train]\nepochs = 3\n")
+    study = tmp_path / "s.toml"
+    study.write_text('base = "base.toml"\n[matrix]\n"train.epochs" = 7\n"train.seed" = [0, 1]\n')
+    _, variants = load_study(study)
+    assert [name for name, _ in variants] == ["seed=0", "seed=1"]
+    assert [cfg["train"]["epochs"] for _, cfg in variants] == [7, 7]

@@ -80,10 +80,12 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
 
 def _show_plugins(result: dict[str, Any]) -> None:
     table = Table(title="xaicxr plugins")
-    for col in ("kind", "name", "module", "distribution", "version"):
-        table.add_column(col)
+    for col in ("kind", "name", "options (default)", "distribution", "version"):
+        table.add_column(col, overflow="fold")
     for r in result["plugins"]:
-        table.add_row(r["kind"], r["name"], r["module"], r["distribution"], r["version"])
+        options = ", ".join(f"{k}={v}" for k, v in r["options"].items())
+        table.add_row(r["kind"], r["name"], escape(options), escape(f"{r['distribution']} ({r['module']})"),
+                      r["version"])
     console.print(table)
     for (kind, name), infos in plugins.registry().conflicts().items():
         console.print(f"[yellow]conflict:[/] {kind} {name!r} registered by "
@@ -96,7 +98,7 @@ def _show_plugins(result: dict[str, Any]) -> None:
 @app.command("plugins")
 @command(_show_plugins)
 def plugins_cmd(as_json: bool = JsonOpt) -> dict[str, Any]:
-    """List loaded plugins (kind, name, module, distribution) and plugin modules that failed."""
+    """List loaded plugins (kind, name, options with defaults, distribution, module) and plugin modules that failed."""
     rows = plugins.available()
     return {"plugins": [r for r in rows if "kind" in r], "failed": [r for r in rows if "error" in r]}
 

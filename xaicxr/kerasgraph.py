@@ -237,3 +237,26 @@ def _inline(model: Any, ref: LayerRef, score_ref: LayerRef | None) -> Any:
                                  f"{model.name!r} to its output")
     return keras.Model(inputs[0] if len(inputs) == 1 else inputs, [captured["acts"], scores],
                        name="xaicxr_explainable")
+
+
+def model_above(graph: Any) -> Any:
+    """The part of an explainable graph (``ExplainableModel.model``: outputs [activations,
+    scores]) above its target layer: a model from activations (N, h, w, k) to scores (N, C),
+    made of the graph's own layers and weights (cached with ``graph``). Perturbation methods
+    (Ablation-CAM) run altered activations through it without redoing the layers below.
+
+    Raises :class:`~xaicxr.errors.LayerNotFoundError` when the scores depend on the inputs
+    other than through the target layer (a skip connection around it).
+    """
+    import keras
+
+    cache = model_cache(graph)
+    if "above" not in cache:
+        try:
+            cache["above"] = keras.Model(graph.outputs[0], graph.outputs[1], name="xaicxr_above")
+        except ValueError as err:
+            raise LayerNotFoundError(
+                "the scores do not depend on the target layer's activations alone (a connection "
+                f"bypasses the layer: {err}); choose a layer that every path from the input to "
+                "the scores goes through") from err
+    return cache["above"]

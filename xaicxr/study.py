@@ -4,7 +4,8 @@ A study file holds the base configuration (inline tables under ``[base]``, or
 ``base = "other.toml"`` relative to the study file) and either a ``[matrix]`` of dotted keys
 to lists of values (the variants are their product) or explicit ``[[variants]]`` with a
 ``name`` and a ``set`` table of dotted keys. A dotted key names a config key
-(``"train.seed"``) or a whole table (``"explain"``)::
+(``"train.seed"``) or a whole table (``"explain"``). A matrix key given one value, not a list,
+sets it in every variant and is left out of the variant names (a base file with a change)::
 
     [matrix]
     "train.seed" = [0, 1]
@@ -72,9 +73,10 @@ def load_study(path: Path) -> tuple[dict[str, Any], list[tuple[str, dict[str, An
         for values in itertools.product(*[v if isinstance(v, list) else [v] for _, v in axes]):
             cfg = copy.deepcopy(base)
             parts = []
-            for (key, _), value in zip(axes, values):
+            for (key, given), value in zip(axes, values):
                 _set(cfg, key, value, path)
-                parts.append(_label(key, value))
+                if isinstance(given, list):
+                    parts.append(_label(key, value))
             variants.append(("__".join(parts) or "base", cfg))
     for entry in raw.get("variants", []):
         if "name" not in entry:

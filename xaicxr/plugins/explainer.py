@@ -216,9 +216,13 @@ class CAMExplainer(Explainer):
     def raw_maps(self, model: Any, images: np.ndarray, targets: np.ndarray,
                  layer: str | None) -> Any:
         """Uncompiled raw maps (for subclasses and checks; ``explain`` uses the compiled path)."""
-        return self._raw_single(self.explainable(model, layer).model, images, targets)
+        return self.class_maps(self.explainable(model, layer).model, images, targets)
 
-    def _raw_single(self, graph: Any, images: Any, targets: Any) -> Any:
+    def class_maps(self, graph: Any, images: Any, targets: Any) -> Any:
+        """(N, h, w) raw maps of the ``targets`` classes, traced inside the compiled function;
+        ``graph`` maps images to [activations, logits]. Gradient-based methods leave it alone;
+        a method that needs no gradient (Eigen-CAM) or other forward passes (Ablation-CAM)
+        overrides it, and :meth:`every_class_maps` for all-class mode."""
         import tensorflow as tf
 
         images = tf.convert_to_tensor(images, tf.float32)
@@ -229,7 +233,8 @@ class CAMExplainer(Explainer):
         grads = tape.gradient(score, acts, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return self.cam(acts, grads)
 
-    def _raw_all(self, graph: Any, images: Any, method: str) -> Any:
+    def every_class_maps(self, graph: Any, images: Any, method: str) -> Any:
+        """(N, C, h, w) raw maps of every class from one forward pass (``allclass_method``)."""
         import tensorflow as tf
 
         with tf.GradientTape(persistent=method == "loop", watch_accessed_variables=False) as tape:
@@ -267,12 +272,12 @@ class CAMExplainer(Explainer):
         if mode == "single":
             @tf.function(input_signature=[spec, tf.TensorSpec((None,), tf.int32)], autograph=False)
             def single(images, targets):
-                return finish_maps(self._raw_single(graph, images, targets), size, self.signed)
+                return finish_maps(self.class_maps(graph, images, targets), size, self.signed)
             return single
 
         @tf.function(input_signature=[spec], autograph=False)
         def every_class(images):
-            return finish_maps(self._raw_all(graph, images, mode), size, self.signed)
+            return finish_maps(self.every_class_maps(graph, images, mode), size, self.signed)
         return every_class
 
 

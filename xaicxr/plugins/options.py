@@ -40,6 +40,25 @@ class Configurable:
         return {name: getattr(self, name) for name in option_spec(type(self)) if hasattr(self, name)}
 
 
+def option_defaults(cls: type) -> dict[str, str]:
+    """``{option: default}`` as TOML-like text (``"required"`` where there is none), for listings;
+    empty when the signature cannot be read."""
+    try:
+        spec = option_spec(cls)
+    except (TypeError, ValueError):
+        return {}
+    return {name: "required" if default is inspect.Parameter.empty else _toml(default)
+            for name, (_, default) in spec.items()}
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (str, Path)):
+        return f'"{value}"'
+    return "none" if value is None else repr(value)
+
+
 def accepts_any_option(cls: type) -> bool:
     init = cls.__init__
     return init is not object.__init__ and any(

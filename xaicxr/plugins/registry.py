@@ -21,6 +21,7 @@ from typing import Any, Iterable
 import pluggy
 
 from . import hookspecs
+from .options import option_defaults
 from ..errors import PluginConflictError, UnknownPluginError
 
 GROUP = "xaicxr"
@@ -35,9 +36,10 @@ class PluginInfo:
     distribution: str
     version: str
 
-    def to_json(self) -> dict[str, str]:
+    def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "module": self.module,
-                "distribution": self.distribution, "version": self.version}
+                "distribution": self.distribution, "version": self.version,
+                "options": option_defaults(self.cls)}
 
 
 @dataclass(frozen=True)

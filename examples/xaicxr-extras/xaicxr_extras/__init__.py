@@ -1,12 +1,13 @@
 """xaicxr-extras: third-party plugins for xaicxr, registered through the ``xaicxr`` entry-point
 group. This module is the entry point and holds the hook implementations; it imports no
-TensorFlow (the plugin classes import Keras when they build or explain), so ``xaicxr plugins``
-stays fast."""
+TensorFlow (the plugin classes import Keras when they build), so ``xaicxr plugins`` stays fast.
+
+Eigen-CAM, which this example once carried as its explainer, is now built in (``eigencam``);
+it works on this package's backbone like every built-in explainer."""
 
 from xaicxr import hookimpl
 
 from .densenet import DenseNet121Backbone
-from .eigencam import EigenCAM
 
 __version__ = "0.1.0"
 
@@ -14,8 +15,3 @@ __version__ = "0.1.0"
 @hookimpl
 def xaicxr_backbones():
     return {"densenet121": DenseNet121Backbone}
-
-
-@hookimpl
-def xaicxr_explainers():
-    return {"eigencam": EigenCAM}

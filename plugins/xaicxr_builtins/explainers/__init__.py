@@ -1,9 +1,11 @@
-"""Built-in explainers: native compiled CAMs (``gradcam``, ``gradcam++``, ``layercam``) and
+"""Built-in explainers: native compiled CAMs (``gradcam``, ``gradcam++``, ``layercam``,
+``hirescam``, ``xgradcam``, ``eigencam``, ``ablationcam``) and
 tf-keras-vis backed ones (``gradcam-tfkv``, ``gradcam++-tfkv``, ``layercam-tfkv``,
 ``scorecam``, ``saliency``, ``smoothgrad``). No TensorFlow import happens here."""
 
 from xaicxr import hookimpl
 
+from .cams import AblationCAM, EigenCAM, HiResCAM, XGradCAM
 from .gradcam import GradCAM, GradCAMPlusPlus, LayerCAM
 from .tfkv import GradcamPlusPlusTfkv, GradcamTfkv, LayercamTfkv, Saliency, ScoreCAM, SmoothGrad
 
@@ -14,6 +16,10 @@ def xaicxr_explainers():
         "gradcam": GradCAM,
         "gradcam++": GradCAMPlusPlus,
         "layercam": LayerCAM,
+        "hirescam": HiResCAM,
+        "xgradcam": XGradCAM,
+        "eigencam": EigenCAM,
+        "ablationcam": AblationCAM,
         "gradcam-tfkv": GradcamTfkv,
         "gradcam++-tfkv": GradcamPlusPlusTfkv,
         "layercam-tfkv": LayercamTfkv,

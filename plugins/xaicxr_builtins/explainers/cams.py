@@ -1,0 +1,125 @@
+"""More native CAM explainers: ``hirescam``, ``xgradcam``, ``eigencam``, ``ablationcam``.
+
+Like those of :mod:`.gradcam`, each overrides only what makes it different on
+:class:`xaicxr.plugins.CAMExplainer`, which compiles the forward pass, the map, upsampling and
+normalisation into one TensorFlow function. Eigen-CAM and Ablation-CAM need no gradient, so
+they override the base's forward-and-backward step (``class_maps``) with forward passes only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from xaicxr.kerasgraph import model_above
+from xaicxr.plugins import CAMExplainer
+from xaicxr.plugins.explainer import check_images
+
+EPS = 1e-7
+"""XGrad-CAM's guard against an all-zero channel, as in pytorch-grad-cam."""
+
+
+class HiResCAM(CAMExplainer):
+    """HiResCAM (Draelos & Carin 2020): map = ReLU(sum_k g_k * A_k), the gradients multiplied
+    with the activations position by position, no spatial pooling of the gradients. On a model
+    whose head is global average pooling and a dense layer it equals Grad-CAM."""
+
+    def cam(self, activations: Any, gradients: Any) -> Any:
+        import tensorflow as tf
+
+        return tf.nn.relu(tf.reduce_sum(gradients * activations, axis=-1))
+
+
+class XGradCAM(CAMExplainer):
+    """XGrad-CAM (Fu et al. 2020): w_k = sum_xy(A_k g_k) / (sum_xy A_k + eps), the gradients
+    averaged with the channel's own activations as weights; map = ReLU(sum_k w_k A_k)."""
+
+    def channel_weights(self, activations: Any, gradients: Any) -> Any:
+        import tensorflow as tf
+
+        total = tf.reduce_sum(activations, axis=[1, 2]) + EPS  # no_nan: eps is 0 in float16
+        return tf.math.divide_no_nan(tf.reduce_sum(gradients * activations, axis=[1, 2]), total)
+
+
+class EigenCAM(CAMExplainer):
+    """Eigen-CAM (Muhammad & Yeasin 2020): each image's activations as a (h*w, k) matrix,
+    centred over positions, projected on its first right singular vector (pytorch-grad-cam's
+    ``get_2d_projection``). An SVD's sign is arbitrary: the map is flipped where needed to
+    correlate positively with the channel sum of the activations. No gradient and no class:
+    no backward pass, and all-class mode repeats the one map."""
+
+    def class_maps(self, graph: Any, images: Any, targets: Any) -> Any:
+        acts, _ = graph(images, training=False)
+        return self.cam(acts, None)
+
+    def cam(self, activations: Any, gradients: Any) -> Any:
+        import tensorflow as tf
+
+        shape = tf.shape(activations)
+        flat = tf.reshape(tf.cast(activations, tf.float32), tf.stack([shape[0], -1, shape[3]]))
+        centred = flat - tf.reduce_mean(flat, axis=1, keepdims=True)
+        _, _, v = tf.linalg.svd(centred)
+        proj = tf.linalg.matvec(centred, v[:, :, 0])
+        total = tf.reduce_sum(flat, axis=2)
+        agree = tf.reduce_sum(proj * (total - tf.reduce_mean(total, axis=1, keepdims=True)), 1)
+        return tf.reshape(proj * tf.where(agree < 0, -1.0, 1.0)[:, None], shape[:3])
+
+    def explain_all_with_info(self, model: Any, images: Any,
+                              layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        images = check_images(model, images)
+        n = self.explainable(model, layer).n_classes
+        maps, flags = self.explain_with_info(model, images, np.zeros(len(images), int), layer)
+        return self._store_flags(np.repeat(maps[:, None], n, 1), np.repeat(flags[:, None], n, 1))
+
+
+class AblationCAM(CAMExplainer):
+    """Ablation-CAM (Ramaswamy & Desai 2020): w_k = (y - y_k) / y, y the target logit and y_k
+    the logit with channel k of the activations set to zero; map = ReLU(sum_k w_k A_k) (w = 0
+    where y = 0). Gradient-free: the layers above the target (``kerasgraph.model_above``) run
+    on ``ablation_batch`` ablated activation tensors per call, every class at once."""
+
+    def __init__(self, ablation_batch: int = 256) -> None:
+        self.ablation_batch = ablation_batch
+
+    def _weights(self, graph: Any, images: Any) -> tuple[Any, Any]:
+        """Activations (N, h, w, k) and the weights of every class (N, C, k)."""
+        import tensorflow as tf
+
+        acts, logits = graph(images, training=False)
+        ablated = ablated_scores(model_above(graph), acts, self.ablation_batch)  # (N, k, C)
+        y = logits[:, None, :]
+        return acts, tf.transpose(tf.math.divide_no_nan(y - ablated, y), [0, 2, 1])
+
+    def class_maps(self, graph: Any, images: Any, targets: Any) -> Any:
+        import tensorflow as tf
+
+        acts, weights = self._weights(graph, images)
+        weights = tf.gather(weights, tf.cast(targets, tf.int32), axis=1, batch_dims=1)
+        return tf.nn.relu(tf.einsum("nhwk,nk->nhw", acts, weights))
+
+    def every_class_maps(self, graph: Any, images: Any, method: str) -> Any:
+        import tensorflow as tf
+
+        acts, weights = self._weights(graph, images)
+        return tf.nn.relu(tf.einsum("nhwk,nck->nchw", acts, weights))
+
+
+def ablated_scores(above: Any, acts: Any, batch: int) -> Any:
+    """(N, h, w, k) activations -> (N, k, C): ``above``'s scores with channel j zeroed, for every
+    image and j. The N*k ablated tensors go through ``above`` in calls of ``batch`` (the last
+    call is padded by repeating the final ablation), one call at a time to bound memory."""
+    import tensorflow as tf
+
+    k, n_classes = int(acts.shape[-1]), int(above.outputs[0].shape[-1])
+    total = tf.shape(acts)[0] * k
+    size = tf.maximum(tf.minimum(batch, total), 1)
+
+    def chunk(i: Any) -> Any:
+        j = tf.minimum(tf.range(i * size, (i + 1) * size), total - 1)
+        keep = 1.0 - tf.one_hot(j % k, k, dtype=acts.dtype)
+        return above(tf.gather(acts, j // k) * keep[:, None, None, :], training=False)
+
+    scores = tf.map_fn(chunk, tf.range((total + size - 1) // size), parallel_iterations=1,
+                       fn_output_signature=tf.TensorSpec((None, n_classes), acts.dtype))
+    return tf.reshape(tf.reshape(scores, (-1, n_classes))[:total], (-1, k, n_classes))

@@ -4,8 +4,6 @@ only inside its mask ("mask_only"), from the renderer and through the dataset pl
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +12,7 @@ import pytest
 from xaicxr.errors import DataError
 from xaicxr.io.imaging import read_image
 
-try:
-    from xaicxr_builtins.datasets import phantom_render as pr
-except ImportError:  # the plugin package is not installed: load the module file on its own
-    _path = Path(__file__).resolve().parents[1] / "plugins" / "xaicxr_builtins" / "datasets" / "phantom_render.py"
-    _spec = importlib.util.spec_from_file_location("phantom_render", _path)
-    pr = importlib.util.module_from_spec(_spec)
-    sys.modules.setdefault("phantom_render", pr)
-    _spec.loader.exec_module(pr)
+from xaicxr_builtins.datasets import phantom_render as pr
 
 SIZE = 48
 LESION_CLASSES = ("bacteria", "virus", "covid")

@@ -4,23 +4,13 @@ model on coarse pixels."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
-try:
-    from xaicxr_builtins.datasets import phantom_render as pr
-except ImportError:  # the plugin package is not installed: load the module file on its own
-    _path = Path(__file__).resolve().parents[1] / "plugins" / "xaicxr_builtins" / "datasets" / "phantom_render.py"
-    _spec = importlib.util.spec_from_file_location("phantom_render", _path)
-    pr = importlib.util.module_from_spec(_spec)
-    sys.modules.setdefault("phantom_render", pr)
-    _spec.loader.exec_module(pr)
+from xaicxr_builtins.datasets import phantom_render as pr
 
 SIZE = 64
 LESION_CLASSES = ("bacteria", "virus", "covid")

@@ -161,6 +161,9 @@ def test_metrics_against_hand_computed_values():
     assert (task["sensitivity"], task["specificity"]) == (1.0, 0.75)
     lo, hi = task["ci95"]["auc"]
     assert 0 <= lo <= task["auc"] <= hi <= 1
+    # sensitivity 2/2 at the validation threshold: Wilson [0.34, 1], not a bootstrap's [1, 1]
+    lo, hi = task["ci95"]["sensitivity"]
+    assert hi == 1.0 and lo == pytest.approx(0.342, abs=1e-3)
 
 
 TINY_RUN = """

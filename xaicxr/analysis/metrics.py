@@ -9,6 +9,8 @@ from typing import Sequence
 import numpy as np
 from scipy.stats import rankdata
 
+from .intervals import wilson
+
 
 def confusion(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> np.ndarray:
     """Rows are true classes, columns predicted classes."""
@@ -114,9 +116,13 @@ def binary_task(positive: Sequence[str], classes: Sequence[str], val_labels: np.
     threshold = youden_threshold(y_val, score_val) if y_val.any() and (~y_val).any() else 0.5
     sens, spec = sens_spec(y_test, score_test, threshold)
     fpr, tpr, _ = roc_curve(y_test, score_test)
+    ci95 = bootstrap_ci(y_test, score_test, threshold, n=n_boot, seed=seed)
+    # At a threshold fixed on validation, sensitivity and specificity are binomial proportions:
+    # Wilson intervals, which stay honest at 0 or 1 where a percentile bootstrap collapses.
+    ci95["sensitivity"] = wilson(sens * y_test.sum(), int(y_test.sum()))["ci95"]
+    ci95["specificity"] = wilson(spec * (~y_test).sum(), int((~y_test).sum()))["ci95"]
     return {"positive": list(positive), "auc": roc_auc(y_test, score_test), "sensitivity": sens,
             "specificity": spec, "threshold": threshold,
             "threshold_from": "validation (Youden)" if y_val.any() and (~y_val).any() else "default 0.5",
-            "ci95": bootstrap_ci(y_test, score_test, threshold, n=n_boot, seed=seed),
-            "n_positive": int(y_test.sum()), "n_negative": int((~y_test).sum()),
+            "ci95": ci95, "n_positive": int(y_test.sum()), "n_negative": int((~y_test).sum()),
             "roc": {"fpr": fpr.round(5).tolist(), "tpr": tpr.round(5).tolist()}}

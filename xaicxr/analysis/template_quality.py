@@ -5,7 +5,8 @@ a template is scored as a map in its own right, per aggregator (a mean and a med
 the same maps are different maps and get different numbers):
 
 - ``lesion_frequency_r``: Pearson r with the class's lesion-frequency map (the share of the
-  class's images whose lesion covers each pixel), with a bootstrap interval over images;
+  class's images whose lesion covers each pixel), bootstrap-bias-corrected (the plug-in r of a
+  frequency map from n images is pulled towards 0; ``plugin`` keeps it) with its BC interval;
 - ``peak_in_lungs``: whether the template's maximum lies in the lungs (of most images);
 - ``as_fixed_map``: the template used as the map of every image of its class, scored like an
   explainer (pointing game, energy, lifts): how well "the template" localises each lesion;
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .intervals import estimate
+from .intervals import bias_corrected, estimate
 from .localisation import Targets, class_figures
 from .stats import pearson
 
@@ -47,9 +48,8 @@ def _frequency_r(template: np.ndarray, masks: np.ndarray, *, seed: int, n_boot: 
     flat = masks.reshape(len(masks), -1)
     counts = rng.multinomial(len(masks), np.full(len(masks), 1.0 / len(masks)), size=n_boot)
     frequencies = counts @ flat / len(masks)
-    rs = np.array([pearson(template, f) for f in frequencies])
-    rs = rs[np.isfinite(rs)]
-    return estimate(value, *(np.percentile(rs, [2.5, 97.5]) if len(rs) else (None, None)), len(masks))
+    return bias_corrected(value, np.array([pearson(template, f) for f in frequencies]), len(masks),
+                          bounds=(-1.0, 1.0))
 
 
 def distinctiveness(templates: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:

@@ -117,6 +117,7 @@ def test_run_writes_every_contract_file(finished_run):
     reliance = metrics["reliance"]
     assert set(reliance) == classes and not reliance["normal"]["has_lesion"]
     assert is_estimate(reliance["covid"]["probability_drop"])
+    assert reliance["covid"]["split"] == "test", "the twins of the explained split, no other"
     with h5py.File(out / "quality.h5") as h5:
         assert "scores/gradcam/virus/pointing" in h5 and "curves/gradcam/virus/road/deletion" in h5
     checker = SHARED_DATA.parent / "tools" / "check_run.py"

@@ -350,14 +350,16 @@ def _sanity_line(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _reliance(run: Run, cache: ImageCache, classes: list[str], opts: dict[str, Any]) -> dict[str, Any] | None:
-    """Counterfactual twins of the test images, if the dataset plugin can make them."""
+    """Counterfactual twins of the images of the explained splits (a study that chooses on the
+    validation split must not read the test split), if the dataset plugin can make them."""
     dataset = build_plugin("dataset", run.cfg["dataset"])
     changes = ("lesion_removed", "lesion_in_mask_only")
     if not set(changes) <= set(getattr(dataset, "counterfactuals", ())):
         return None
     _, records, _ = run.dir.records()
     by_id = {r.id: r for r in records}
-    rows = np.array([r for r in cache.rows("test") if cache.ids[r] in by_id], dtype=np.int64)
+    splits = _explained_splits(run.cfg["explain"])
+    rows = np.array([r for split in splits for r in cache.rows(split) if cache.ids[r] in by_id], dtype=np.int64)
     if not len(rows):
         return None
     train = run.dir.read_train_info()
@@ -379,5 +381,12 @@ def _reliance(run: Run, cache: ImageCache, classes: list[str], opts: dict[str, A
             probs[change] = predict_images(model, np.stack(images))
     lesion = block["lesion"]
     has_lesion = lesion.reshape(len(rows), -1).any(axis=1) if lesion is not None else np.zeros(len(rows), bool)
-    return reliance_figures(cache.labels[rows], probs["original"], probs["lesion_removed"],
-                            probs["lesion_in_mask_only"], classes, has_lesion, seed=opts["seed"])
+    figures = reliance_figures(cache.labels[rows], probs["original"], probs["lesion_removed"],
+                               probs["lesion_in_mask_only"], classes, has_lesion, seed=opts["seed"])
+    return {cls: {**f, "split": "+".join(splits)} for cls, f in figures.items()}
+
+
+def _explained_splits(specs: list[dict[str, Any]]) -> list[str]:
+    """The splits the ``[[explain]]`` tables explain, in SPLITS order ("all" is every split)."""
+    wanted = {spec.get("split", "test") for spec in specs} or {"test"}
+    return [s for s in SPLITS if s in wanted or "all" in wanted]

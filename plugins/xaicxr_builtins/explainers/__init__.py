@@ -1,12 +1,14 @@
 """Built-in explainers: native compiled CAMs (``gradcam``, ``gradcam++``, ``layercam``,
 ``hirescam``, ``xgradcam``, ``eigencam``, ``ablationcam``) and
 tf-keras-vis backed ones (``gradcam-tfkv``, ``gradcam++-tfkv``, ``layercam-tfkv``,
-``scorecam``, ``saliency``, ``smoothgrad``). No TensorFlow import happens here."""
+``scorecam``, ``saliency``, ``smoothgrad``) and native input-space ones
+(``integrated-gradients``, ``occlusion``, ``rise``). No TensorFlow import happens here."""
 
 from xaicxr import hookimpl
 
 from .cams import AblationCAM, EigenCAM, HiResCAM, XGradCAM
 from .gradcam import GradCAM, GradCAMPlusPlus, LayerCAM
+from .perturbation import RISE, IntegratedGradients, Occlusion
 from .tfkv import GradcamPlusPlusTfkv, GradcamTfkv, LayercamTfkv, Saliency, ScoreCAM, SmoothGrad
 
 
@@ -26,4 +28,7 @@ def xaicxr_explainers():
         "scorecam": ScoreCAM,
         "saliency": Saliency,
         "smoothgrad": SmoothGrad,
+        "integrated-gradients": IntegratedGradients,
+        "occlusion": Occlusion,
+        "rise": RISE,
     }

@@ -6,7 +6,8 @@ the same maps are different maps and get different numbers):
 
 - ``lesion_frequency_r``: Pearson r with the class's lesion-frequency map (the share of the
   class's images whose lesion covers each pixel), bootstrap-bias-corrected (the plug-in r of a
-  frequency map from n images is pulled towards 0; ``plugin`` keeps it) with its BC interval;
+  frequency map from n images is pulled towards 0; ``plugin`` keeps it), the interval moved by the
+  same bias;
 - ``peak_in_lungs``: whether the template's maximum lies in the lungs (of most images);
 - ``as_fixed_map``: the template used as the map of every image of its class, scored like an
   explainer (pointing game, energy, lifts): how well "the template" localises each lesion;

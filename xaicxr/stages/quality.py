@@ -387,6 +387,8 @@ def _reliance(run: Run, cache: ImageCache, classes: list[str], opts: dict[str, A
 
 
 def _explained_splits(specs: list[dict[str, Any]]) -> list[str]:
-    """The splits the ``[[explain]]`` tables explain, in SPLITS order ("all" is every split)."""
-    wanted = {spec.get("split", "test") for spec in specs} or {"test"}
-    return [s for s in SPLITS if s in wanted or "all" in wanted]
+    """The one split every ``[[explain]]`` table explains, else the test split: figures of
+    different splits are never pooled, and a study that explains only the validation split never
+    reads the test split."""
+    splits = {spec["split"] for spec in specs}
+    return [splits.pop()] if len(splits) == 1 and "all" not in splits else ["test"]

@@ -38,7 +38,7 @@ class XGradCAM(CAMExplainer):
     def channel_weights(self, activations: Any, gradients: Any) -> Any:
         import tensorflow as tf
 
-        total = tf.reduce_sum(activations, axis=[1, 2]) + EPS  # no_nan: eps is 0 in float16
+        total = tf.reduce_sum(activations, axis=[1, 2]) + EPS  # no_nan: eps is lost next to a float16 sum
         return tf.math.divide_no_nan(tf.reduce_sum(gradients * activations, axis=[1, 2]), total)
 
 

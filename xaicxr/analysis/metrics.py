@@ -72,23 +72,18 @@ def sens_spec(y: np.ndarray, score: np.ndarray, threshold: float) -> tuple[float
     return sens, spec
 
 
-def bootstrap_ci(y: np.ndarray, score: np.ndarray, threshold: float, n: int = 1000,
-                 seed: int = 0) -> dict[str, list[float]]:
-    """Percentile 95 % intervals of AUC, sensitivity and specificity over resampled test sets."""
+def bootstrap_ci(y: np.ndarray, score: np.ndarray, n: int = 1000, seed: int = 0) -> list[float]:
+    """Percentile 95 % interval of the AUC over resampled test sets (sensitivity and specificity
+    at a fixed threshold are proportions: :func:`binary_task` gives them Wilson intervals)."""
     rng = np.random.default_rng(seed)
     y = np.asarray(y, bool)
-    stats = {"auc": [], "sensitivity": [], "specificity": []}
+    aucs = []
     for _ in range(n):
         idx = rng.integers(0, len(y), len(y))
-        yy, ss = y[idx], score[idx]
-        if yy.all() or not yy.any():
+        if y[idx].all() or not y[idx].any():
             continue
-        stats["auc"].append(roc_auc(yy, ss))
-        se, sp = sens_spec(yy, ss, threshold)
-        stats["sensitivity"].append(se)
-        stats["specificity"].append(sp)
-    return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v else [float("nan")] * 2
-            for k, v in stats.items()}
+        aucs.append(roc_auc(y[idx], score[idx]))
+    return [float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5))] if aucs else [float("nan")] * 2
 
 
 def default_binary_tasks(classes: Sequence[str]) -> dict[str, dict[str, list[str]]]:
@@ -116,11 +111,12 @@ def binary_task(positive: Sequence[str], classes: Sequence[str], val_labels: np.
     threshold = youden_threshold(y_val, score_val) if y_val.any() and (~y_val).any() else 0.5
     sens, spec = sens_spec(y_test, score_test, threshold)
     fpr, tpr, _ = roc_curve(y_test, score_test)
-    ci95 = bootstrap_ci(y_test, score_test, threshold, n=n_boot, seed=seed)
     # At a threshold fixed on validation, sensitivity and specificity are binomial proportions:
     # Wilson intervals, which stay honest at 0 or 1 where a percentile bootstrap collapses.
-    ci95["sensitivity"] = wilson(sens * y_test.sum(), int(y_test.sum()))["ci95"]
-    ci95["specificity"] = wilson(spec * (~y_test).sum(), int((~y_test).sum()))["ci95"]
+    hits = score_test >= threshold
+    ci95 = {"auc": bootstrap_ci(y_test, score_test, n=n_boot, seed=seed),
+            "sensitivity": wilson(int(hits[y_test].sum()), int(y_test.sum()))["ci95"],
+            "specificity": wilson(int((~hits[~y_test]).sum()), int((~y_test).sum()))["ci95"]}
     return {"positive": list(positive), "auc": roc_auc(y_test, score_test), "sensitivity": sens,
             "specificity": spec, "threshold": threshold,
             "threshold_from": "validation (Youden)" if y_val.any() and (~y_val).any() else "default 0.5",

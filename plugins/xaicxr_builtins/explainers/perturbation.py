@@ -87,7 +87,9 @@ class IntegratedGradients(_Batched):
             return np.zeros_like(images)
         from scipy import ndimage
 
-        sigma = self.blur_sigma * max(images.shape[1:3]) / 224
+        from xaicxr.analysis.faithfulness import scaled_sigma
+
+        sigma = scaled_sigma(self.blur_sigma, images.shape[1:3])
         return ndimage.gaussian_filter(images, (0, sigma, sigma, 0), mode="reflect")
 
     def attributions(self, model: Any, images: Any, targets: Any) -> np.ndarray:

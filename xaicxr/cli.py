@@ -401,6 +401,47 @@ def detect_cmd(run_dir: Path = typer.Argument(..., help="Run directory with a mo
     return detect(run_dir, list(images), explainer=explainer, out=out, unsafe_load=unsafe_load)
 
 
+def _show_compare(result: dict[str, Any]) -> None:
+    from .compare import comparison_rows
+
+    table = Table(title="templates across runs", caption="r: Pearson; self: each run's split halves (mean over "
+                  "partitions, r stepped up to full size); in band: r within the self partition spread")
+    for col in ("template", "class", "pair", "r", "SSIM", "self r", "self SSIM", "in band"):
+        table.add_column(col, overflow="fold", justify="left" if col in ("template", "class", "pair") else "right")
+    num = lambda v: "-" if v is None or v != v else f"{v:.3f}"  # noqa: E731
+    for r in comparison_rows(result):
+        within = {True: "yes", False: "[red]no[/]", None: "-"}[r["within_self_spread"]]
+        table.add_row(r["template"], r["class"], escape(f"{r['a']} vs {r['b']}"), num(r["pearson"]), num(r["ssim"]),
+                      f"{num(r['self_pearson_a'])} / {num(r['self_pearson_b'])}",
+                      f"{num(r['self_ssim_a'])} / {num(r['self_ssim_b'])}", within)
+    console.print(table)
+    for key, entry in result["templates"].items():
+        for name, shape in entry["resampled_from"].items():
+            console.print(f"{key}: {escape(name)}'s templates ({shape[0]}x{shape[1]}) resampled to "
+                          f"{entry['shape'][0]}x{entry['shape'][1]}", highlight=False)
+        for cls, having in entry["not_compared"].items():
+            console.print(f"{key}: class {cls} only in {escape(', '.join(having))}; not compared", highlight=False)
+    for key, having in result["not_compared"].items():
+        console.print(f"{key}: only in {escape(', '.join(having))}; not compared", highlight=False)
+    for key, reason in result["skipped"].items():
+        console.print(f"{key}: skipped: {reason}", highlight=False)
+    console.print(f"compare.json and figures: [bold]{escape(result['out'])}[/]")
+
+
+@app.command("compare")
+@command(_show_compare)
+def compare_cmd(runs: list[Path] = typer.Argument(..., help="Two or more run directories with templates."),
+                out: Path = typer.Option(Path("compare"), "--out", "-o", help="Folder for compare.json and the figures."),
+                partitions: int = typer.Option(10, "--partitions", min=1, help="Random split-half partitions per run for the self band."),
+                seed: int = typer.Option(0, "--seed", help="Seed of the random partitions."),
+                as_json: bool = JsonOpt) -> dict[str, Any]:
+    """Compare the per-class templates of several runs (Pearson r, SSIM), next to each run's
+    split-half band; write compare.json and one figure per template and class."""
+    from .compare import compare_runs
+
+    return compare_runs(runs, out, partitions=partitions, seed=seed)
+
+
 def _show_study(table: dict[str, Any]) -> None:
     out = Path(table["out"])
     console.print((out / "summary.md").read_text(), markup=False, highlight=False)

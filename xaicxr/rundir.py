@@ -126,6 +126,10 @@ class RunDir:
     def template(self, explainer: str, aggregator: str) -> Path:
         return self.root / "templates" / f"{explainer}-{aggregator}.h5"
 
+    def template_files(self) -> list[Path]:
+        """Every finished ``templates/*.h5`` of the run, sorted by name."""
+        return sorted((self.root / "templates").glob("*.h5"))
+
     # ---- shards (explain --shard, template --shard)
     def heatmap_shard(self, explainer: str, shard: Shard) -> Path:
         return self.root / "shards" / f"{explainer}.shard-{shard.tag}.h5"

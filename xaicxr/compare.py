@@ -187,7 +187,7 @@ def comparison_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
             for pair in c["pairs"]:
                 row = {"template": key, "class": cls, "a": pair["a"], "b": pair["b"],
                        "pearson": pair["pearson"], "ssim": pair["ssim"],
-                       "within_self_spread": pair["pearson_within_self_spread"]}
+                       "within_self_spread": pair["pearson_within_self_spread"], "figure": c["figure"]}
                 for side in ("a", "b"):
                     band = c["self"][pair[side]]
                     row[f"self_pearson_{side}"] = band.get("pearson_full_size", {}).get("mean")

@@ -15,6 +15,10 @@ sets it in every variant and is left out of the variant names (a base file with 
 Each variant is a run directory under the study's output folder. Variants that differ only in
 explain/template options share one trained model: the first run's data, split, model and
 predictions are linked into the others, whose pipelines then skip those stages.
+
+After the variants ran, every variant's templates are compared with every other variant's
+(``xaicxr compare``, all pairs: a study over seeds or sites asks how far any two runs drift,
+not how far each is from an arbitrary first one), into ``compare/`` of the study's folder.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from .compare import compare_runs, comparison_rows
 from .config import resolve
 from .errors import ConfigError
 from .io import atomic
@@ -160,9 +165,24 @@ def run_study(path: Path, out: Path) -> dict[str, Any]:
         trained.setdefault(digest, run_dir)
         rows.extend(_rows(name, run_dir, cfg, summary, time.perf_counter() - start))
     table = {"study": str(path), "out": str(out), "variants": rows}
-    _write_tables(out, rows)
+    comparison = _compare_variants(out, [name for name, _ in resolved])
+    if comparison is not None:
+        table["compare"] = comparison
+    _write_tables(out, rows, comparison)
     atomic.write_json(out / "summary.json", table)
     return table
+
+
+def _compare_variants(out: Path, names: list[str]) -> dict[str, Any] | None:
+    """Every pair of variants with templates compared into ``out/compare``; None with fewer
+    than two such variants."""
+    having = [name for name in names if RunDir(out / name).template_files()]
+    if len(having) < 2:
+        return None
+    console.print(f"[cyan]comparing templates[/] of {len(having)} variants")
+    result = compare_runs([out / name for name in having], out / "compare", labels=having)
+    return {"compare_json": "compare/compare.json", "rows": comparison_rows(result),
+            "not_compared": result["not_compared"], "skipped": result["skipped"]}
 
 
 def _rows(name: str, run_dir: RunDir, cfg: dict[str, Any], summary: dict[str, Any],
@@ -210,7 +230,7 @@ def _flat(key: str, est: dict[str, Any] | None) -> dict[str, Any]:
     return {key: est.get("value"), f"{key}_lo": lo, f"{key}_hi": hi}
 
 
-def _write_tables(out: Path, rows: list[dict[str, Any]]) -> None:
+def _write_tables(out: Path, rows: list[dict[str, Any]], comparison: dict[str, Any] | None = None) -> None:
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns and k not in ("run_dir", "stages_run")]
@@ -222,6 +242,7 @@ def _write_tables(out: Path, rows: list[dict[str, Any]]) -> None:
     fmt = lambda v: "" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
     md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     md += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    md += _comparison_markdown(comparison, fmt)
     atomic.write_text(out / "summary.md", "\n".join(md) + "\n")
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join(
@@ -235,5 +256,36 @@ td,th{{border:1px solid #ccc;padding:.25em .5em;text-align:right}}td:first-child
 <body><h1>xaicxr study</h1><p>Each variant links to its report. One row per explainer and class; _lo and _hi are
 95 % intervals; pointing_skill is the pointing game minus the best map that knows nothing about the lesion
 (pointing_baseline); randomisation_passes is the cascading randomisation test.</p>
-<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></body></html>
+<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{_comparison_html(comparison, fmt)}</body></html>
 """)
+
+
+COMPARISON_COLUMNS = ("template", "class", "a", "b", "pearson", "ssim", "self_pearson_a", "self_pearson_b",
+                      "self_ssim_a", "self_ssim_b", "within_self_spread")
+
+
+def _comparison_markdown(comparison: dict[str, Any] | None, fmt: Any) -> list[str]:
+    if not comparison:
+        return []
+    md = ["", "Templates across variants (compare/compare.json):", "",
+          "| " + " | ".join(COMPARISON_COLUMNS) + " |", "|" + "---|" * len(COMPARISON_COLUMNS)]
+    return md + ["| " + " | ".join(fmt(r.get(c)) for c in COMPARISON_COLUMNS) + " |" for r in comparison["rows"]]
+
+
+def _comparison_html(comparison: dict[str, Any] | None, fmt: Any) -> str:
+    """The template comparison of every pair of variants, each row linking to its figure."""
+    if not comparison:
+        return ""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in COMPARISON_COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(
+            f'<td><a href="compare/{html.escape(r["figure"])}">{html.escape(r["class"])}</a></td>'
+            if c == "class" else f"<td>{html.escape(fmt(r.get(c)))}</td>" for c in COMPARISON_COLUMNS) + "</tr>"
+        for r in comparison["rows"])
+    notes = "".join(f"<p>{html.escape(key)}: only in {html.escape(', '.join(v))}; not compared</p>"
+                    for key, v in comparison["not_compared"].items())
+    return f"""<h2>Templates across variants</h2><p>Every pair of variants (<a href="compare/compare.json">compare.json</a>):
+Pearson r and SSIM (data range 1) of the two templates; self_*: each variant's own split halves, the mean over random
+partitions (Pearson stepped up to full size by Spearman-Brown); within_self_spread: r reaches the lower end of the
+less stable variant's partition spread. Each class links to its figure (templates side by side, differences).</p>
+<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}"""

@@ -51,26 +51,26 @@ def template_panel(templates: dict[str, np.ndarray], backgrounds: dict[str, np.n
 
 
 def template_comparison(templates: dict[str, np.ndarray], title: str, path: Path) -> str:
-    """Templates of one class from several runs side by side (one colour scale), and below
-    each one after the first its difference from the first (diverging, symmetric scale)."""
+    """Templates of one class from several runs side by side (one colour scale), then each
+    one's difference from the first (diverging, symmetric scale), all in one row."""
     names = list(templates)
     reference = templates[names[0]]
-    fig, axes = plt.subplots(2, len(names), figsize=(3.0 * len(names), 6.2), squeeze=False)
-    vmax = max(float(np.max(t)) for t in templates.values()) or 1.0
     diffs = {name: templates[name] - reference for name in names[1:]}
+    fig, axes = plt.subplots(1, len(names) + len(diffs), figsize=(2.6 * (len(names) + len(diffs)) + 1.2, 3.0),
+                             squeeze=False)
+    vmax = max(float(np.max(t)) for t in templates.values()) or 1.0
     lim = max((float(np.abs(d).max()) for d in diffs.values()), default=0.0) or 1.0
     for ax, name in zip(axes[0], names):
         im = ax.imshow(templates[name], cmap=CMAP, vmin=0, vmax=vmax)
         ax.set_title(name, fontsize=8)
+    for ax, name in zip(axes[0][len(names):], diffs):
+        dm = ax.imshow(diffs[name], cmap="RdBu_r", vmin=-lim, vmax=lim)
+        ax.set_title(f"{name} - {names[0]}", fontsize=8)
+    for ax in axes[0]:
         ax.axis("off")
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="template")
-    for ax, name in zip(axes[1], names):
-        ax.axis("off")
-        if name in diffs:
-            dm = ax.imshow(diffs[name], cmap="RdBu_r", vmin=-lim, vmax=lim)
-            ax.set_title(f"{name} - {names[0]}", fontsize=8)
+    fig.colorbar(im, ax=axes[0][:len(names)].tolist(), shrink=0.8, label="template")
     if diffs:
-        fig.colorbar(dm, ax=axes[1].tolist(), shrink=0.8, label="difference")
+        fig.colorbar(dm, ax=axes[0][len(names):].tolist(), shrink=0.8, label="difference")
     fig.suptitle(title)
     return save(fig, path)
 

@@ -267,6 +267,8 @@ COMPARISON_COLUMNS = ("template", "class", "a", "b", "pearson", "ssim", "self_pe
 def _comparison_markdown(comparison: dict[str, Any] | None, fmt: Any) -> list[str]:
     if not comparison:
         return []
+    if not comparison["rows"]:
+        return ["", "Templates across variants: no template is shared by two variants (compare/compare.json)."]
     md = ["", "Templates across variants (compare/compare.json):", "",
           "| " + " | ".join(COMPARISON_COLUMNS) + " |", "|" + "---|" * len(COMPARISON_COLUMNS)]
     return md + ["| " + " | ".join(fmt(r.get(c)) for c in COMPARISON_COLUMNS) + " |" for r in comparison["rows"]]
@@ -284,6 +286,8 @@ def _comparison_html(comparison: dict[str, Any] | None, fmt: Any) -> str:
         for r in comparison["rows"])
     notes = "".join(f"<p>{html.escape(key)}: only in {html.escape(', '.join(v))}; not compared</p>"
                     for key, v in comparison["not_compared"].items())
+    if not comparison["rows"]:
+        return f"<h2>Templates across variants</h2><p>No template is shared by two variants.</p>{notes}"
     return f"""<h2>Templates across variants</h2><p>Every pair of variants (<a href="compare/compare.json">compare.json</a>):
 Pearson r and SSIM (data range 1) of the two templates; self_*: each variant's own split halves, the mean over random
 partitions (Pearson stepped up to full size by Spearman-Brown); within_self_spread: r reaches the lower end of the

@@ -33,7 +33,7 @@ from ..errors import ConfigError, ExplainerInputError
 CLASS_TARGETS = ("logit", "probability")
 BINARY_PREFIX = "binary:"
 SIDES = ("positive", "negative")
-"""The two template groups of a binary target, in this order (group 0 is the positive side)."""
+"""The two sides of a binary task, in this order (side 0 is the positive one)."""
 
 
 class Target:
@@ -232,6 +232,13 @@ def make_target(text: str, classes: Sequence[str], tasks: Mapping[str, Mapping[s
     if missing:
         raise ConfigError(f"target {text!r}: class {missing[0]!r} is not one of {list(classes)}")
     return BinaryScore([list(classes).index(c) for c in positive], task, positive)
+
+
+def side_names(target: str) -> tuple[str, str]:
+    """The template names of a binary target's sides: ``covid-vs-rest:positive``, ``...:negative``
+    (a class name does not clash with them)."""
+    task = target[len(BINARY_PREFIX):] if target.startswith(BINARY_PREFIX) else target
+    return tuple(f"{task}:{side}" for side in SIDES)  # type: ignore[return-value]
 
 
 def binary_sides(labels: np.ndarray, probs: np.ndarray, positive: Sequence[int], threshold: float,

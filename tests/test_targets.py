@@ -127,3 +127,43 @@ def test_targets_that_cannot_work_are_refused(model, images):
     with pytest.raises(ExplainerInputError, match="explains class indices only"):
         OwnGather().explain(model, images, ClassProbability([0, 1, 2, 3]))
     assert OwnGather().explain(model, images, [0, 1, 2, 3]).shape == (4, SIZE, SIZE)
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize("explain, binary, message", [
+    ('target = "binary:covid-vs-all"', "", "no binary task 'covid-vs-all'; known tasks: covid-vs-rest, abnormal-vs-normal"),
+    ('target = "binary:x"', '[binary]\nsick = { positive = ["covid", "virus"] }', "known tasks: sick"),
+    ('target = "softmax"', "", "expected \"logit\", \"probability\" or \"binary:<task>\""),
+    ('target = "binary:covid-vs-rest"\ntargets = "all"', "", "has one score per image"),
+])
+def test_an_unknown_or_impossible_target_is_a_one_line_config_error(tmp_path, explain, binary, message):
+    from typer.testing import CliRunner
+
+    from xaicxr.cli import app
+
+    config = tmp_path / "bad.toml"
+    config.write_text(f'{binary}\n[[explain]]\nname = "gradcam"\n{explain}\n')
+    result = CliRunner().invoke(app, ["run", str(config), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert "[[explain]]" in result.stderr and str(config) in result.stderr
+
+
+def test_targets_name_their_stores(tmp_path):
+    from xaicxr.config import load_config, store_name
+
+    config = tmp_path / "ok.toml"
+    config.write_text('[binary]\nsick = { positive = ["covid", "virus"] }\n'
+                      '[[explain]]\nname = "gradcam"\n[[explain]]\nname = "gradcam"\ntarget = "binary:sick"\n'
+                      '[[explain]]\nname = "rise"\ntarget = "probability"\n')
+    cfg = load_config(config)
+    assert [store_name(e) for e in cfg["explain"]] == ["gradcam", "gradcam.binary-sick", "rise.probability"]
+    assert "target" not in cfg["explain"][0], "no target: the store and its identity are as before"
+
+
+def test_default_binary_task_names_are_those_metrics_defines():
+    from xaicxr.analysis.metrics import default_binary_tasks
+    from xaicxr.config import DEFAULT_BINARY_TASKS
+
+    assert tuple(default_binary_tasks(CLASSES)) == DEFAULT_BINARY_TASKS

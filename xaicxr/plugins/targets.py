@@ -164,7 +164,8 @@ class BinaryScore(Target):
 
 
 class ScoreFunction(Target):
-    """Any callable ``logits (N, C) -> (N,)`` of TF ops, as a target."""
+    """Any callable ``logits (N, C) -> (N,)`` of TF ops, as a target. Compiled functions are
+    keyed by the callable object: pass the same one again to reuse them."""
 
     def __init__(self, fn: Callable[[Any], Any]) -> None:
         super().__init__(None)

@@ -4,8 +4,9 @@ An ``[[explain]]`` entry is resolved once into an :class:`ExplainJob` (the expla
 its options, the layer, which targets, which score, which rows, the parameters that identify
 the store), and that one object is passed down. The score (``target``: class logit, class
 probability, ``binary:<task>``) is made for the run's classes from the binary tasks
-``metrics.json`` reports, whose threshold a binary store keeps (its predicted side). Images come from the run's image cache (the exact pixels
-the model was evaluated on); labels, predictions and probabilities from ``predictions.h5``.
+``metrics.json`` reports, whose threshold a binary store keeps (its predicted side). Images
+come from the run's image cache (the exact pixels the model was evaluated on); labels,
+predictions and probabilities from ``predictions.h5``.
 The store is resumable (:class:`~xaicxr.io.heatmap_store.HeatmapWriter`): an interrupted
 explain continues where it stopped.
 """

@@ -49,9 +49,11 @@ def write_templates(rundir: RunDir, explainer: str, states: TemplateStates,
                     aggregators: Mapping[str, Aggregator], *, by: Grouping,
                     correct_only: bool) -> dict[str, dict[str, np.ndarray]]:
     """Finalize ``states``, write ``templates/<explainer>-<aggregator>.h5`` for each aggregator
-    (``explainer``: the store's name), and return the templates."""
+    (``explainer``: the store's name; its target and sides recorded where the run directory
+    holds the store), and return the templates."""
     finished = {}
-    root, per_group = group_attrs(rundir.heatmaps(explainer))
+    store = rundir.heatmaps(explainer)
+    root, per_group = group_attrs(store) if store.is_file() else ({}, {})
     for name, per_class in states.items():
         agg = aggregators[name]
         finished[name] = {cls: agg.finalize(state) for cls, state in per_class.items()}

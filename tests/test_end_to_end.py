@@ -47,6 +47,10 @@ layer = "block4_conv4"
 [[explain]]
 name = "layercam"
 layer = "block3_conv4"
+[[explain]]
+name = "gradcam"
+layer = "block4_conv4"
+target = "binary:covid-vs-rest"
 [[aggregate]]
 name = "mean"
 [[aggregate]]
@@ -253,3 +257,39 @@ def test_quality_scores_only_maps_of_the_images_own_class(finished_run, tmp_path
         figures = metrics["per_image"]["gradcam"][cls]
         assert figures["n_other_target"] == int(((labels == k) & (targets != k)).sum())
         assert figures["n"] == int(((labels == k) & (targets == k)).sum())
+
+
+def test_binary_target_has_side_templates_detect_overlays_and_a_stated_quality_skip(finished_run, tmp_path):
+    """``target = "binary:covid-vs-rest"``: its own store (one map per image, the task's score),
+    templates of the classes and of the task's two sides, detect's overlay under the task, and
+    no quality figures but the reason."""
+    from xaicxr.io.heatmap_store import HeatmapStore
+    from xaicxr.io.template_store import read_template_file
+
+    _, _, out, summary = finished_run
+    store = "gradcam.binary-covid-vs-rest"
+    assert summary["explain"][store] == f"heatmaps/{store}.h5"
+    metrics = json.loads((out / "metrics.json").read_text())
+    task = metrics["binary"]["covid-vs-rest"]
+    with HeatmapStore(out / "heatmaps" / f"{store}.h5") as binary, HeatmapStore(out / "heatmaps" / "gradcam.h5") as logit:
+        assert (binary.target, binary.target_positive, binary.target_threshold) == (
+            "binary:covid-vs-rest", ["covid"], task["threshold"])
+        assert logit.target == "logit" and not logit.is_binary
+        assert binary.ids == logit.ids and not np.allclose(binary.read(), logit.read())
+        covid = binary.labels == metrics["classes"].index("covid")
+    templates = read_template_file(out / "templates" / f"{store}-mean.h5")
+    assert set(metrics["classes"]) | {"covid-vs-rest:positive", "covid-vs-rest:negative"} == set(templates)
+    positive, negative = templates["covid-vs-rest:positive"][1], templates["covid-vs-rest:negative"][1]
+    assert (positive["n"], negative["n"]) == (covid.sum(), (~covid).sum())
+    assert json.loads(positive["classes"]) == ["covid"] and "covid" not in json.loads(negative["classes"])
+    assert store not in metrics["per_image"] and "binary task" in metrics["quality_skipped"][store]["reason"]
+    report = (out / "report" / "index.html").read_text()
+    assert f"templates-{store}-mean.png" in report and "binary:covid-vs-rest" in report
+    image = sorted((out / "data" / "phantom" / "images" / "covid").glob("*.png"))[0]
+    result = runner.invoke(app, ["detect", str(out), str(image), "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.stderr
+    found = json.loads(result.stdout)["results"][0]
+    assert found["explainer"] == "gradcam" and Path(found["overlay"]).name == f"{image.stem}-gradcam.png"
+    explained = found["binary"]["covid-vs-rest"]["explained"][store]
+    assert set(explained["template_match"]) == {"covid-vs-rest:positive", "covid-vs-rest:negative"}
+    assert Path(explained["overlay"]).is_file() and "explained" not in found["binary"]["abnormal-vs-normal"]

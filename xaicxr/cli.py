@@ -294,27 +294,32 @@ def explain_cmd(run_dir: Path = typer.Argument(..., help="Run directory with a t
                 layer: Optional[str] = typer.Option(None, "--layer", help="Target layer (default: the backbone's)."),
                 split: str = typer.Option("test", "--split", help="test, val, train or all."),
                 targets: str = typer.Option("true", "--targets", help="true, predicted or all (every class)."),
+                target: Optional[str] = typer.Option(None, "--target", help="Score explained: logit, probability or binary:<task> (default: the explainer's own)."),
                 batch_size: int = typer.Option(16, "--batch-size", min=1),
                 shard: Optional[str] = typer.Option(None, "--shard", help="K/N: explain only the K-th of N parts."),
                 overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store made with another model."),
                 as_json: bool = JsonOpt, unsafe_load: bool = UnsafeOpt) -> dict[str, Any]:
-    """Write heatmaps/<explainer>.h5 for a split of a run (resumes an interrupted one)."""
-    from .config import resolve_entry
+    """Write heatmaps/<explainer>.h5 (<explainer>.<target>.h5 with --target) for a split of a run
+    (resumes an interrupted one)."""
+    from .config import DEFAULT_BINARY_TASKS, check_target, resolve_entry
     from .io.imagecache import open_image_cache
     from .io.modelfile import load_model, model_sha256
     from .stages.explain import ExplainJob, explain_split
 
     rundir = RunDir(run_dir)
-    rundir.load_config()
+    cfg = rundir.load_config()
     spec = resolve_entry("explain", {"name": explainer, "split": split, "targets": targets,
-                                     "batch_size": batch_size, **({"layer": layer} if layer else {})},
+                                     "batch_size": batch_size, **({"layer": layer} if layer else {}),
+                                     **({"target": target} if target else {})},
                          "the command line")
+    check_target(spec, list(cfg["binary"]) or list(DEFAULT_BINARY_TASKS), "the command line")
     part = Shard.parse(shard) if shard is not None else None
     model = load_model(rundir.model, unsafe=unsafe_load)
     cache = open_image_cache(rundir.image_cache(int(model.input_shape[1])))
     path = explain_split(rundir, ExplainJob.from_spec(spec, rundir), model, model_sha256(rundir.model),
                          cache, overwrite=overwrite, shard=part)
-    return {"store": str(path), "explainer": explainer, "split": split, "targets": targets}
+    return {"store": str(path), "explainer": explainer, "split": split, "targets": targets,
+            **({"target": target} if target else {})}
 
 
 @app.command("merge-heatmaps")
@@ -322,7 +327,8 @@ def explain_cmd(run_dir: Path = typer.Argument(..., help="Run directory with a t
 def merge_heatmaps_cmd(run_dir: Path = typer.Argument(..., help="Run directory with shard stores."),
                        explainer: str = typer.Option(..., "--explainer", "-e"),
                        as_json: bool = JsonOpt) -> dict[str, Any]:
-    """Combine shards/<explainer>.shard-K-of-N.h5 (from explain --shard) into heatmaps/<explainer>.h5."""
+    """Combine shards/<explainer>.shard-K-of-N.h5 (from explain --shard) into heatmaps/<explainer>.h5
+    (``-e`` is the store's name: ``gradcam.binary-covid-vs-rest`` for a store of a --target)."""
     from .io.heatmap_store import merge_stores
 
     rundir = RunDir(run_dir)
@@ -386,6 +392,10 @@ def _show_detect(result: dict[str, Any]) -> None:
         console.print(f"[bold]{escape(r['path'])}[/]: {r['prediction']} "
                       f"({r['probabilities'][r['prediction']]:.3f}); best template {r['best_template']}; "
                       f"lung energy {lung}; overlay {escape(r['overlay'])}")
+        for task, b in r["binary"].items():
+            for store, e in b.get("explained", {}).items():
+                console.print(f"  {task} score {b['score']:.3f} ({'positive' if b['positive'] else 'negative'}): "
+                              f"{store} best side template {e['best_template']}; overlay {escape(e['overlay'])}")
 
 
 @app.command("detect")

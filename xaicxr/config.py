@@ -17,6 +17,7 @@ import tomli_w
 from . import plugins
 from .errors import ConfigError, PluginError
 from .plugins.options import check_options, describe, matches
+from .plugins.targets import BINARY_PREFIX, parse_target
 
 DEFAULT_SOURCE = "the embedded default configuration"
 
@@ -34,7 +35,7 @@ CORE_KEYS: dict[str, dict[str, tuple[Any, Any]]] = {
               "lr_schedule": (Literal["constant", "cosine"], "constant")},
     "binary": {},
     "explain": {"name": (str, "gradcam"), "layer": (str | None, None),
-                "targets": (Literal["true", "predicted", "all"], "true"),
+                "targets": (Literal["true", "predicted", "all"], "true"), "target": (str | None, None),
                 "split": (Literal["test", "val", "train", "all"], "test"),
                 "batch_size": (int, 16)},
     "aggregate": {"name": (str, "mean")},
@@ -57,6 +58,9 @@ ARRAY_TABLES = {"explain", "aggregate"}
 """Arrays of tables (``[[explain]]``): one entry per explainer / aggregator."""
 FREE_TABLES = {"binary"}
 """Tables whose keys are user-chosen names (binary tasks)."""
+DEFAULT_BINARY_TASKS = ("covid-vs-rest", "abnormal-vs-normal")
+"""The tasks ``analysis.metrics.default_binary_tasks`` defines when ``[binary]`` is empty (where
+the classes allow: a class named like covid; one named normal)."""
 
 
 def default_text() -> str:
@@ -99,7 +103,35 @@ def resolve(raw: dict[str, Any], source: str = "<config>") -> dict[str, Any]:
             cfg[table] = _resolve_table(table, given, keys, source)
     _check_test_set_choice(raw, cfg, source)
     _check_quality(cfg["quality"], source)
+    _check_targets(cfg, source)
     return cfg
+
+
+def _check_targets(cfg: dict[str, Any], source: str) -> None:
+    """Each ``[[explain]]`` ``target`` names a known score (a binary task of ``[binary]``, else
+    a default task; whether the classes have it is checked when the explain stage runs)."""
+    tasks = list(cfg["binary"]) or list(DEFAULT_BINARY_TASKS)
+    for i, entry in enumerate(cfg["explain"]):
+        check_target(entry, tasks, f"[[explain]] in {source} (entry {i + 1})")
+
+
+def check_target(entry: dict[str, Any], tasks: list[str], where: str) -> None:
+    """An ``[[explain]]`` entry's ``target``: known, and one score per class where every class
+    is explained (``targets = "all"``)."""
+    if "target" not in entry:
+        return
+    parse_target(entry["target"], tasks, where)
+    if entry["target"].startswith(BINARY_PREFIX) and entry["targets"] == "all":
+        raise ConfigError(f"'targets' in {where} is \"all\" (every class), but target "
+                          f"{entry['target']!r} has one score per image; use targets = \"true\"")
+
+
+def store_name(entry: dict[str, Any]) -> str:
+    """The name of an ``[[explain]]`` entry's heatmap store (``heatmaps/<store>.h5``) and of its
+    templates: the explainer's name, plus ``.<target>`` when a ``target`` is configured
+    (``gradcam.binary-covid-vs-rest``), so one run explains classes and binary scores side by side."""
+    target = entry.get("target")
+    return entry["name"] if not target else f"{entry['name']}.{target.replace(':', '-')}"
 
 
 def _check_quality(quality: dict[str, Any], source: str) -> None:
@@ -137,7 +169,7 @@ def _resolve_array(table: str, given: Any, keys: dict[str, tuple[Any, Any]], sou
     if not isinstance(given, list) or not all(isinstance(t, dict) for t in given):
         raise ConfigError(f"[[{table}]] in {source} must be an array of tables ([[{table}]] entries)")
     out = [_resolve_table(table, entry, keys, f"{source} (entry {i + 1})") for i, entry in enumerate(given)]
-    names = [e["name"] for e in out]
+    names = [store_name(e) for e in out]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ConfigError(f"[[{table}]] in {source}: {duplicates[0]!r} appears twice; "

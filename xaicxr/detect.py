@@ -1,6 +1,8 @@
 """``xaicxr detect``: classify new images, explain them, and compare each heatmap with the run's
 class templates (the paper's biomarker detection: which template does this image's evidence
-look like?)."""
+look like?). Every explained binary score of the run (``target = "binary:<task>"``) is
+explained too: its heatmap, overlay and match against the task's side templates go with the
+task's score under ``binary``."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from skimage.metrics import structural_similarity
 from .analysis.lungs import segment_lungs
 from .analysis.localisation import energy_share
 from .analysis.stats import pearson
-from .config import resolve_entry
+from .config import resolve_entry, store_name
 from .errors import XaicxrError
 from .io import figures
 from .io.heatmap_store import HeatmapStore
@@ -21,32 +23,47 @@ from .io.imaging import ImageDecodeError, read_image
 from .io.modelfile import load_model
 from .io.resize import fit_square
 from .io.template_store import is_multi_component, read_template_file
+from .plugins.targets import BINARY_PREFIX, side_names
 from .rundir import RunDir
 from .stages.explain import ExplainJob
 
 
+def _is_binary(spec: dict[str, Any]) -> bool:
+    return spec.get("target", "").startswith(BINARY_PREFIX)
+
+
 def _job(rundir: RunDir, cfg: dict[str, Any], explainer: str | None) -> ExplainJob:
-    """The run's ``[[explain]]`` entry for ``explainer`` (default: the first), at the layer its
-    heatmap store was made with; an explainer the run does not list gets the default entry."""
-    specs = {spec["name"]: spec for spec in cfg["explain"]}
-    name = explainer or cfg["explain"][0]["name"]
-    spec = specs.get(name) or resolve_entry("explain", {"name": name}, "xaicxr detect --explainer")
-    job = ExplainJob.from_spec(spec, rundir)
-    store = rundir.heatmaps(name)
+    """The run's ``[[explain]]`` entry for ``explainer`` (a store name, or an explainer's first
+    class-score entry; default: the first class-score entry), at the layer its heatmap store
+    was made with; an explainer the run does not list gets the default entry."""
+    by_store = {store_name(spec): spec for spec in cfg["explain"]}
+    classwise = [spec for spec in cfg["explain"] if not _is_binary(spec)]
+    if explainer is None:
+        spec = classwise[0] if classwise else None
+    else:
+        spec = by_store.get(explainer) or next((s for s in classwise if s["name"] == explainer), None)
+    spec = spec or resolve_entry("explain", {"name": explainer or "gradcam"}, "xaicxr detect --explainer")
+    return _at_store_layer(rundir, ExplainJob.from_spec(spec, rundir))
+
+
+def _at_store_layer(rundir: RunDir, job: ExplainJob) -> ExplainJob:
+    store = rundir.heatmaps(job.store)
     if store.exists():
         with HeatmapStore(store) as s:
             return ExplainJob(**{**job.__dict__, "layer": s.layer or None})
     return job
 
 
-def _templates(rundir: RunDir, cfg: dict[str, Any], explainer: str) -> tuple[str, dict[str, np.ndarray]]:
-    """The first aggregator's per-class (H, W) templates of ``explainer``."""
+def _templates(rundir: RunDir, cfg: dict[str, Any], explainer: str,
+               names: tuple[str, ...] | None = None) -> tuple[str, dict[str, np.ndarray]]:
+    """The first aggregator's per-class (H, W) templates of the store ``explainer`` (only
+    ``names``, such as a binary task's sides, where given)."""
     for agg in cfg["aggregate"]:
         path = rundir.template(explainer, agg["name"])
         if path.exists():
             loaded = read_template_file(path)
             if loaded and not is_multi_component(loaded):
-                return agg["name"], {c: t for c, (t, _) in loaded.items()}
+                return agg["name"], {c: t for c, (t, _) in loaded.items() if names is None or c in names}
     raise XaicxrError(f"no {explainer} templates in {rundir / 'templates'}; run the templates stage "
                       f"first (xaicxr template {rundir.root})")
 
@@ -61,7 +78,11 @@ def detect(run_dir: Path, images: list[Path], *, explainer: str | None = None, o
     size = int(model.input_shape[1])
     resize = rundir.read_train_info()["resize"]
     job = _job(rundir, cfg, explainer)
-    aggregator, templates = _templates(rundir, cfg, job.name)
+    aggregator, templates = _templates(rundir, cfg, job.store)
+    binary_jobs = [_at_store_layer(rundir, ExplainJob.from_spec(spec, rundir))
+                   for spec in cfg["explain"] if _is_binary(spec)]
+    binary_jobs = [(j, j.score(classes, metrics.get("binary", {})),
+                    *_templates(rundir, cfg, j.store, side_names(j.target or ""))) for j in binary_jobs]
     out = Path(out) if out else rundir / "detect"
     results = []
     for path in images:
@@ -76,21 +97,23 @@ def detect(run_dir: Path, images: list[Path], *, explainer: str | None = None, o
         pred = int(probs.argmax())
         heat = job.explainer.explain(model, x, np.array([pred]), layer=job.layer)[0]
         lungs = segment_lungs(image)
-        match = {c: {"pearson": pearson(heat, t),
-                     "ssim": float(structural_similarity(heat, t.astype(np.float32), data_range=1.0))}
-                 for c, t in templates.items()}
-        finite = {c: m["pearson"] for c, m in match.items() if np.isfinite(m["pearson"])}
-        best = max(finite, key=finite.get) if finite else None
+        match, best = _match(heat, templates)
         binary = {}
         for task, b in metrics.get("binary", {}).items():
             score = float(sum(probs[classes.index(c)] for c in b["positive"]))
             binary[task] = {"score": score, "threshold": b["threshold"], "positive": score >= b["threshold"]}
-        name = f"{Path(path).stem}-{job.name}.png"
-        picture = figures.overlay_grid(
-            [("input", image, np.zeros_like(heat)),
-             (f"{job.name}: {classes[pred]} ({probs[pred]:.2f})", image, heat)]
-            + ([(f"best template: {best} (r={finite[best]:.2f})", image, templates[best])] if best else []),
-            Path(path).name, out / name, columns=3)
+        picture = _overlay(image, heat, job.store, f"{classes[pred]} ({probs[pred]:.2f})", templates, match,
+                           best, Path(path), out)
+        for bjob, target, side_aggregator, sides in binary_jobs:
+            bheat = bjob.explainer.explain(model, x, target, layer=bjob.layer)[0]
+            side_match, side = _match(bheat, sides)
+            score = binary[target.task]["score"]
+            binary[target.task].setdefault("explained", {})[bjob.store] = {
+                "explainer": bjob.name, "layer": bjob.layer, "template_aggregator": side_aggregator,
+                "template_match": side_match, "best_template": side,
+                "lung_energy": float(energy_share(bheat[None], lungs[None])[0]) if lungs.any() else None,
+                "overlay": str(out / _overlay(image, bheat, bjob.store, f"score {score:.2f}", sides,
+                                              side_match, side, Path(path), out))}
         results.append({
             "path": str(path), "size": [info.width, info.height], "mode": info.mode, "format": info.format,
             "probabilities": {c: float(p) for c, p in zip(classes, probs)}, "prediction": classes[pred],
@@ -99,3 +122,21 @@ def detect(run_dir: Path, images: list[Path], *, explainer: str | None = None, o
             "lung_energy": float(energy_share(heat[None], lungs[None])[0]) if lungs.any() else None,
             "overlay": str(out / picture)})
     return {"run_dir": str(rundir.root), "resize": resize, "results": results}
+
+
+def _match(heat: np.ndarray, templates: dict[str, np.ndarray]) -> tuple[dict[str, dict[str, float]], str | None]:
+    """Pearson r and SSIM of ``heat`` with each template, and the template of highest r."""
+    match = {c: {"pearson": pearson(heat, t),
+                 "ssim": float(structural_similarity(heat, t.astype(np.float32), data_range=1.0))}
+             for c, t in templates.items()}
+    finite = {c: m["pearson"] for c, m in match.items() if np.isfinite(m["pearson"])}
+    return match, max(finite, key=finite.get) if finite else None
+
+
+def _overlay(image: np.ndarray, heat: np.ndarray, store: str, title: str, templates: dict[str, np.ndarray],
+             match: dict[str, dict[str, float]], best: str | None, path: Path, out: Path) -> str:
+    """``<image>-<store>.png``: the input, the heatmap and the best-matching template."""
+    return figures.overlay_grid(
+        [("input", image, np.zeros_like(heat)), (f"{store}: {title}", image, heat)]
+        + ([(f"best template: {best} (r={match[best]['pearson']:.2f})", image, templates[best])] if best else []),
+        path.name, out / f"{path.stem}-{store}.png", columns=3)

@@ -1,5 +1,8 @@
 """Per-class heatmap templates, built by streaming a heatmap store once through aggregators.
 
+The groups are the classes; a store of a binary task's score has templates of its task's two
+sides too (``<task>:positive``, ``<task>:negative``: :func:`template_groups`).
+
 Rows are read in contiguous chunks, each chunk is split by class and handed to every
 aggregator, so any set of aggregators costs one read pass and memory independent of N. A
 shard processes one contiguous span of rows; the states of all shards, combined with
@@ -18,6 +21,7 @@ import numpy as np
 
 from ..io.template_store import Grouping, TemplateStates
 from ..plugins.aggregator import Aggregator
+from ..plugins.targets import binary_sides, side_names
 from ..progress import progress_bar
 
 
@@ -25,10 +29,12 @@ def build_templates(store_path: str | Path, aggregators: Mapping[str, Aggregator
                     by: Grouping = "true", correct_only: bool = False,
                     rows: np.ndarray | None = None, chunk: int = 256,
                     span: tuple[int, int] | None = None, progress: bool = False) -> TemplateStates:
-    """Aggregate the store's heatmaps per class in one read pass.
+    """Aggregate the store's heatmaps per class (and, for a binary store, per side of its task)
+    in one read pass.
 
-    ``by``: group by true label or by prediction. ``correct_only``: only heatmaps whose
-    prediction equals the label. ``rows``: a boolean mask (N,) or an index array selecting
+    ``by``: group by true label or by prediction (a side: of the label, or of the task's score
+    at its threshold). ``correct_only``: only heatmaps whose predicted group equals the true
+    one. ``rows``: a boolean mask (N,) or an index array selecting
     the rows to use (e.g. the test split). ``chunk``: rows read at a time (rounded to the
     store's HDF5 chunking). ``span=(start, stop)``: only rows ``[start, stop)`` (one shard).
 
@@ -41,28 +47,34 @@ def build_templates(store_path: str | Path, aggregators: Mapping[str, Aggregator
     with h5py.File(store_path, "r") as store:
         heatmaps = store["heatmaps"]
         total, shape = heatmaps.shape[0], tuple(heatmaps.shape[1:])
-        classes = store_classes(store)
-        labels = store["labels"][()]
-        predictions = store["predictions"][()] if by == "predicted" or correct_only else labels
-        group = labels if by == "true" else predictions
-        selected = _row_mask(rows, total) & (group >= 0) & (group < len(classes))
-        if correct_only:
-            selected &= labels == predictions
-        states = {name: {cls: agg.init(shape) for cls in classes} for name, agg in aggregators.items()}
+        wanted = _row_mask(rows, total)
+        plans = []
+        for names, true_group, predicted_group in template_groups(store):
+            group = true_group if by == "true" else predicted_group
+            selected = wanted & (group >= 0) & (group < len(names))
+            if correct_only:
+                selected &= true_group == predicted_group
+            plans.append((names, group, selected))
+        states = {name: {g: agg.init(shape) for names, _, _ in plans for g in names}
+                  for name, agg in aggregators.items()}
         start, stop = span if span is not None else (0, total)
         step = _read_step(heatmaps, chunk)
+        any_selected = np.logical_or.reduce([selected for _, _, selected in plans])
         ranges = [(lo, min(lo + step, stop)) for lo in range(start, stop, step)
-                  if selected[lo:min(lo + step, stop)].any()]
-        batches = _ClassBatches(len(classes), min(step, max(stop - start, 1)), shape, heatmaps.dtype,
-                                lambda k, batch: _update(aggregators, states, classes[k], batch))
+                  if any_selected[lo:min(lo + step, stop)].any()]
+        batches = [_ClassBatches(len(names), min(step, max(stop - start, 1)), shape, heatmaps.dtype,
+                                 lambda k, batch, names=names: _update(aggregators, states, names[k], batch))
+                   for names, _, _ in plans]
         total_rows = sum(hi - lo for lo, hi in ranges)
         bar = progress_bar(f"templates {Path(store_path).stem}", total_rows) if progress else nullcontext(None)
         with bar as advance:
             for lo, hi, data in read_chunks(heatmaps, ranges):
-                batches.add(data, selected[lo:hi], group[lo:hi])
+                for grouped, (_, group, selected) in zip(batches, plans):
+                    grouped.add(data, selected[lo:hi], group[lo:hi])
                 if advance is not None:
                     advance(hi - lo)
-            batches.flush()
+            for grouped in batches:
+                grouped.flush()
     return states
 
 
@@ -128,6 +140,44 @@ class _ClassBatches:
 def store_classes(store: h5py.File) -> list[str]:
     classes = store.attrs["classes"]
     return list(json.loads(classes) if isinstance(classes, (str, bytes)) else classes)
+
+
+def template_groups(store: h5py.File) -> list[tuple[list[str], np.ndarray, np.ndarray]]:
+    """The groupings of a store's rows, each ``(group names, true group (N,), predicted group
+    (N,))``: the classes by label and prediction; for a binary store (``target_positive``) also
+    its task's sides (:func:`~xaicxr.plugins.targets.side_names`) by the label and by the task's
+    score at ``target_threshold``."""
+    classes = store_classes(store)
+    labels = store["labels"][()]
+    groupings = [(classes, labels, store["predictions"][()])]
+    if "target_positive" in store.attrs:
+        positive = [classes.index(c) for c in json.loads(store.attrs["target_positive"])]
+        threshold, probs = float(store.attrs["target_threshold"]), store["probs"][()]
+        groupings.append((list(side_names(_text(store.attrs["target"]))),
+                          binary_sides(labels, probs, positive, threshold, "true"),
+                          binary_sides(labels, probs, positive, threshold, "predicted")))
+    return groupings
+
+
+def group_attrs(store_path: str | Path) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """Attributes a template file of this store carries: on the root ``target`` (where the store
+    records one) and, for a binary store, ``sides`` (JSON ``{side: [classes]}``); on each side's
+    template ``classes`` (JSON list)."""
+    with h5py.File(store_path, "r") as store:
+        if "target" not in store.attrs:
+            return {}, {}
+        target = _text(store.attrs["target"])
+        if "target_positive" not in store.attrs:
+            return {"target": target}, {}
+        classes = store_classes(store)
+        positive = json.loads(store.attrs["target_positive"])
+    sides = dict(zip(side_names(target), (positive, [c for c in classes if c not in positive])))
+    return ({"target": target, "sides": json.dumps(sides)},
+            {side: {"classes": json.dumps(members)} for side, members in sides.items()})
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
 def _row_mask(rows: np.ndarray | None, total: int) -> np.ndarray:

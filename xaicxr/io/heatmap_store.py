@@ -13,6 +13,13 @@ Layout (a contract: outside tools read these names):
   methods), ``classes`` (JSON list), ``model_sha256``, ``xaicxr_version``, ``params`` (JSON),
   and ``job_sha256``: a digest of everything that determines the content besides the model
   and the parameters (ids, targets, labels, predictions, probs, shapes, storage type).
+* ``target``: the explained score (``logit``, ``probability`` or ``binary:<task>``; stores
+  written before targets existed lack it: their explainer's default). A binary store holds one
+  map per image, of the task's score (the summed probabilities of its positive classes, whatever
+  ``targets`` says: that column keeps the class the targets rule chose), and also has
+  ``target_positive`` (JSON list of the positive classes) and ``target_threshold`` (the task's
+  threshold from ``metrics.json``: an image is predicted positive when its score is at least
+  that). These attributes are part of the store's identity.
 
 Heatmaps are chunked one image per chunk, shuffled and gzip-compressed, and written batch by
 batch, so memory does not grow with N.
@@ -52,6 +59,8 @@ ALL_CLASS_DATASETS = ("heatmaps_all", "degenerate_all")
 COLUMNS = ("ids", "labels", "predictions", "probs", "targets")
 IDENTITY_ATTRS = ("explainer", "layer", "classes", "model_sha256", "xaicxr_version", "params",
                   "job_sha256")
+TARGET_ATTRS = ("target", "target_positive", "target_threshold")
+"""Identity attributes a store may lack (written before targets existed; a class target)."""
 _GZIP = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
 
 
@@ -180,7 +189,7 @@ def _read_identity(path: Path) -> dict[str, Any] | None:
     """The identifying attributes of a store, or None if it cannot be read."""
     try:
         with h5py.File(path, "r") as h5:
-            found = {k: _text(h5.attrs[k]) for k in IDENTITY_ATTRS if k in h5.attrs}
+            found = {k: _text(h5.attrs[k]) for k in IDENTITY_ATTRS + TARGET_ATTRS if k in h5.attrs}
             found["done"] = int(h5.attrs.get("done", -1))
             return found
     except (OSError, KeyError, ValueError):
@@ -245,8 +254,9 @@ def _finalize(partial: Path, path: Path) -> None:
     """Copy the finished partial file into a fresh one, replace the target, drop the partial."""
     with atomic_path(path) as tmp:
         with h5py.File(partial, "r") as src, h5py.File(tmp, "w") as dst:
-            for key in IDENTITY_ATTRS:
-                dst.attrs[key] = src.attrs[key]
+            for key in IDENTITY_ATTRS + TARGET_ATTRS:
+                if key in src.attrs:
+                    dst.attrs[key] = src.attrs[key]
             for name in ROW_DATASETS + COLUMNS + ALL_CLASS_DATASETS:
                 if name in src:
                     src.copy(src[name], dst, name=name)
@@ -264,7 +274,8 @@ def merge_stores(parts: Sequence[str | Path], path: str | Path) -> Path:
     try:
         first = stores[0]
         for other in stores[1:]:
-            for key in ("explainer", "layer", "classes", "model_sha256", "params"):
+            for key in ("explainer", "layer", "classes", "model_sha256", "params", "target",
+                        "target_positive", "target_threshold"):
                 if getattr(other, key) != getattr(first, key):
                     raise StoreError(f"cannot merge {other.path.name} into {first.path.name}: {key} differs")
         all_classes = first.has_all_classes
@@ -273,7 +284,8 @@ def merge_stores(parts: Sequence[str | Path], path: str | Path) -> Path:
         columns = Columns.of([i for s in stores for i in s.ids],
                              *(np.concatenate([getattr(s, k) for s in stores]) for k in COLUMNS[1:]),
                              n_classes=len(first.classes))
-        identity = {k: _text(first._h5.attrs[k]) for k in IDENTITY_ATTRS if k != "job_sha256"}
+        identity = {k: _text(first._h5.attrs[k]) for k in IDENTITY_ATTRS + TARGET_ATTRS
+                    if k != "job_sha256" and k in first._h5.attrs}
         writer = HeatmapWriter(path, identity, columns, first.shape[1:], all_classes=all_classes,
                                dtype=str(first._h5["heatmaps"].dtype), overwrite=True)
         with writer:
@@ -324,6 +336,17 @@ class HeatmapStore:
         self.probs: np.ndarray = self._h5["probs"][()]
         self.targets: np.ndarray = self._h5["targets"][()]
         self.degenerate: np.ndarray = self._h5["degenerate"][()].astype(bool)
+        self.target: str = attrs.get("target", "")
+        """The explained score; ``""``: a store written before targets (its explainer's default)."""
+        self.target_positive: list[str] | None = (json.loads(attrs["target_positive"])
+                                                  if "target_positive" in attrs else None)
+        self.target_threshold: float | None = (float(attrs["target_threshold"])
+                                               if "target_threshold" in attrs else None)
+
+    @property
+    def is_binary(self) -> bool:
+        """Whether the maps explain a binary task's score (one per image, sides not classes)."""
+        return self.target_positive is not None
 
     @property
     def shape(self) -> tuple[int, int, int]:

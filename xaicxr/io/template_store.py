@@ -4,7 +4,10 @@ sharded template runs (``shards/<explainer>.states-K-of-N.h5``).
 A template file holds one dataset per class name, (H, W) float32 ((K, H, W) for
 multi-component aggregators such as ``pca``), with attrs ``n``, ``aggregator``, ``by``,
 ``correct_only`` and the aggregator's ``info`` figures (e.g. explained variance). A class
-without any heatmap gets a template of zeros and ``n = 0``.
+without any heatmap gets a template of zeros and ``n = 0``. The root records the store's
+``target`` where it has one; the store of a binary task's score adds one dataset per side of
+the task (``<task>:positive``, ``<task>:negative``, each with attr ``classes``, JSON) and the
+root attr ``sides`` (JSON ``{side: [classes]}``).
 """
 
 from __future__ import annotations

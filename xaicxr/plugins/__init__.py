@@ -3,7 +3,7 @@
 This is the one namespace a plugin author imports::
 
     from xaicxr.plugins import hookimpl, Dataset, Record, Scan, Skipped, Backbone, \
-        Explainer, CAMExplainer, Aggregator
+        Explainer, CAMExplainer, Aggregator, Target, ClassLogit, ClassProbability, BinaryScore
 
 and the Python API (contract) for finding plugins: :func:`get`, :func:`available`,
 :func:`register`, :func:`reset`. Nothing here imports TensorFlow, so listing plugins is fast.
@@ -13,7 +13,9 @@ and the Python API (contract) for finding plugins: :func:`get`, :func:`available
   the plugin at fault, name conflicts;
 - :mod:`.options`: a plugin's options are the typed keyword arguments of its ``__init__``;
 - :mod:`.dataset`, :mod:`.backbone`, :mod:`.explainer`, :mod:`.aggregator`: the base class of
-  each kind (and :mod:`.layers`, the Keras preprocessing layer backbones put in their models).
+  each kind (and :mod:`.layers`, the Keras preprocessing layer backbones put in their models);
+- :mod:`.targets`: what an explanation explains (class logit, class probability, a binary
+  task's score, any callable of the logits).
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ from .backbone import LOGITS, PROBS, Backbone, weights_file
 from .dataset import Dataset, Progress, Record, Scan, Skipped, require_dir, walk_images
 from .explainer import CAMExplainer, Explainer
 from .registry import Registry
+from .targets import BinaryScore, ClassLogit, ClassProbability, ScoreFunction, Target
 
 __all__ = ["hookimpl", "Aggregator", "State", "Backbone", "LOGITS", "PROBS", "weights_file",
            "Dataset", "Progress", "Record", "Scan", "Skipped", "require_dir", "walk_images",
-           "Explainer", "CAMExplainer", "Registry", "registry", "reset", "get", "available",
+           "Explainer", "CAMExplainer", "Target", "ClassLogit", "ClassProbability", "BinaryScore",
+           "ScoreFunction", "Registry", "registry", "reset", "get", "available",
            "register"]
 
 _registry: Registry | None = None

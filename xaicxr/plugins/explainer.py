@@ -2,13 +2,18 @@
 
 Contract: ``Explainer(**options).explain(model, images, targets, layer=None)`` takes ``images``
 (N, H, W, C) float32 as the model takes them and ``targets`` (N,) class indices, and returns
-(N, H, W) float32 in [0, 1] at input resolution.
+(N, H, W) float32 in [0, 1] at input resolution. ``targets`` may also be a score
+(:mod:`xaicxr.plugins.targets`): a :class:`~xaicxr.plugins.targets.Target` (class logit, class
+probability, a binary task's score) or any callable from the logits (N, C) to one score per
+image; class indices mean the explainer's :attr:`~Explainer.default_target` bound to them (the
+class logit; RISE and Score-CAM: the class probability, as their papers).
 
 What is shared, so that every explainer is comparable:
 
 * **Layer and score**: found by :mod:`xaicxr.kerasgraph` (a layer by name or path, nested
-  models included; the ``logits`` layer as the score: gradients of softmax probabilities
-  saturate and mix in the other classes).
+  models included; the ``logits`` layer as the model's output: gradients of softmax
+  probabilities saturate and mix in the other classes). What is explained is the target's score
+  of those logits, read in one place, :meth:`Explainer.score`.
 * **Maps.** A raw map at layer resolution is upsampled bilinearly to the input size
   (``tf.image.resize``), then normalised per image: by its maximum after a ReLU for CAM-style
   maps, min-max for signed or offset maps (saliency). A map that is all zero, constant, or has
@@ -23,13 +28,15 @@ plugins must stay fast.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from contextlib import contextmanager
+from typing import Any, ClassVar, Iterator, Literal
 
 import numpy as np
 
 from ..errors import ExplainerInputError
 from ..kerasgraph import ExplainableModel, explainable_model, model_cache, resolve_layer, score_layer
 from .options import Configurable
+from .targets import ClassLogit, Target, as_target
 
 TINY = float(np.finfo(np.float32).tiny)
 
@@ -84,26 +91,70 @@ class Explainer(Configurable):
     keyword arguments of its ``__init__`` stored as attributes of the same name.
 
     Class attributes: ``uses_layer`` (False for input-gradient methods such as saliency),
-    ``signed`` (min-max normalisation instead of ReLU + max).
+    ``signed`` (min-max normalisation instead of ReLU + max), ``default_target`` (what class
+    indices mean), ``reads_score`` (True where the method computes what it explains with
+    :meth:`score` / :meth:`class_scores`, so it honours any target; a subclass that picks the
+    class logit itself leaves it False and is refused other targets).
     """
 
     uses_layer: ClassVar[bool] = True
     signed: ClassVar[bool] = False
+    default_target: ClassVar[type[Target]] = ClassLogit
+    reads_score: ClassVar[bool] = False
 
     last_degenerate: np.ndarray | None = None
+    _active_target: Target | None = None
 
     def resolve_layer(self, model: Any, layer: str | None = None) -> str:
         """The path of the layer that ``explain(..., layer)`` will use ("" if none is used)."""
         return resolve_layer(model, layer).path if self.uses_layer else ""
+
+    # ---- the score: what is explained
+
+    @property
+    def target(self) -> Target:
+        """The target of the explanation under way (:meth:`scoring`), else the default."""
+        return self._active_target if self._active_target is not None else self.default_target()
+
+    @contextmanager
+    def scoring(self, target: Target) -> Iterator[Target]:
+        """Explain ``target`` inside the block (all-class mode of a probability, say)."""
+        previous, self._active_target = self._active_target, target
+        try:
+            yield target
+        finally:
+            self._active_target = previous
+
+    def score(self, logits: Any, classes: Any) -> Any:
+        """(N,) the explained score from the logits (N, C) and class indices (N,) (TF ops): the
+        one place an explainer turns the model's outputs into what it explains."""
+        return self.target.score(logits, classes)
+
+    def class_scores(self, logits: Any) -> Any:
+        """(N, C) every class's score, for all-class modes (classwise targets only)."""
+        return self.target.class_scores(logits)
+
+    def bind_target(self, targets: Any, n: int, n_classes: int) -> tuple[Target, np.ndarray]:
+        """``targets`` of :meth:`explain` as a target and the (N,) class indices fed to it."""
+        target = as_target(targets, self.default_target)
+        if not self.reads_score and not isinstance(target, self.default_target):
+            raise ExplainerInputError(f"{type(self).__name__} explains class indices only (it does not read "
+                                      f"Explainer.score); target {target.label!r} needs an explainer that does")
+        target.check(n_classes)
+        return target, target.indices(n, n_classes)
 
     # ---- public API
 
     def explain(self, model: Any, images: Any, targets: Any,
                 layer: str | None = None) -> np.ndarray:
         """(N, H, W) float32 maps in [0, 1] of ``targets`` (N,); see the module docstring.
-        ``targets="all"`` is :meth:`explain_all`: (N, C, H, W), every class."""
+        ``targets="all"`` (or a classwise target bound to ``"all"``) is :meth:`explain_all`:
+        (N, C, H, W), every class."""
         if isinstance(targets, str) and targets == "all":
             return self.explain_all(model, images, layer)
+        if isinstance(targets, Target) and targets.every_class:
+            with self.scoring(targets):
+                return self.explain_all(model, images, layer)
         maps, _ = self.explain_with_info(model, images, targets, layer)
         return maps
 
@@ -112,10 +163,11 @@ class Explainer(Configurable):
         """``(maps (N, H, W), degenerate (N,) bool)``."""
         images = check_images(model, images)
         n_classes = self._n_classes(model, layer)
-        targets = check_targets(targets, len(images), n_classes)
+        target, targets = self.bind_target(targets, len(images), n_classes)
         if len(images) == 0:
             return self._empty(images, ())
-        raw = self.raw_maps(model, images, targets, layer)
+        with self.scoring(target):
+            raw = self.raw_maps(model, images, targets, layer)
         return self._finish(raw, images)
 
     def explain_all(self, model: Any, images: Any, layer: str | None = None) -> np.ndarray:
@@ -125,16 +177,25 @@ class Explainer(Configurable):
 
     def explain_all_with_info(self, model: Any, images: Any,
                               layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(maps (N, C, H, W), degenerate (N, C))``; here one ``explain`` per class,
-        subclasses that can share the forward pass override it."""
+        """``(maps (N, C, H, W), degenerate (N, C))`` of :attr:`target`'s class scores; here one
+        ``explain`` per class, subclasses that can share the forward pass override it."""
         images = check_images(model, images)
         n_classes = self._n_classes(model, layer)
-        runs = [self.explain_with_info(model, images, np.full(len(images), c), layer)
+        target = self.every_class_target()
+        runs = [self.explain_with_info(model, images, target.bind(np.full(len(images), c)), layer)
                 for c in range(n_classes)]
         return self._store_flags(np.stack([m for m, _ in runs], axis=1),
                                  np.stack([d for _, d in runs], axis=1))
 
     # ---- for subclasses
+
+    def every_class_target(self) -> Target:
+        """:attr:`target`, checked to have a score per class (all-class mode)."""
+        target = self.target
+        if not target.classwise:
+            raise ExplainerInputError(f"target {target.label!r} has one score per image, not one per class; "
+                                      "all-class mode (targets = \"all\") needs a class logit or probability")
+        return target
 
     def raw_maps(self, model: Any, images: np.ndarray, targets: np.ndarray,
                  layer: str | None) -> Any:
@@ -170,8 +231,11 @@ class CAMExplainer(Explainer):
 
     A variant overrides :meth:`channel_weights` (Grad-CAM: spatial mean of the gradients), or
     :meth:`cam` when its weights are per position (LayerCAM). All-class mode shares one
-    forward pass between the classes (:meth:`explain_all_with_info`).
+    forward pass between the classes (:meth:`explain_all_with_info`). The differentiated score
+    is :meth:`score` of the logits (the target's), so every variant honours every target.
     """
+
+    reads_score = True
 
     allclass_method: ClassVar[Literal["loop", "jacobian"]] = "loop"
     """How all-class mode gets C gradients from one forward pass: C backward passes from a
@@ -197,17 +261,19 @@ class CAMExplainer(Explainer):
                           layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         images = check_images(model, images)
         exp = self.explainable(model, layer)
-        targets = check_targets(targets, len(images), exp.n_classes)
+        target, targets = self.bind_target(targets, len(images), exp.n_classes)
         if len(images) == 0:
             return self._empty(images, ())
-        fn = self._compiled(model, exp, "single", images.shape[1:])
-        maps, flags = fn(images, targets.astype(np.int32))
+        with self.scoring(target):
+            fn = self._compiled(model, exp, "single", images.shape[1:])
+            maps, flags = fn(images, targets.astype(np.int32))
         return self._store_flags(maps.numpy(), flags.numpy())
 
     def explain_all_with_info(self, model: Any, images: Any,
                               layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         images = check_images(model, images)
         exp = self.explainable(model, layer)
+        self.every_class_target()
         if len(images) == 0:
             return self._empty(images, (exp.n_classes,))
         maps, flags = self._compiled(model, exp, self.allclass_method, images.shape[1:])(images)
@@ -219,8 +285,9 @@ class CAMExplainer(Explainer):
         return self.class_maps(self.explainable(model, layer).model, images, targets)
 
     def class_maps(self, graph: Any, images: Any, targets: Any) -> Any:
-        """(N, h, w) raw maps of the ``targets`` classes, traced inside the compiled function;
-        ``graph`` maps images to [activations, logits]. Gradient-based methods leave it alone;
+        """(N, h, w) raw maps of :meth:`score` (``targets``: the class indices it is given), traced
+        inside the compiled function; ``graph`` maps images to [activations, logits].
+        Gradient-based methods leave it alone;
         a method that needs no gradient (Eigen-CAM) or other forward passes (Ablation-CAM)
         overrides it, and :meth:`every_class_maps` for all-class mode."""
         import tensorflow as tf
@@ -229,25 +296,27 @@ class CAMExplainer(Explainer):
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(images)  # frozen layers would otherwise break the chain to the activations
             acts, logits = graph(images, training=False)
-            score = tf.gather(logits, tf.cast(targets, tf.int32), axis=1, batch_dims=1)
+            score = self.score(logits, targets)
         grads = tape.gradient(score, acts, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return self.cam(acts, grads)
 
     def every_class_maps(self, graph: Any, images: Any, method: str) -> Any:
-        """(N, C, h, w) raw maps of every class from one forward pass (``allclass_method``)."""
+        """(N, C, h, w) raw maps of every class's score (:meth:`class_scores`) from one forward
+        pass (``allclass_method``)."""
         import tensorflow as tf
 
         with tf.GradientTape(persistent=method == "loop", watch_accessed_variables=False) as tape:
             tape.watch(images)
             acts, logits = graph(images, training=False)
+            table = self.class_scores(logits)
             n_classes = int(logits.shape[-1])
-            scores = [logits[:, c] for c in range(n_classes)] if method == "loop" else None
+            scores = [table[:, c] for c in range(n_classes)] if method == "loop" else None
         zero = tf.UnconnectedGradients.ZERO
         if method == "loop":
             grads = tf.stack([tape.gradient(s, acts, unconnected_gradients=zero) for s in scores],
                              axis=1)
         else:
-            grads = tape.batch_jacobian(logits, acts, unconnected_gradients=zero)
+            grads = tape.batch_jacobian(table, acts, unconnected_gradients=zero)
         del tape
         shape = tf.shape(grads)
         flat_grads = tf.reshape(grads, tf.concat([[-1], shape[2:]], axis=0))
@@ -258,26 +327,29 @@ class CAMExplainer(Explainer):
     def _compiled(self, model: Any, exp: ExplainableModel, mode: str, image_shape: tuple) -> Any:
         cache = model_cache(model)
         key = ("cam", type(self), repr(sorted(self.options().items())), exp.layer, mode,
-               tuple(image_shape))
+               tuple(image_shape), self.target.key)
         fn = cache.get(key)
         if fn is None:
             fn = cache[key] = self._compile(exp.model, mode, tuple(image_shape))
         return fn
 
     def _compile(self, graph: Any, mode: str, image_shape: tuple) -> Any:
+        """The compiled function of :attr:`target` (bound now, so a later trace scores the same)."""
         import tensorflow as tf
 
-        size = image_shape[:2]
+        size, target = image_shape[:2], self.target
         spec = tf.TensorSpec((None, *image_shape), tf.float32)
         if mode == "single":
             @tf.function(input_signature=[spec, tf.TensorSpec((None,), tf.int32)], autograph=False)
             def single(images, targets):
-                return finish_maps(self.class_maps(graph, images, targets), size, self.signed)
+                with self.scoring(target):
+                    return finish_maps(self.class_maps(graph, images, targets), size, self.signed)
             return single
 
         @tf.function(input_signature=[spec], autograph=False)
         def every_class(images):
-            return finish_maps(self.every_class_maps(graph, images, mode), size, self.signed)
+            with self.scoring(target):
+                return finish_maps(self.every_class_maps(graph, images, mode), size, self.signed)
         return every_class
 
 

@@ -1,9 +1,12 @@
 """The explain stage: heatmaps of the configured split into ``heatmaps/<explainer>.h5``.
 
 An ``[[explain]]`` entry is resolved once into an :class:`ExplainJob` (the explainer made with
-its options, the layer, which targets, which rows, the parameters that identify the store),
-and that one object is passed down. Images come from the run's image cache (the exact pixels
-the model was evaluated on); labels, predictions and probabilities from ``predictions.h5``.
+its options, the layer, which targets, which score, which rows, the parameters that identify
+the store), and that one object is passed down. The score (``target``: class logit, class
+probability, ``binary:<task>``) is made for the run's classes from the binary tasks
+``metrics.json`` reports, whose threshold a binary store keeps (its predicted side). Images
+come from the run's image cache (the exact pixels the model was evaluated on); labels,
+predictions and probabilities from ``predictions.h5``.
 The store is resumable (:class:`~xaicxr.io.heatmap_store.HeatmapWriter`): an interrupted
 explain continues where it stopped.
 """
@@ -20,12 +23,13 @@ import h5py
 import numpy as np
 
 from .. import __version__
-from ..config import build_plugin, plugin_options
+from ..config import build_plugin, plugin_options, store_name
 from ..errors import ConfigError, StoreError
 from ..io.h5rows import read_rows
 from ..io.heatmap_store import Columns, HeatmapWriter
 from ..io.imagecache import ImageCache
 from ..io.predictions import read_predictions
+from ..plugins.targets import BinaryScore, ClassLogit, Target, make_target
 from ..progress import progress_bar
 from ..rundir import RunDir, Shard
 from . import Run
@@ -35,7 +39,7 @@ TABLES = ("explain",)
 
 
 def outputs(cfg: dict, rundir: RunDir) -> list[Path]:
-    return [rundir.heatmaps(e["name"]) for e in cfg["explain"]]
+    return [rundir.heatmaps(store_name(e)) for e in cfg["explain"]]
 
 
 def run(run: Run) -> dict[str, Any]:
@@ -44,7 +48,7 @@ def run(run: Run) -> dict[str, Any]:
     for spec in run.cfg["explain"]:
         job = ExplainJob.from_spec(spec, run.dir)
         path = explain_split(run.dir, job, model, run.model_sha256(), cache, overwrite=True)
-        written[job.name] = str(path.relative_to(run.dir.root))
+        written[job.store] = str(path.relative_to(run.dir.root))
     return written
 
 
@@ -53,7 +57,7 @@ class ExplainJob:
     """One ``[[explain]]`` entry, resolved: everything that decides what a store holds."""
 
     name: str
-    """The explainer plugin's name, which is also the store's name."""
+    """The explainer plugin's name."""
     explainer: Any
     layer: str | None
     """The requested layer (configured, else the backbone's default); None: the explainer's own."""
@@ -63,6 +67,15 @@ class ExplainJob:
     batch_size: int
     params: dict[str, Any]
     """The explainer's options plus ``targets`` and ``split``: the store's ``params``."""
+    target: str | None = None
+    """The configured score (``logit``, ``probability``, ``binary:<task>``); None: the
+    explainer's default (the class logit; RISE and Score-CAM: the class probability)."""
+    store: str = ""
+    """The store's name (:func:`xaicxr.config.store_name`); empty: the explainer's name."""
+
+    def __post_init__(self) -> None:
+        if not self.store:
+            object.__setattr__(self, "store", self.name)
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], rundir: RunDir | None = None) -> "ExplainJob":
@@ -72,16 +85,33 @@ class ExplainJob:
         return cls(name=spec["name"], explainer=build_plugin("explain", spec), layer=layer,
                    targets=spec["targets"], split=spec["split"], batch_size=spec["batch_size"],
                    params={**plugin_options(spec, "explain"), "targets": spec["targets"],
-                           "split": spec["split"]})
+                           "split": spec["split"]},
+                   target=spec.get("target"), store=store_name(spec))
 
-    def identity(self, model: Any, model_sha256: str, classes: list[str]) -> dict[str, str]:
+    def score(self, classes: list[str], binary: dict[str, dict[str, Any]]) -> Target | None:
+        """The configured target for a model of ``classes`` (None: the explainer's default);
+        ``binary``: the run's binary tasks as ``metrics.json`` reports them."""
+        if self.target is None:
+            return None
+        if not hasattr(self.explainer, "scoring"):
+            raise ConfigError(f"[[explain]] {self.name!r}: target = {self.target!r} needs an explainer built on "
+                              "xaicxr.plugins.Explainer (it reads the score through Explainer.score)")
+        return make_target(self.target, classes, binary)
+
+    def identity(self, model: Any, model_sha256: str, classes: list[str], target: Target | None = None,
+                 threshold: float | None = None) -> dict[str, Any]:
         """The root attributes of the store, but the rows' digest."""
         resolve = getattr(self.explainer, "resolve_layer", None)
-        return {"explainer": self.name,
-                "layer": resolve(model, self.layer) if resolve else (self.layer or ""),
-                "classes": json.dumps(list(classes)), "model_sha256": model_sha256,
-                "xaicxr_version": __version__,
-                "params": json.dumps(self.params, sort_keys=True, default=str)}
+        default = getattr(self.explainer, "default_target", ClassLogit)
+        out: dict[str, Any] = {
+            "explainer": self.name, "layer": resolve(model, self.layer) if resolve else (self.layer or ""),
+            "classes": json.dumps(list(classes)), "model_sha256": model_sha256,
+            "xaicxr_version": __version__, "params": json.dumps(self.params, sort_keys=True, default=str),
+            "target": target.label if target is not None else default.name}
+        if isinstance(target, BinaryScore):
+            out["target_positive"] = json.dumps(target.positive_names)
+            out["target_threshold"] = float(threshold if threshold is not None else 0.5)
+        return out
 
 
 def explain_split(rundir: RunDir, job: ExplainJob, model: Any, model_sha256: str, cache: ImageCache,
@@ -93,10 +123,13 @@ def explain_split(rundir: RunDir, job: ExplainJob, model: Any, model_sha256: str
     rows = cache.rows(job.split)
     if len(rows) == 0:
         raise ConfigError(f"[[explain]] split = {job.split!r} has no images in this run")
-    path = rundir.heatmaps(job.name)
+    binary = rundir.read_metrics().get("binary", {}) if job.target else {}
+    target = job.score(preds["classes"], binary)
+    threshold = binary[target.task]["threshold"] if isinstance(target, BinaryScore) else None
+    path = rundir.heatmaps(job.store)
     if shard is not None:
         rows = rows[slice(*shard.bounds(len(rows)))]
-        path = rundir.heatmap_shard(job.name, shard)
+        path = rundir.heatmap_shard(job.store, shard)
     predictions = preds["probs"][rows].argmax(axis=1)
     labels = cache.labels[rows]
     columns = Columns.of([cache.ids[r] for r in rows], labels, predictions, preds["probs"][rows],
@@ -106,20 +139,24 @@ def explain_split(rundir: RunDir, job: ExplainJob, model: Any, model_sha256: str
             return read_rows(h5["images"], rows[start:stop]).astype(np.float32)[..., None]
 
         return explain_to_store(path, job, model, model_sha256, preds["classes"], columns, images,
-                                overwrite=overwrite)
+                                overwrite=overwrite, target=target, threshold=threshold)
 
 
 def explain_to_store(path: str | Path, job: ExplainJob, model: Any, model_sha256: str,
                      classes: list[str], columns: Columns, images: Callable[[int, int], np.ndarray],
-                     *, overwrite: bool = False, dtype: str = "float16", progress: bool = True) -> Path:
+                     *, overwrite: bool = False, dtype: str = "float16", progress: bool = True,
+                     target: Target | None = None, threshold: float | None = None) -> Path:
     """Explain every row of ``columns`` into the store at ``path`` (resuming a partial one).
 
     ``images(start, stop)`` returns rows [start, stop) as the model takes them, e.g.
-    (n, S, S, 1) float32."""
+    (n, S, S, 1) float32. ``target``: the score explained (None: the explainer's default), bound
+    to each batch's ``columns.targets`` when it is a class score; ``threshold``: a binary
+    target's decision threshold (the store keeps it for its predicted side)."""
     n = len(columns)
     size = _image_size(model, images, n)
     all_classes = job.targets == "all"
-    with HeatmapWriter(path, job.identity(model, model_sha256, classes), columns, size,
+    identity = job.identity(model, model_sha256, classes, target, threshold)
+    with HeatmapWriter(path, identity, columns, size,
                        all_classes=all_classes, dtype=dtype, overwrite=overwrite) as writer:
         if writer.complete:
             return writer.path
@@ -133,17 +170,22 @@ def explain_to_store(path: str | Path, job: ExplainJob, model: Any, model_sha256
                 if len(batch) != stop - start:
                     raise StoreError(f"images({start}, {stop}) returned {len(batch)} rows, "
                                      f"expected {stop - start}")
-                writer.write(start, *_explain_batch(job, model, batch, columns.targets[start:stop]))
+                writer.write(start, *_explain_batch(job, model, batch, columns.targets[start:stop], target))
                 if advance is not None:
                     advance(stop - start)
         return writer.finish()
 
 
-def _explain_batch(job: ExplainJob, model: Any, images: np.ndarray, targets: np.ndarray) -> tuple:
+def _explain_batch(job: ExplainJob, model: Any, images: np.ndarray, targets: np.ndarray,
+                   target: Target | None = None) -> tuple:
     """``(maps, degenerate)``, plus every class's maps and flags when ``job.targets == "all"``."""
     if job.targets != "all":
-        return _explain(job.explainer, model, images, targets, job.layer)
-    if hasattr(job.explainer, "explain_all_with_info"):
+        chosen = targets if target is None else target.bind(targets) if target.classwise else target
+        return _explain(job.explainer, model, images, chosen, job.layer)
+    if target is not None:
+        with job.explainer.scoring(target.bind("all")):
+            maps_all, flags_all = job.explainer.explain_all_with_info(model, images, job.layer)
+    elif hasattr(job.explainer, "explain_all_with_info"):
         maps_all, flags_all = job.explainer.explain_all_with_info(model, images, job.layer)
     else:
         runs = [_explain(job.explainer, model, images, np.full(len(images), c), job.layer)

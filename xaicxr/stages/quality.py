@@ -20,6 +20,9 @@ misclassified image's map explains another class and is counted in ``n_other_tar
 
 ``quality.h5`` keeps the per-image scores of every explainer and baseline and the explainers'
 deletion/insertion curves, for re-analysis.
+
+A store of a binary task's score (``target = "binary:<task>"``) is not scored: its reason is
+under ``quality_skipped`` (see :data:`BINARY_SKIP_REASON`).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from ..analysis.lungs import segment_lungs
 from ..analysis.reliability import consistency, split_half
 from ..analysis.reliance import reliance_figures
 from ..analysis.template_quality import distinctiveness, template_figures
-from ..config import build_plugin
+from ..config import build_plugin, store_name
 from ..io import atomic
 from ..io.heatmap_store import HeatmapStore
 from ..io.imagecache import SPLITS, ImageCache
@@ -52,6 +55,15 @@ from .evaluate import predict_images
 NAME = "quality"
 TABLES = ("quality",)
 
+BINARY_SKIP_REASON = (
+    "not scored: the maps explain a binary task's score (the summed probability of its positive classes), "
+    "not one class. Every quality figure here is defined for one class: localisation against that class's "
+    "lesions next to that class's prior, deletion/insertion and template faithfulness on that class's "
+    "probability, randomisation of that class's maps. Scoring the positive side against the union of its "
+    "classes' lesions would pool lesions of different shapes and places under one prior and one score; "
+    "compare the class stores' figures instead, and the side templates in the report.")
+"""Why a binary store gets no quality figures (``metrics.json`` ``quality_skipped``)."""
+
 
 def outputs(cfg: dict, rundir: RunDir) -> list[Path]:
     return [rundir.quality]
@@ -62,12 +74,16 @@ def run(run: Run) -> dict[str, Any]:
     cache = run.image_cache()
     classes = run.dir.read_split()["classes"]
     figures: dict[str, Any] = {"per_image": {}, "baselines": {}, "templates": {}, "faithfulness": {},
-                               "randomisation": {}, "sanity": {}, "distinctiveness": {}, "reliance": {}}
+                               "randomisation": {}, "sanity": {}, "distinctiveness": {}, "reliance": {},
+                               "quality_skipped": {}}
     sets: dict[tuple, _ImageSet] = {}
     with atomic.atomic_path(run.dir.quality) as tmp, h5py.File(tmp, "w") as out:
         for spec in run.cfg["explain"]:
-            name = spec["name"]
+            name = store_name(spec)
             with HeatmapStore(run.dir.heatmaps(name)) as store:
+                if store.is_binary:
+                    figures["quality_skipped"][name] = {"target": store.target, "reason": BINARY_SKIP_REASON}
+                    continue
                 key = (tuple(store.ids), store.targets.tobytes())
                 if key not in sets:
                     sets[key] = _ImageSet(store, cache, classes, opts, out.require_group(f"baselines/{name}"))

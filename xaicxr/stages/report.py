@@ -5,6 +5,8 @@ the lesion at all (counterfactual twins, where the data allow); where do the hea
 next to what maps that know nothing earn; are the templates where the lesions are; do the maps
 pick the pixels the model needs (deletion, insertion); and do they change when what the model
 learned is destroyed (cascading randomisation). Every estimate is shown with its 95 % interval.
+An explained binary score (``target = "binary:<task>"``) gets its templates per side (positive,
+negative, with their classes) and the reason its maps are not scored.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import numpy as np
 
 from .. import __version__
 from ..analysis.intervals import describe
+from ..config import store_name
 from ..io import atomic, figures
 from ..io.heatmap_store import HeatmapStore
 from ..io.imagecache import ImageCache
 from ..io.template_store import is_multi_component, read_template_file
+from ..plugins.targets import binary_sides, side_names
 from ..rundir import RunDir
 from . import Run
 
@@ -90,6 +94,15 @@ def class_means(cache: ImageCache, ids: list[str], labels: np.ndarray, classes: 
     return {c: (sums[c] / counts[c]).astype(np.float32) if counts[c] else None for c in classes}
 
 
+def side_labels(store: HeatmapStore, classes: list[str], by: str = "true") -> tuple[list[str], np.ndarray]:
+    """A binary store's side names with their classes (``covid-vs-rest:positive`` over
+    ``covid``), and each row's side."""
+    positive = [classes.index(c) for c in store.target_positive or []]
+    members = [[classes[k] for k in positive], [c for k, c in enumerate(classes) if k not in positive]]
+    names = [f"{side}\n{', '.join(m)}" for side, m in zip(side_names(store.target), members)]
+    return names, binary_sides(store.labels, store.probs, positive, store.target_threshold or 0.5, by)
+
+
 def _examples(store: HeatmapStore, cache: ImageCache, classes: list[str]) -> list[tuple[str, np.ndarray, np.ndarray]]:
     correct = np.flatnonzero(store.labels == store.predictions)
     wrong = np.flatnonzero(store.labels != store.predictions)
@@ -101,10 +114,12 @@ def _examples(store: HeatmapStore, cache: ImageCache, classes: list[str]) -> lis
     images = cache.read(cache.rows_of([store.ids[r] for r in picks]))["images"]
     maps = store.read(picks)
     out = []
+    positive = [classes.index(c) for c in store.target_positive or []]
     for image, heat, r in zip(images, maps, picks):
         ok = "correct" if store.labels[r] == store.predictions[r] else "WRONG"
+        score = f"; score {store.probs[r, positive].sum():.2f}" if positive else ""
         out.append((f"{ok}: true {classes[store.labels[r]]}\npred {classes[store.predictions[r]]} "
-                    f"({store.probs[r].max():.2f})", image, heat))
+                    f"({store.probs[r].max():.2f}{score})", image, heat))
     return out
 
 
@@ -259,7 +274,15 @@ def _randomisation(name: str, metrics: dict[str, Any], out: Path) -> list[str]:
 def _templates_pictures(name: str, store: HeatmapStore, cfg: dict[str, Any], rundir: RunDir, cache: ImageCache,
                         classes: list[str], out: Path) -> list[str]:
     parts = []
-    means = class_means(cache, store.ids, store.labels, classes)
+    if store.is_binary:
+        by = cfg.get("templates", {}).get("by", "true")
+        groups, rows_group = side_labels(store, classes, by)
+        means = class_means(cache, store.ids, rows_group, groups)
+        what = f"template per side of {store.target} (by {'the true label' if by == 'true' else 'the prediction'})"
+    else:
+        groups = None
+        means = class_means(cache, store.ids, store.labels, classes)
+        what = "template per class"
     for agg in cfg.get("aggregate", []):
         tpath = rundir.template(name, agg["name"])
         if not tpath.exists():
@@ -273,9 +296,11 @@ def _templates_pictures(name: str, store: HeatmapStore, cfg: dict[str, Any], run
                                                out / f"pca-{name}-{agg['name']}-{cls}.png")
                 parts.append(_img(fig, f"{agg['name']} components of {cls}"))
             continue
+        if groups is not None:
+            loaded = {shown: loaded[side] for side, shown in zip(side_names(store.target), groups) if side in loaded}
         fig = figures.template_panel({c: t for c, (t, _) in loaded.items()}, means,
                                      {c: int(a.get("n", 0)) for c, (_, a) in loaded.items()},
-                                     f"{name}: {agg['name']} template per class over the class's mean image",
+                                     f"{name}: {agg['name']} {what} over its mean image",
                                      out / f"templates-{name}-{agg['name']}.png")
         parts.append(_img(fig, f"{agg['name']} templates ({name})"))
     return parts
@@ -298,13 +323,22 @@ def write_report(rundir: RunDir, cfg: dict[str, Any], cache: ImageCache) -> Path
     parts += _baselines(metrics)
     aggregators = [a["name"] for a in cfg.get("aggregate", [])]
     for spec in cfg.get("explain", []):
-        name = spec["name"]
+        name = store_name(spec)
         path = rundir.heatmaps(name)
         if not path.exists():
             continue
         with HeatmapStore(path) as store:
-            parts.append(f"<h2>{html.escape(name)} at layer <code>{html.escape(store.layer or 'input')}</code></h2>")
+            target = f", explaining <b>{html.escape(store.target)}</b>" if store.target else ""
+            parts.append(f"<h2>{html.escape(name)} at layer <code>{html.escape(store.layer or 'input')}</code>"
+                         f"{target}</h2>")
+            if store.is_binary:
+                parts.append(_note(f"One map per image, of the task's score: the summed probability of "
+                                   f"{', '.join(store.target_positive or [])} (threshold {store.target_threshold:.3f}, "
+                                   "from validation). Templates per side."))
             parts += _templates_pictures(name, store, cfg, rundir, cache, classes, out)
+            skipped = metrics.get("quality_skipped", {}).get(name)
+            if skipped:
+                parts.append(_note(f"Quality figures: {skipped['reason']}"))
             parts += _localisation(name, metrics)
             parts += _templates_quality(name, metrics, aggregators)
             parts += _faithfulness(name, metrics, out)

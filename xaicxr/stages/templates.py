@@ -1,5 +1,5 @@
-"""The templates stage: per-class templates for every explainer x aggregator, built by
-streaming each heatmap store once; also the sharded variant (``template --shard K/N``, then
+"""The templates stage: per-class templates (per side for a binary task's store) for every
+explainer x aggregator, built by streaming each heatmap store once; also the sharded variant (``template --shard K/N``, then
 ``--merge-shards``). How good the templates are is the quality stage's question.
 """
 
@@ -11,8 +11,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..analysis.aggregation import build_templates, merge_states
-from ..config import build_plugin
+from ..analysis.aggregation import build_templates, group_attrs, merge_states
+from ..config import build_plugin, store_name
 from ..io.heatmap_store import HeatmapStore
 from ..io.template_store import (Grouping, TemplateStates, load_states, save_states,
                                  write_template_file)
@@ -25,19 +25,19 @@ TABLES = ("aggregate", "templates")
 
 
 def outputs(cfg: dict, rundir: RunDir) -> list[Path]:
-    return [rundir.template(e["name"], a["name"]) for e in cfg["explain"] for a in cfg["aggregate"]]
+    return [rundir.template(store_name(e), a["name"]) for e in cfg["explain"] for a in cfg["aggregate"]]
 
 
 def run(run: Run) -> dict[str, Any]:
     opts = run.cfg["templates"]
     aggregators = make_aggregators(run.cfg["aggregate"])
     written = []
-    for spec in run.cfg["explain"]:
-        states = build_templates(run.dir.heatmaps(spec["name"]), aggregators, by=opts["by"],
+    for store in map(store_name, run.cfg["explain"]):
+        states = build_templates(run.dir.heatmaps(store), aggregators, by=opts["by"],
                                  correct_only=opts["correct_only"], progress=True)
-        write_templates(run.dir, spec["name"], states, aggregators, by=opts["by"],
+        write_templates(run.dir, store, states, aggregators, by=opts["by"],
                         correct_only=opts["correct_only"])
-        written += [f"{spec['name']}-{name}" for name in aggregators]
+        written += [f"{store}-{name}" for name in aggregators]
     return {"templates": written}
 
 
@@ -48,17 +48,20 @@ def make_aggregators(specs: list[dict[str, Any]]) -> dict[str, Aggregator]:
 def write_templates(rundir: RunDir, explainer: str, states: TemplateStates,
                     aggregators: Mapping[str, Aggregator], *, by: Grouping,
                     correct_only: bool) -> dict[str, dict[str, np.ndarray]]:
-    """Finalize ``states``, write ``templates/<explainer>-<aggregator>.h5`` for each aggregator,
-    and return the templates."""
+    """Finalize ``states``, write ``templates/<explainer>-<aggregator>.h5`` for each aggregator
+    (``explainer``: the store's name; its target and sides recorded where the run directory
+    holds the store), and return the templates."""
     finished = {}
+    store = rundir.heatmaps(explainer)
+    root, per_group = group_attrs(store) if store.is_file() else ({}, {})
     for name, per_class in states.items():
         agg = aggregators[name]
         finished[name] = {cls: agg.finalize(state) for cls, state in per_class.items()}
         write_template_file(
             rundir.template(explainer, name), finished[name], aggregator=name, by=by,
             correct_only=correct_only, counts={cls: agg.count(state) for cls, state in per_class.items()},
-            extra={cls: agg.info(state) for cls, state in per_class.items()},
-            attrs={"options": json.dumps(agg.options(), sort_keys=True)})
+            extra={cls: {**agg.info(state), **per_group.get(cls, {})} for cls, state in per_class.items()},
+            attrs={"options": json.dumps(agg.options(), sort_keys=True), **root})
     return finished
 
 
@@ -67,13 +70,13 @@ def build_shard_states(rundir: RunDir, cfg: dict[str, Any], shard: Shard) -> lis
     opts = cfg["templates"]
     aggregators = make_aggregators(cfg["aggregate"])
     written = []
-    for spec in cfg["explain"]:
-        store = rundir.heatmaps(spec["name"])
+    for name in map(store_name, cfg["explain"]):
+        store = rundir.heatmaps(name)
         with HeatmapStore(store) as s:
             span = shard.bounds(len(s))
         states = build_templates(store, aggregators, by=opts["by"], correct_only=opts["correct_only"],
                                  span=span, progress=True)
-        path = rundir.template_states(spec["name"], shard)
+        path = rundir.template_states(name, shard)
         save_states(path, states, aggregators, by=opts["by"], correct_only=opts["correct_only"],
                     shard=[shard.k, shard.n])
         written.append(path)
@@ -86,10 +89,10 @@ def merge_shard_states(rundir: RunDir, cfg: dict[str, Any]) -> dict[str, list[st
     opts = cfg["templates"]
     aggregators = make_aggregators(cfg["aggregate"])
     merged = {}
-    for spec in cfg["explain"]:
-        paths = rundir.template_state_shards(spec["name"])
+    for store in map(store_name, cfg["explain"]):
+        paths = rundir.template_state_shards(store)
         states = merge_states((load_states(p, aggregators)[0] for p in paths), aggregators)
-        write_templates(rundir, spec["name"], states, aggregators, by=opts["by"],
+        write_templates(rundir, store, states, aggregators, by=opts["by"],
                         correct_only=opts["correct_only"])
-        merged[spec["name"]] = [str(rundir.template(spec["name"], name)) for name in aggregators]
+        merged[store] = [str(rundir.template(store, name)) for name in aggregators]
     return merged

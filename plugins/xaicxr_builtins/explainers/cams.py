@@ -69,39 +69,43 @@ class EigenCAM(CAMExplainer):
                               layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         images = check_images(model, images)
         n = self.explainable(model, layer).n_classes
-        maps, flags = self.explain_with_info(model, images, np.zeros(len(images), int), layer)
+        maps, flags = self.explain_with_info(model, images, self.target.bind(np.zeros(len(images), int)), layer)
         return self._store_flags(np.repeat(maps[:, None], n, 1), np.repeat(flags[:, None], n, 1))
 
 
 class AblationCAM(CAMExplainer):
-    """Ablation-CAM (Ramaswamy & Desai 2020): w_k = (y - y_k) / y, y the target logit and y_k
-    the logit with channel k of the activations set to zero; map = ReLU(sum_k w_k A_k) (w = 0
-    where y = 0). Gradient-free: the layers above the target (``kerasgraph.model_above``) run
-    on ``ablation_batch`` ablated activation tensors per call, every class at once."""
+    """Ablation-CAM (Ramaswamy & Desai 2020): w_k = (y - y_k) / y, y the target's score (the
+    class logit by default) and y_k the score with channel k of the activations set to zero;
+    map = ReLU(sum_k w_k A_k) (w = 0 where y = 0). Gradient-free: the layers above the target
+    (``kerasgraph.model_above``) run on ``ablation_batch`` ablated activation tensors per call,
+    every class at once in all-class mode."""
 
     def __init__(self, ablation_batch: int = 256) -> None:
         self.ablation_batch = ablation_batch
 
-    def _weights(self, graph: Any, images: Any) -> tuple[Any, Any]:
-        """Activations (N, h, w, k) and the weights of every class (N, C, k)."""
-        import tensorflow as tf
-
+    def _ablate(self, graph: Any, images: Any) -> tuple[Any, Any, Any]:
+        """Activations (N, h, w, k), logits (N, C) and the logits with each channel zeroed (N, k, C)."""
         acts, logits = graph(images, training=False)
-        ablated = ablated_scores(model_above(graph), acts, self.ablation_batch)  # (N, k, C)
-        y = logits[:, None, :]
-        return acts, tf.transpose(tf.math.divide_no_nan(y - ablated, y), [0, 2, 1])
+        return acts, logits, ablated_scores(model_above(graph), acts, self.ablation_batch)
 
     def class_maps(self, graph: Any, images: Any, targets: Any) -> Any:
         import tensorflow as tf
 
-        acts, weights = self._weights(graph, images)
-        weights = tf.gather(weights, tf.cast(targets, tf.int32), axis=1, batch_dims=1)
+        acts, logits, ablated = self._ablate(graph, images)
+        k = int(acts.shape[-1])
+        y = self.score(logits, targets)[:, None]
+        y_k = tf.reshape(self.score(tf.reshape(ablated, (-1, tf.shape(ablated)[-1])),
+                                    tf.repeat(tf.cast(targets, tf.int32), k)), (-1, k))
+        weights = tf.math.divide_no_nan(y - y_k, y)
         return tf.nn.relu(tf.einsum("nhwk,nk->nhw", acts, weights))
 
     def every_class_maps(self, graph: Any, images: Any, method: str) -> Any:
         import tensorflow as tf
 
-        acts, weights = self._weights(graph, images)
+        acts, logits, ablated = self._ablate(graph, images)
+        y = self.class_scores(logits)[:, None, :]
+        y_k = tf.reshape(self.class_scores(tf.reshape(ablated, (-1, tf.shape(ablated)[-1]))), tf.shape(ablated))
+        weights = tf.transpose(tf.math.divide_no_nan(y - y_k, y), [0, 2, 1])
         return tf.nn.relu(tf.einsum("nhwk,nck->nchw", acts, weights))
 
 

@@ -2,7 +2,7 @@
 ``occlusion``, ``rise``.
 
 No target layer: they differentiate or perturb the input and read the ``logits`` layer (as
-``saliency``). What they share (:class:`_Batched`): every perturbed or interpolated input of a
+``saliency``), turned into the explained score by :meth:`xaicxr.plugins.Explainer.score`. What they share (:class:`_Batched`): every perturbed or interpolated input of a
 group of images goes through the model inside one compiled TensorFlow function per group, in
 chunks of at most ``batch`` model inputs per pass (a ``tf.foldl`` that adds each chunk's
 contribution to the maps, so memory does not grow with the number of passes). A group holds
@@ -22,7 +22,8 @@ import numpy as np
 
 from xaicxr.kerasgraph import model_cache
 from xaicxr.plugins import Explainer
-from xaicxr.plugins.explainer import check_images, check_targets
+from xaicxr.plugins.explainer import check_images
+from xaicxr.plugins.targets import ClassProbability
 
 from .tfkv import logits_model
 
@@ -33,6 +34,7 @@ class _Batched(Explainer):
 
     uses_layer = False
     signed = True
+    reads_score = True
     batch: int
 
     def passes(self, size: tuple[int, int]) -> int:
@@ -43,7 +45,8 @@ class _Batched(Explainer):
 
     def run(self, model: Any, images: np.ndarray, *per_image: np.ndarray) -> np.ndarray:
         """The compiled function on groups of ``images`` (and per-image arrays), concatenated."""
-        key = ("input-space", type(self), repr(sorted(self.options().items())), images.shape[1:])
+        key = ("input-space", type(self), repr(sorted(self.options().items())), images.shape[1:],
+               self.target.key)
         cache = model_cache(model)
         if key not in cache:
             cache[key] = self.build(logits_model(model), tuple(images.shape[1:]))
@@ -71,7 +74,8 @@ class IntegratedGradients(_Batched):
     d logit_t / d x_i at x' + alpha_s (x - x'), alpha_s = (s + 1/2) / S (midpoint Riemann sum,
     S = ``steps`` passes). Baseline x': ``black`` (zeros) or ``blur`` (the image Gaussian-blurred,
     sigma ``blur_sigma`` px at 224 px scaled with the image size, reflected borders: the blur
-    fill of the faithfulness metrics). Completeness: sum_i a_i ~ logit_t(x) - logit_t(x').
+    fill of the faithfulness metrics). ``logit_t``: the target's score (the class logit by
+    default). Completeness: sum_i a_i ~ logit_t(x) - logit_t(x').
     Map = |sum over channels of a| (absolute, as ``saliency``), min-max normalised;
     :meth:`attributions` gives the raw signed a. ``batch``: interpolated inputs per pass."""
 
@@ -93,14 +97,19 @@ class IntegratedGradients(_Batched):
         return ndimage.gaussian_filter(images, (0, sigma, sigma, 0), mode="reflect")
 
     def attributions(self, model: Any, images: Any, targets: Any) -> np.ndarray:
-        """Raw (N, H, W, C) attributions a of class ``targets`` (N,), before any map step."""
+        """Raw (N, H, W, C) attributions a of ``targets`` (class indices (N,) or a target),
+        before any map step."""
         images = check_images(model, images)
-        targets = check_targets(targets, len(images), self._n_classes(model, None))
+        target, targets = self.bind_target(targets, len(images), self._n_classes(model, None))
+        with self.scoring(target):
+            return self._attributions(model, images, targets)
+
+    def _attributions(self, model: Any, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
         return self.run(model, images, self.baselines(images), targets.astype(np.int32))
 
     def raw_maps(self, model: Any, images: np.ndarray, targets: np.ndarray,
                  layer: str | None) -> Any:
-        return np.abs(self.attributions(model, images, targets).sum(-1))
+        return np.abs(self._attributions(model, images, targets).sum(-1))
 
     def build(self, graph: Any, shape: tuple[int, ...]) -> Any:
         import tensorflow as tf
@@ -119,7 +128,7 @@ class IntegratedGradients(_Batched):
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
                     tape.watch(x)
                     logits = graph([x], training=False)
-                    score = tf.gather(logits, tf.repeat(targets, k), axis=1, batch_dims=1)
+                    score = self.score(logits, tf.repeat(targets, k))
                 grads = tape.gradient(score, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
                 return tf.einsum("gkhwc,k->ghwc", tf.reshape(grads, (-1, k, *shape)), valid)
 
@@ -129,22 +138,31 @@ class IntegratedGradients(_Batched):
 
 
 class _Masked(_Batched):
-    """Methods that score masked copies of the image: every class from the same passes, so
-    all-class mode costs what one class does. A subclass gives :meth:`make_masks` (mask indices ->
-    (k, H, W), from small constants), :meth:`perturb`, :meth:`weigh` (scores -> weights of the
-    masks, per class) and :meth:`scale` (raw sum -> map)."""
+    """Methods that score masked copies of the image. A classwise target (class logit or
+    probability) is scored for every class from the same passes, so all-class mode costs what
+    one class does; any other target (a binary task's score) as one score per image. A subclass
+    gives :meth:`make_masks` (mask indices -> (k, H, W), from small constants), :meth:`perturb`,
+    :meth:`weigh` (scores -> weights of the masks, per score) and :meth:`scale` (raw sum -> map)."""
+
+    def score_table(self, logits: Any, classes: Any) -> Any:
+        """(N, S): every class's score (S = C) for a classwise target, else the score (S = 1)."""
+        if self.target.classwise:
+            return self.class_scores(logits)
+        return self.score(logits, classes)[:, None]
 
     def every_class(self, model: Any, images: np.ndarray) -> np.ndarray:
         """Raw (N, C, H, W) maps of every class."""
-        return self.run(model, images)
+        return self.run(model, images, np.zeros(len(images), np.int32))
 
     def raw_maps(self, model: Any, images: np.ndarray, targets: np.ndarray,
                  layer: str | None) -> Any:
-        return self.every_class(model, images)[np.arange(len(images)), targets]
+        raw = self.run(model, images, targets.astype(np.int32))
+        return raw[np.arange(len(images)), targets] if self.target.classwise else raw[:, 0]
 
     def explain_all_with_info(self, model: Any, images: Any,
                               layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         images = check_images(model, images)
+        self.every_class_target()
         if len(images) == 0:
             return self._empty(images, (self._n_classes(model, layer),))
         raw = self.every_class(model, images)
@@ -155,23 +173,27 @@ class _Masked(_Batched):
         import tensorflow as tf
 
         size = shape[:2]
-        n, classes = self.passes(size), int(graph.outputs[0].shape[-1])
+        n = self.passes(size)
+        scores_per_image = int(graph.outputs[0].shape[-1]) if self.target.classwise else 1
 
-        @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32)], autograph=False)
-        def every_class(images):
-            clean = graph([images], training=False)
+        @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32),
+                                      tf.TensorSpec((None,), tf.int32)], autograph=False)
+        def masked(images, classes):
+            clean = self.score_table(graph([images], training=False), classes)
 
             def body(j, valid):
+                k = valid.shape[0]
                 m = self.make_masks(j, size)
                 x = tf.reshape(self.perturb(images[:, None], m[None, ..., None]), (-1, *shape))
-                scores = tf.reshape(graph([x], training=False), (-1, valid.shape[0], classes))
+                scores = tf.reshape(self.score_table(graph([x], training=False), tf.repeat(classes, k)),
+                                    (-1, k, scores_per_image))
                 weights = self.weigh(scores, clean[:, None]) * valid[:, None]
                 return tf.einsum("gkc,khw->gchw", weights, m)
 
-            start = tf.zeros(tf.stack([tf.shape(images)[0], classes, *size]))
+            start = tf.zeros(tf.stack([tf.shape(images)[0], scores_per_image, *size]))
             return self.scale(self.fold(n, body, start), size)
 
-        return every_class
+        return masked
 
 
 class Occlusion(_Masked):
@@ -179,7 +201,7 @@ class Occlusion(_Masked):
     (plus a last position flush with the bottom and right edges, so every pixel is covered),
     filled with ``fill``: ``black`` (0) or ``mean`` (the image's mean over pixels and channels,
     the paper's grey square). Map(p) = mean over the squares covering pixel p of the drop
-    logit_c(x) - logit_c(occluded x): logits, as the CAMs, not probabilities. Normalised as
+    s(x) - s(occluded x), s the target's score: by default the class logit, as the CAMs. Normalised as
     the CAMs: ReLU (squares whose occlusion raises the logit count as no evidence), then max.
     ``batch``: occluded images per pass."""
 
@@ -230,10 +252,12 @@ class RISE(_Masked):
     """RISE (Petsiuk et al. 2018): ``masks`` binary grids of ``cells`` x ``cells`` cells, each
     kept with probability ``p``, upsampled bilinearly to (cells + 1) * ceil(H / cells) pixels
     a side and cropped to H x W at a random shift in [0, ceil(H / cells)) (as the authors'
-    code). Map_c = sum_i P_c(x * M_i) M_i / (N p), P_c the softmax probability of class c
-    (of the ``logits``, as the paper), N = ``masks``. Masks depend only on ``seed`` and the
-    image size: deterministic. The paper's map has an offset (about the mean probability):
-    min-max normalised. ``batch``: masked images per pass."""
+    code). Map = sum_i s(x * M_i) M_i / (N p), s the target's score: by default P_c, the
+    softmax probability of class c (of the ``logits``, as the paper), N = ``masks``. Masks
+    depend only on ``seed`` and the image size: deterministic. The paper's map has an offset
+    (about the mean probability): min-max normalised. ``batch``: masked images per pass."""
+
+    default_target = ClassProbability
 
     def __init__(self, masks: int = 1000, cells: int = 7, p: float = 0.5, seed: int = 0,
                  batch: int = 64) -> None:
@@ -259,9 +283,7 @@ class RISE(_Masked):
         return images * masks
 
     def weigh(self, scores: Any, clean: Any) -> Any:
-        import tensorflow as tf
-
-        return tf.nn.softmax(scores, axis=-1)
+        return scores
 
     def scale(self, total: Any, size: tuple[int, int]) -> Any:
         return total / (self.masks * self.p)

@@ -22,6 +22,10 @@ Adaptations to tf-keras-vis 0.8.7 on Keras 3 / TF 2.21 (it works, with these):
   make a map depend on its batch mates, and tiles channels x batch inputs in memory.
 * SmoothGrad draws its noise from NumPy's global generator; it is seeded from ``seed`` and the
   global state restored afterwards, so maps are reproducible.
+* The score function handed to tf-keras-vis is the explainer's target
+  (:meth:`xaicxr.plugins.Explainer.score` of the logits). Score-CAM hands it softmax
+  probabilities, not logits: there it is the target's ``score_of_probabilities``, and its
+  default target is the class probability (what tf-keras-vis always weighed by).
 """
 
 from __future__ import annotations
@@ -33,15 +37,17 @@ import numpy as np
 
 from xaicxr.kerasgraph import explainable_model, model_cache, score_layer
 from xaicxr.plugins import Explainer
+from xaicxr.plugins.targets import ClassProbability
 
 
-def _score(targets: np.ndarray, centred: bool = False) -> Any:
+def _score(explainer: Explainer, targets: np.ndarray, centred: bool = False) -> Any:
+    """tf-keras-vis's score function: the explainer's score of the logits tf-keras-vis passes."""
     import tensorflow as tf
 
-    index = tf.constant(np.stack([np.arange(len(targets)), targets], axis=1), tf.int32)
+    classes = tf.constant(targets, tf.int32)
 
     def score(output: Any) -> Any:
-        value = tf.gather_nd(output, index)
+        value = explainer.score(output, classes)
         return value - tf.stop_gradient(value) if centred else value
 
     return score
@@ -86,6 +92,7 @@ class _TfkvCAM(Explainer):
 
     visualizer: ClassVar[str] = ""
     centred_score: ClassVar[bool] = False
+    reads_score = True
 
     def raw_maps(self, model: Any, images: np.ndarray, targets: np.ndarray,
                  layer: str | None) -> Any:
@@ -98,9 +105,12 @@ class _TfkvCAM(Explainer):
         if "tfkv_logits" not in cache:
             cache["tfkv_logits"] = _with_silent_predict(exp.logits_model())
         vis = cls(cache["tfkv_logits"], clone=False)
-        return vis(_score(targets, self.centred_score), images, penultimate_layer=exp.target_name,
+        return vis(self._score_function(targets), images, penultimate_layer=exp.target_name,
                    seek_penultimate_conv_layer=False, expand_cam=False, normalize_cam=False,
                    **self._call_options(exp))
+
+    def _score_function(self, targets: np.ndarray) -> Any:
+        return _score(self, targets, self.centred_score)
 
     def _call_options(self, exp: Any) -> dict[str, Any]:
         return {}
@@ -133,6 +143,7 @@ class ScoreCAM(_TfkvCAM):
     (Faster Score-CAM), ``batch_size`` is the batch of masked images per forward pass."""
 
     visualizer = "tf_keras_vis.scorecam.Scorecam"
+    default_target = ClassProbability
 
     def __init__(self, batch_size: int = 32, max_n: int | None = None) -> None:
         self.batch_size = batch_size
@@ -143,6 +154,12 @@ class ScoreCAM(_TfkvCAM):
 
         return tf.concat([super(ScoreCAM, self)._call(exp, images[i:i + 1], targets[i:i + 1])
                           for i in range(len(images))], axis=0)
+
+    def _score_function(self, targets: np.ndarray) -> Any:
+        import tensorflow as tf
+
+        classes, target = tf.constant(targets, tf.int32), self.target
+        return lambda probs: target.score_of_probabilities(probs, classes)
 
     def _call_options(self, exp: Any) -> dict[str, Any]:
         channels = int(exp.model.outputs[0].shape[-1])
@@ -156,12 +173,13 @@ class Saliency(Explainer):
 
     uses_layer = False
     signed = True
+    reads_score = True
 
     def raw_maps(self, model: Any, images: np.ndarray, targets: np.ndarray,
                  layer: str | None) -> Any:
         vis = _import("tf_keras_vis.saliency.Saliency")(logits_model(model), clone=False)
         with self._noise():
-            return vis(_score(targets), images, keepdims=False, normalize_map=False,
+            return vis(_score(self, targets), images, keepdims=False, normalize_map=False,
                        **self._smoothing())
 
     def _smoothing(self) -> dict[str, Any]:

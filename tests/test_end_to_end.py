@@ -144,7 +144,7 @@ def test_rerun_skips_and_a_changed_table_reruns_from_its_stage(finished_run):
     changed.write_text(TINY.replace("randomisation_images = 8", "randomisation_images = 4"))
     third = runner.invoke(app, ["run", str(changed), "--out", str(out), "--json"])
     assert third.exit_code == 0, third.stderr
-    assert json.loads(third.stdout)["stages_run"] == ["quality", "report"]
+    assert json.loads(third.stdout)["stages_run"] == ["quality", "probe", "report"]
 
 
 def test_detect_on_png_rgba_16bit_and_dicom(finished_run, tmp_path):

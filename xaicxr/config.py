@@ -39,6 +39,7 @@ CORE_KEYS: dict[str, dict[str, tuple[Any, Any]]] = {
                 "batch_size": (int, 16)},
     "aggregate": {"name": (str, "mean")},
     "templates": {"by": (Literal["true", "predicted"], "true"), "correct_only": (bool, False)},
+    "probe": {"enabled": (bool, True), "folds": (int, 5), "flag": (float, 0.8)},
     "quality": {"tolerance": (float, 15.0), "max_images": (int, 1000), "partitions": (int, 20),
                 "faithfulness": (bool, True), "fills": (list[Literal["road", "blur"]], ["road", "blur"]),
                 "fractions": (int, 11), "faithfulness_images": (int, 100),
@@ -99,6 +100,7 @@ def resolve(raw: dict[str, Any], source: str = "<config>") -> dict[str, Any]:
             cfg[table] = _resolve_table(table, given, keys, source)
     _check_test_set_choice(raw, cfg, source)
     _check_quality(cfg["quality"], source)
+    _check_probe(cfg["probe"], source)
     return cfg
 
 
@@ -114,6 +116,13 @@ def _check_quality(quality: dict[str, Any], source: str) -> None:
     for key in ("max_images", "faithfulness_images", "randomisation_images", "partitions", "template_draws"):
         if quality[key] < 0 or (key in ("randomisation_images", "partitions", "template_draws") and quality[key] < 1):
             raise ConfigError(f"'{key}' in {where} must be positive, got {quality[key]}")
+
+
+def _check_probe(probe: dict[str, Any], source: str) -> None:
+    if probe["folds"] < 2:
+        raise ConfigError(f"'folds' in [probe] in {source} must be at least 2, got {probe['folds']}")
+    if not 0.5 < probe["flag"] <= 1:
+        raise ConfigError(f"'flag' in [probe] in {source} must be an AUC in (0.5, 1], got {probe['flag']}")
 
 
 def _check_test_set_choice(raw: dict[str, Any], cfg: dict[str, Any], source: str) -> None:

@@ -19,9 +19,9 @@ from .config import dump_config
 from .io import atomic
 from .progress import console
 from .rundir import RunDir
-from .stages import Run, dataset, evaluate, explain, quality, report, split, templates, train
+from .stages import Run, dataset, evaluate, explain, probe, quality, report, split, templates, train
 
-STAGES = (dataset, split, train, evaluate, explain, templates, quality, report)
+STAGES = (dataset, split, train, evaluate, explain, templates, quality, probe, report)
 STAGE_NAMES = tuple(stage.NAME for stage in STAGES)
 
 

@@ -23,7 +23,7 @@ DEFAULT_SOURCE = "the embedded default configuration"
 CORE_KEYS: dict[str, dict[str, tuple[Any, Any]]] = {
     "dataset": {"name": (str, "phantom"), "test_path": (str | None, None),
                 "max_pixels": (int, 100_000_000), "workers": (int | None, None),
-                "resize": (Literal["pad", "stretch", "crop"], "pad")},
+                "resize": (Literal["pad", "stretch", "crop"], "pad"), "mode": (Literal["L"] | None, None)},
     "split": {"test": (float, 0.2), "val": (float, 0.1), "seed": (int, 0),
               "group_by_patient": (bool, True), "use_dataset_split": (bool, False),
               "test_pattern": (str | None, None)},

@@ -27,8 +27,9 @@ from . import Run
 
 NAME = "dataset"
 TABLES = ("dataset",)
-IGNORED = ("dataset.resize",)
-"""Resizing happens when the train stage decodes the split, so changing it keeps scan and split."""
+IGNORED = ("dataset.resize", "dataset.mode")
+"""Mode and resizing are applied when the train stage decodes the split, so changing them keeps
+scan and split."""
 
 
 def outputs(cfg: dict, rundir: RunDir) -> list[Path]:

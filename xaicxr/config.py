@@ -23,7 +23,7 @@ DEFAULT_SOURCE = "the embedded default configuration"
 CORE_KEYS: dict[str, dict[str, tuple[Any, Any]]] = {
     "dataset": {"name": (str, "phantom"), "test_path": (str | None, None),
                 "max_pixels": (int, 100_000_000), "workers": (int | None, None),
-                "resize": (Literal["pad", "stretch", "crop"], "pad"), "mode": (Literal["L"] | None, None)},
+                "resize": (Literal["pad", "stretch", "crop"], "pad"), "mode": (Literal["L", "as-decoded"] | None, None)},
     "split": {"test": (float, 0.2), "val": (float, 0.1), "seed": (int, 0),
               "group_by_patient": (bool, True), "use_dataset_split": (bool, False),
               "test_pattern": (str | None, None)},
@@ -100,6 +100,8 @@ def resolve(raw: dict[str, Any], source: str = "<config>") -> dict[str, Any]:
             cfg[table] = _resolve_table(table, given, keys, source)
     _check_test_set_choice(raw, cfg, source)
     _check_quality(cfg["quality"], source)
+    if cfg["dataset"].get("mode") == "as-decoded":  # the default spelled out (a study axis): same run
+        del cfg["dataset"]["mode"]
     _check_probe(cfg["probe"], source)
     return cfg
 

@@ -72,6 +72,13 @@ def test_probe_finds_nothing_on_a_balanced_set(tmp_path):
     assert abs(target["all"]["logistic"]["value"] - 0.5) < 0.15
     # a task and its complement are fitted once and score alike
     assert result["targets"]["class:normal"]["all"] == result["targets"]["class:covid"]["all"]
+    # padding that only the model's input shows (a resize policy's bars) is found there
+    for f, label in zip(features, labels):
+        f.update({f"input_{k}": v for k, v in pixel_features(rng.random((16, 16))).items()})
+        f["input_border"] = 0.25 if label == "covid" else 0.0
+    padded = probe(features, labels, patients, ["normal", "covid"], {}, folds=5, n_boot=200)
+    assert padded["targets"]["class:covid"]["input"]["logistic"]["value"] == 1.0
+    assert ("class:covid", "input (forest)") in {(f["target"], f["feature"]) for f in padded["flagged"]}
 
 
 def test_probe_from_a_run_directory_reuses_the_dataset_stage_decode(tmp_path):

@@ -183,15 +183,15 @@ def data_inspect(path: Path = typer.Argument(..., help="Dataset root folder."),
 def _show_probe(r: dict[str, Any]) -> None:
     table = Table(title=f"shortcut probe: {r['source']} ({r['n_images']} images, "
                         f"{'patient-grouped' if r['grouped'] else 'ungrouped'} cross-validation)")
-    for col in ("target", "best single feature", "AUC [95 % CI]", "all (logistic)", "all (forest)"):
+    for col in ("target", "best single feature", "AUC [95 % CI]", "all (logistic)", "all (forest)", "input (forest)"):
         table.add_column(col)
     for target, t in r["targets"].items():
         if "features" not in t:
-            table.add_row(target, t.get("note", "-"), "", "", "")
+            table.add_row(target, t.get("note", "-"), "", "", "", "")
             continue
         best = max(t["features"], key=lambda f: t["features"][f]["value"] or 0.0)
         table.add_row(target, best, describe(t["features"][best]), describe(t["all"]["logistic"]),
-                      describe(t["all"]["forest"]))
+                      describe(t["all"]["forest"]), describe(t.get("input", {}).get("forest")))
     console.print(table)
     flagged = r["flagged"]
     console.print(f"flagged (AUC >= {r['flag']}): " + (", ".join(

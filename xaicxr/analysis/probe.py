@@ -11,8 +11,9 @@ For each class (one against the rest) and each binary task, simple classifiers a
 cross-validated on these features, grouped by patient where patients are known (a patient's
 images never sit on both sides of a fold): a depth-3 decision tree per feature alone (it can
 follow a cue that is not monotone, such as an aspect ratio at both ends), and on all features
-together a logistic regression on standardised features and a small random forest (30 trees of
-depth 6). A task whose positives are a class's images, or all but them, is fitted once. The AUC of the
+together (``all``), and on the ``input_*`` features together (``input``: what the model's input
+still carries), a logistic regression on standardised features and a small random forest (30
+trees of depth 6). A task whose positives are a class's images, or all but them, is fitted once. The AUC of the
 out-of-fold scores gets a 95 % percentile bootstrap interval over images (the folds' models are
 fixed; the interval is that of the AUC over the evaluated images). An AUC at or above ``flag``
 (0.8) is flagged as a likely shortcut.
@@ -90,14 +91,16 @@ def probe(features: Sequence[dict[str, Any]], labels: Sequence[str], groups: Seq
     names = [n for n in (*FILE_FEATURES, *PIXEL_FEATURES, *(f"input_{p}" for p in PIXEL_FEATURES))
              if features and n in features[0]]
     columns = {n: _column(features, n) for n in names}
-    everything = np.concatenate([columns[n] for n in names], axis=1) if names else np.zeros((len(labels), 0))
+    groups_of_features = {"all": names, "input": [n for n in names if n.startswith("input_")]}
+    together = {g: np.concatenate([columns[n] for n in members], axis=1)
+                for g, members in groups_of_features.items() if members}
     labels = np.asarray(labels)
     group_ids = np.array([g if g is not None else f"image:{i}" for i, g in enumerate(groups)])
     targets = {**{f"class:{c}": [c] for c in classes},
                **{f"binary:{t}": list(spec["positive"]) for t, spec in binary.items()}}
     out: dict[str, Any] = {"features": names, "flag": flag, "n_images": len(labels),
                            "grouped": any(g is not None for g in groups),
-                           "method": {"single": "depth-3 decision tree", "all": ["logistic", "forest"],
+                           "method": {"single": "depth-3 decision tree", "together": ["logistic", "forest"],
                                       "interval": f"percentile bootstrap of the out-of-fold AUC over images ({n_boot})"},
                            "targets": {}, "flagged": []}
     done: dict[bytes, dict[str, Any]] = {}
@@ -105,11 +108,12 @@ def probe(features: Sequence[dict[str, Any]], labels: Sequence[str], groups: Seq
         y = np.isin(labels, positive)
         key = (y if len(y) and not y[0] else ~y).tobytes()  # a task and its complement score alike
         if key not in done:
-            done[key] = _target(columns, everything, y, group_ids, folds, seed, n_boot)
+            done[key] = _target(columns, together, y, group_ids, folds, seed, n_boot)
         result = {**done[key], "positive": positive,
                   "n_positive": int(y.sum()), "n_negative": int((~y).sum())}
         out["targets"][target] = result
-        for name, e in [*result.get("features", {}).items(), *((f"all ({k})", v) for k, v in result.get("all", {}).items())]:
+        together_estimates = [(f"{g} ({k})", v) for g in together for k, v in result.get(g, {}).items()]
+        for name, e in [*result.get("features", {}).items(), *together_estimates]:
             if e["value"] is not None and e["value"] >= flag:
                 out["flagged"].append({"target": target, "feature": name, "auc": e["value"], "ci95": e["ci95"]})
     out["flagged"].sort(key=lambda f: -f["auc"])
@@ -126,7 +130,7 @@ def _column(features: Sequence[dict[str, Any]], name: str) -> np.ndarray:
     return np.array(values, dtype=np.float64)[:, None]
 
 
-def _target(columns: dict[str, np.ndarray], everything: np.ndarray, y: np.ndarray, groups: np.ndarray,
+def _target(columns: dict[str, np.ndarray], together: dict[str, np.ndarray], y: np.ndarray, groups: np.ndarray,
             folds: int, seed: int, n_boot: int) -> dict[str, Any]:
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     k = min(folds, len(set(groups[y])), len(set(groups[~y])))
@@ -137,8 +141,9 @@ def _target(columns: dict[str, np.ndarray], everything: np.ndarray, y: np.ndarra
     splits = _folds(y, groups, k, seed)
     result["features"] = {name: _auc(_out_of_fold(_tree(seed), x, y, splits), y, n_boot, seed)
                           for name, x in columns.items()}
-    result["all"] = {name: _auc(_out_of_fold(model, everything, y, splits), y, n_boot, seed)
-                     for name, model in (("logistic", _logistic()), ("forest", _forest(seed)))}
+    for group, x in together.items():
+        result[group] = {name: _auc(_out_of_fold(model, x, y, splits), y, n_boot, seed)
+                         for name, model in (("logistic", _logistic()), ("forest", _forest(seed)))}
     return result
 
 
@@ -182,7 +187,7 @@ def _logistic() -> Any:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    return make_pipeline(StandardScaler(), LogisticRegression(solver="liblinear", max_iter=1000))
 
 
 def _forest(seed: int) -> Any:

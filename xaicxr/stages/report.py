@@ -136,10 +136,11 @@ def _probe(metrics: dict[str, Any]) -> list[str]:
     rows = []
     for target, t in probe["targets"].items():
         if "features" not in t:
-            rows.append([target, t.get("note"), None, None, None])
+            rows.append([target, t.get("note"), None, None, None, None])
             continue
         best = max(t["features"], key=lambda f: t["features"][f]["value"] or 0.0)
-        rows.append([target, best, t["features"][best], t["all"]["logistic"], t["all"]["forest"]])
+        rows.append([target, best, t["features"][best], t["all"]["logistic"], t["all"]["forest"],
+                     t.get("input", {}).get("forest")])
     flagged = probe["flagged"]
     grouped = "grouped by patient" if probe["grouped"] else "not grouped (no patient ids)"
     return ["<h2>Shortcut probe: what non-disease features alone predict</h2>",
@@ -147,7 +148,8 @@ def _probe(metrics: dict[str, Any]) -> list[str]:
                   "border fraction, intensity and corner-patch statistics of each file (input_*: of the "
                   f"model's input after resizing); {probe['method']['interval']}. "
                   f"AUC >= {probe['flag']} is flagged as a likely shortcut."),
-            _table(["target", "best single feature", "its AUC", "all features (logistic)", "all features (forest)"], rows),
+            _table(["target", "best single feature", "its AUC", "all features (logistic)", "all features (forest)",
+                    "model input only (forest)"], rows),
             _table(["flagged target", "feature", "AUC"], [[f["target"], f["feature"],
                                                          {"value": f["auc"], "ci95": f["ci95"]}] for f in flagged])
             if flagged else "<p>No feature reaches the flag.</p>"]

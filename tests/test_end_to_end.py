@@ -81,8 +81,12 @@ def finished_run(tmp_path_factory):
 def test_run_writes_every_contract_file(finished_run):
     _, _, out, summary = finished_run
     assert summary["stages_run"] == ["dataset", "split", "train", "evaluate", "explain", "templates", "quality",
-                                     "report"]
+                                     "probe", "report"]
     metrics = json.loads((out / "metrics.json").read_text())
+    probe = metrics["probe"]
+    assert probe == json.loads((out / "probe.json").read_text())
+    assert {"class:covid", "binary:covid-vs-rest"} <= set(probe["targets"]) and probe["grouped"]
+    assert {"width", "mode", "border", "input_border", "input_corner_std"} <= set(probe["features"])
     classes = {"normal", "bacteria", "virus", "covid"}
     lesion_classes = classes - {"normal"}
 

@@ -106,7 +106,7 @@ def probe(features: Sequence[dict[str, Any]], labels: Sequence[str], groups: Seq
     done: dict[bytes, dict[str, Any]] = {}
     for target, positive in targets.items():
         y = np.isin(labels, positive)
-        key = (y if len(y) and not y[0] else ~y).tobytes()  # a task and its complement score alike
+        key = (y if len(y) and not y[0] else ~y).tobytes()  # a task and its complement: one problem, one fit
         if key not in done:
             done[key] = _target(columns, together, y, group_ids, folds, seed, n_boot)
         result = {**done[key], "positive": positive,

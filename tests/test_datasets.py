@@ -195,3 +195,61 @@ def test_real_cxr3_every_file_accounted_for():
     assert report["counts"] == {"COVID-19": 124, "No_findings": 500, "Pneumonia": 500}
     assert [s["reason"] for s in report["skipped"]] == ["not inside a class folder"]  # manifest.json
     assert set(report["modes"]) >= {"L", "RGB"}
+
+
+def _kermany3_tree(root: Path) -> None:
+    """The kermany3-real layout: one folder per class, patients in the names (some with
+    several images, one child with both a bacterial and a viral film)."""
+    for p in range(1, 9):
+        _png(root / "normal" / f"IM-{p:04d}-0001.jpeg", 60)
+        _png(root / "normal" / f"NORMAL2-IM-{p:04d}-0001.jpeg", 61)
+        _png(root / "bacteria" / f"person{p}_bacteria_{p}.jpeg", 90)
+        _png(root / "bacteria" / f"person{p}_bacteria_{p + 20}.jpeg", 91)
+        _png(root / "virus" / f"person{p + 50}_virus_{p}.jpeg", 100)
+    _png(root / "virus" / "person1_virus_99.jpeg", 101)
+    _png(root / "virus" / "person2_bacteria_98.jpeg", 102)
+
+
+def test_cxr4_kermany3_layout_with_covid_folder_keeps_patients_together(tmp_path):
+    from xaicxr.stages.split import split_records
+
+    _kermany3_tree(tmp_path / "k")
+    for i in range(6):
+        _png(tmp_path / "c" / f"radiol.2020{i % 3}.fig{i}.png", 150)
+    cls = plugins.get("dataset", "cxr4")
+    scan = cls(path=str(tmp_path / "k"), covid_path=str(tmp_path / "c"),
+               covid_patient_pattern=r"^(radiol\.\d+)\.").scan()
+    labels = {r.id: r.label for r in scan.records}
+    assert labels["normal/NORMAL2-IM-0003-0001.jpeg"] == "normal"
+    assert labels["virus/person1_virus_99.jpeg"] == "virus"
+    assert labels["covid/radiol.20201.fig4.png"] == "covid"
+    reasons = {Path(s.path).name: s.reason for s in scan.skipped}
+    assert reasons == {"person2_bacteria_98.jpeg": "file name says 'bacteria' but the folder is virus/"}
+    patients = {r.id: r.patient for r in scan.records}
+    assert patients["bacteria/person1_bacteria_21.jpeg"] == patients["virus/person1_virus_99.jpeg"] == "person1"
+    assert patients["normal/NORMAL2-IM-0003-0001.jpeg"] == "normal2-im-0003"
+    assert patients["covid/radiol.20201.fig4.png"] == "covid-radiol.20201"
+    summary = take_inventory(scan).summary()
+    assert summary["counts"] == {"normal": 16, "bacteria": 16, "virus": 9, "covid": 6}
+    assert summary["patients"] == {"normal": 16, "bacteria": 8, "virus": 9, "covid": 3}
+    for seed in range(3):
+        split = split_records(scan.records, scan.classes, test=0.25, val=0.25, seed=seed)
+        side = {rid: name for name, ids in split.items() for rid in ids}
+        by_patient: dict[str, set[str]] = {}
+        for r in scan.records:
+            by_patient.setdefault(r.patient, set()).add(side[r.id])
+        assert all(len(sides) == 1 for sides in by_patient.values()), by_patient
+
+
+def test_cxr4_manifest_gives_the_patient(tmp_path):
+    _kermany3_tree(tmp_path / "k")
+    (tmp_path / "k" / "manifest.json").write_text(json.dumps([
+        {"file": "bacteria/person3_bacteria_3.jpeg", "label": "bacteria", "patient": "child-A"},
+        {"file": "virus/person53_virus_3.jpeg", "label": "virus", "patient": "child-A"}]))
+    scan = plugins.get("dataset", "cxr4")(path=str(tmp_path / "k")).scan()
+    patients = {r.id: r.patient for r in scan.records}
+    assert patients["bacteria/person3_bacteria_3.jpeg"] == patients["virus/person53_virus_3.jpeg"] == "child-a"
+    assert patients["bacteria/person3_bacteria_23.jpeg"] == "person3"
+    (tmp_path / "k" / "manifest.json").write_text("{not json")
+    with pytest.raises(DataError, match="manifest.json: not readable JSON"):
+        plugins.get("dataset", "cxr4")(path=str(tmp_path / "k")).scan()

@@ -85,8 +85,12 @@ def finished_run(tmp_path_factory):
 def test_run_writes_every_contract_file(finished_run):
     _, _, out, summary = finished_run
     assert summary["stages_run"] == ["dataset", "split", "train", "evaluate", "explain", "templates", "quality",
-                                     "report"]
+                                     "probe", "report"]
     metrics = json.loads((out / "metrics.json").read_text())
+    probe = metrics["probe"]
+    assert probe == json.loads((out / "probe.json").read_text())
+    assert {"class:covid", "binary:covid-vs-rest"} <= set(probe["targets"]) and probe["grouped"]
+    assert {"width", "mode", "border", "input_border", "input_corner_std"} <= set(probe["features"])
     classes = {"normal", "bacteria", "virus", "covid"}
     lesion_classes = classes - {"normal"}
 
@@ -148,7 +152,7 @@ def test_rerun_skips_and_a_changed_table_reruns_from_its_stage(finished_run):
     changed.write_text(TINY.replace("randomisation_images = 8", "randomisation_images = 4"))
     third = runner.invoke(app, ["run", str(changed), "--out", str(out), "--json"])
     assert third.exit_code == 0, third.stderr
-    assert json.loads(third.stdout)["stages_run"] == ["quality", "report"]
+    assert json.loads(third.stdout)["stages_run"] == ["quality", "probe", "report"]
 
 
 def test_detect_on_png_rgba_16bit_and_dicom(finished_run, tmp_path):

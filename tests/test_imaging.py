@@ -608,6 +608,35 @@ def test_stretch_and_crop_fill_the_square_without_padding():
         fit_square(image, 32, policy="squash")
 
 
+def test_pad_of_a_square_image_is_the_plain_resize_and_every_policy_gives_the_square():
+    rng = np.random.default_rng(1)
+    square = rng.random((40, 40)).astype(np.float32)
+    np.testing.assert_array_equal(fit_square(square, 16, policy="pad"), fit_square(square, 16, policy="stretch"))
+    np.testing.assert_array_equal(fit_square(square, 16, policy="pad"), fit_square(square, 16, policy="crop"))
+    for shape in ((40, 40), (30, 50), (50, 30), (7, 64)):
+        for policy in ("pad", "stretch", "crop"):
+            assert fit_square(rng.random(shape), 24, policy=policy).shape == (24, 24)
+
+
+def test_mode_L_makes_rgb_and_gray_files_of_one_picture_identical(tmp_path):
+    from xaicxr.io.resize import to_mode
+
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "colour.png")
+    Image.fromarray(rgb).convert("L").save(tmp_path / "gray.png")
+    colour, _ = read_image(tmp_path / "colour.png")
+    gray, _ = read_image(tmp_path / "gray.png")
+    assert not np.allclose(colour * 255, np.round(colour * 255))  # as decoded, RGB has levels L has not
+    np.testing.assert_allclose(to_mode(colour, "L"), gray, atol=1 / 255 + 1e-6)
+    levels = to_mode(colour, "L") * 255
+    np.testing.assert_allclose(levels, np.round(levels), atol=1e-4)
+    np.testing.assert_array_equal(fit_square(colour, 8, mode="L"), fit_square(to_mode(colour, "L"), 8))
+    assert to_mode(colour, None) is colour
+    with pytest.raises(ValueError, match="mode must be one of L"):
+        to_mode(colour, "RGB")
+
+
 def test_fit_square_antialiases_when_reducing():
     checker = (np.indices((128, 128)).sum(axis=0) % 2).astype(np.float32)
     out = fit_square(checker, 32)

@@ -7,6 +7,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -267,3 +268,24 @@ def test_cxr3_leave_source_out_example_holds_out_whole_sources(tmp_path):
     trained = split["train"] + split["val"]
     assert not any(i.startswith("COVID-19/1-s2.0") or ".pdf-" in i for i in trained)
     assert sum(i.startswith("COVID-19/") for i in trained) == 69
+
+
+def test_mode_L_reruns_from_train_and_leaves_earlier_hashes_alone(tmp_path):
+    from xaicxr.config import resolve
+    from xaicxr.io.imagecache import build_image_cache
+    from xaicxr.pipeline import stage_hashes
+
+    plain = stage_hashes(resolve(tomllib.loads(TINY)))
+    gray = stage_hashes(resolve(tomllib.loads(TINY.replace('name = "phantom"', 'name = "phantom"\nmode = "L"'))))
+    assert [s for s in plain if plain[s] == gray[s]] == ["dataset", "split"]
+    with pytest.raises(ConfigError, match="'mode'"):
+        resolve(tomllib.loads(TINY.replace('name = "phantom"', 'name = "phantom"\nmode = "RGB"')))
+    colour = tmp_path / "c.png"
+    Image.new("RGB", (12, 8), (250, 10, 95)).save(colour)
+    records = [Record(id="c.png", label="a", path=colour)]
+    split = {"train": ["c.png"], "val": [], "test": []}
+    as_decoded, _ = build_image_cache(tmp_path / "raw.h5", split, records, ["a"], 8)
+    as_l, _ = build_image_cache(tmp_path / "l.h5", split, records, ["a"], 8, mode="L")
+    level = 0.299 * 250 + 0.587 * 10 + 0.114 * 95  # 91.45: an "L" file stores 91
+    assert as_decoded.read(np.array([0]))["images"][0, 4, 6] == pytest.approx(level / 255, abs=3e-4)
+    assert as_l.read(np.array([0]))["images"][0, 4, 6] == pytest.approx(91 / 255, abs=3e-4)

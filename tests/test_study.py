@@ -51,7 +51,7 @@ def test_two_variant_study_reuses_the_model_and_writes_tables(tmp_path):
     assert names == ["explain=gradcam-block4_conv4", "explain=layercam-block3_conv4"]
     first, second = (next(v for v in table["variants"] if v["variant"] == n) for n in names)
     assert "train" in first["stages_run"] and "train" not in second["stages_run"]
-    assert second["stages_run"] == ["explain", "templates", "quality", "report"]
+    assert second["stages_run"] == ["explain", "templates", "quality", "probe", "report"]
     assert first["accuracy"] == second["accuracy"]
     assert (first["explainer"], first["layer"]) == ("gradcam", "block4_conv4")
     assert (second["explainer"], second["layer"]) == ("layercam", "block3_conv4")

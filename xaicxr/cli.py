@@ -180,6 +180,64 @@ def data_inspect(path: Path = typer.Argument(..., help="Dataset root folder."),
     return {"dataset": dataset, "path": str(path), **inv.summary()}
 
 
+def _show_probe(r: dict[str, Any]) -> None:
+    table = Table(title=f"shortcut probe: {r['source']} ({r['n_images']} images, "
+                        f"{'patient-grouped' if r['grouped'] else 'ungrouped'} cross-validation)")
+    for col in ("target", "best single feature", "AUC [95 % CI]", "all (logistic)", "all (forest)", "input (forest)"):
+        table.add_column(col)
+    for target, t in r["targets"].items():
+        if "features" not in t:
+            table.add_row(target, t.get("note", "-"), "", "", "", "")
+            continue
+        best = max(t["features"], key=lambda f: t["features"][f]["value"] or 0.0)
+        table.add_row(target, best, describe(t["features"][best]), describe(t["all"]["logistic"]),
+                      describe(t["all"]["forest"]), describe(t.get("input", {}).get("forest")))
+    console.print(table)
+    flagged = r["flagged"]
+    console.print(f"flagged (AUC >= {r['flag']}): " + (", ".join(
+        f"{f['target']} by {f['feature']} {f['auc']:.2f}" for f in flagged) if flagged else "none"), highlight=False)
+    console.print(f"features of {r['n_images']} images in {r['decode_seconds']} s, probe in {r['seconds']} s")
+
+
+@data_app.command("probe")
+@command(_show_probe)
+def data_probe(source: Path = typer.Argument(..., help="A configuration file, or a run directory."),
+               folds: Optional[int] = typer.Option(None, "--folds", min=2, help="Cross-validation folds (default: [probe] folds)."),
+               workers: Optional[int] = typer.Option(None, "--workers", min=1),
+               as_json: bool = JsonOpt) -> dict[str, Any]:
+    """Shortcut probe: how well image size, format, mode, borders, intensity and corner marks
+    alone predict each class and binary task (cross-validated AUC, flagged at >= 0.8)."""
+    import time
+
+    from .analysis.metrics import default_binary_tasks
+    from .analysis.probe import probe
+    from .config import build_plugin
+    from .stages import probe as probe_stage
+    from .stages.dataset import inventory_of
+
+    start = time.perf_counter()
+    if source.is_dir():
+        rundir = RunDir(source)
+        cfg = rundir.load_config()
+        if not rundir.dataset_index.exists():
+            raise ConfigError(f"{source} has no dataset.json yet; run `xaicxr run --until dataset --out {source}` first")
+        classes, records = probe_stage.probed_records(rundir)
+        features = probe_stage.file_features_of(rundir, records)
+        probe_stage.add_input_features(rundir, features)
+    else:
+        cfg = load_config(source)
+        table = cfg["dataset"]
+        inv = inventory_of(build_plugin("dataset", table), None, workers or table.get("workers"),
+                           table["max_pixels"], "dataset")
+        classes, records, features = inv.classes, inv.records, inv.features
+    decoded = time.perf_counter() - start
+    kept = [r for r in records if r.id in features]
+    result = probe([features[r.id] for r in kept], [r.label for r in kept], [r.patient for r in kept], classes,
+                   cfg["binary"] or default_binary_tasks(classes), folds=folds or cfg["probe"]["folds"],
+                   seed=cfg["split"]["seed"], flag=cfg["probe"]["flag"])
+    return {"source": str(source), "decode_seconds": round(decoded, 3), **result}
+
+
 # --------------------------------------------------------------------------- the pipeline
 
 

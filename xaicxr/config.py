@@ -24,7 +24,7 @@ DEFAULT_SOURCE = "the embedded default configuration"
 CORE_KEYS: dict[str, dict[str, tuple[Any, Any]]] = {
     "dataset": {"name": (str, "phantom"), "test_path": (str | None, None),
                 "max_pixels": (int, 100_000_000), "workers": (int | None, None),
-                "resize": (Literal["pad", "stretch", "crop"], "pad")},
+                "resize": (Literal["pad", "stretch", "crop"], "pad"), "mode": (Literal["L", "as-decoded"] | None, None)},
     "split": {"test": (float, 0.2), "val": (float, 0.1), "seed": (int, 0),
               "group_by_patient": (bool, True), "use_dataset_split": (bool, False),
               "test_pattern": (str | None, None)},
@@ -40,6 +40,7 @@ CORE_KEYS: dict[str, dict[str, tuple[Any, Any]]] = {
                 "batch_size": (int, 16)},
     "aggregate": {"name": (str, "mean")},
     "templates": {"by": (Literal["true", "predicted"], "true"), "correct_only": (bool, False)},
+    "probe": {"enabled": (bool, True), "folds": (int, 5), "flag": (float, 0.8)},
     "quality": {"tolerance": (float, 15.0), "max_images": (int, 1000), "partitions": (int, 20),
                 "faithfulness": (bool, True), "fills": (list[Literal["road", "blur"]], ["road", "blur"]),
                 "fractions": (int, 11), "faithfulness_images": (int, 100),
@@ -104,6 +105,9 @@ def resolve(raw: dict[str, Any], source: str = "<config>") -> dict[str, Any]:
     _check_test_set_choice(raw, cfg, source)
     _check_quality(cfg["quality"], source)
     _check_targets(cfg, source)
+    if cfg["dataset"].get("mode") == "as-decoded":  # the default spelled out (a study axis): same run
+        del cfg["dataset"]["mode"]
+    _check_probe(cfg["probe"], source)
     return cfg
 
 
@@ -146,6 +150,13 @@ def _check_quality(quality: dict[str, Any], source: str) -> None:
     for key in ("max_images", "faithfulness_images", "randomisation_images", "partitions", "template_draws"):
         if quality[key] < 0 or (key in ("randomisation_images", "partitions", "template_draws") and quality[key] < 1):
             raise ConfigError(f"'{key}' in {where} must be positive, got {quality[key]}")
+
+
+def _check_probe(probe: dict[str, Any], source: str) -> None:
+    if probe["folds"] < 2:
+        raise ConfigError(f"'folds' in [probe] in {source} must be at least 2, got {probe['folds']}")
+    if not 0.5 < probe["flag"] <= 1:
+        raise ConfigError(f"'flag' in [probe] in {source} must be an AUC in (0.5, 1], got {probe['flag']}")
 
 
 def _check_test_set_choice(raw: dict[str, Any], cfg: dict[str, Any], source: str) -> None:

@@ -19,21 +19,23 @@ from .config import dump_config
 from .io import atomic
 from .progress import console
 from .rundir import RunDir
-from .stages import Run, dataset, evaluate, explain, quality, report, split, templates, train
+from .stages import Run, dataset, evaluate, explain, probe, quality, report, split, templates, train
 
-STAGES = (dataset, split, train, evaluate, explain, templates, quality, report)
+STAGES = (dataset, split, train, evaluate, explain, templates, quality, probe, report)
 STAGE_NAMES = tuple(stage.NAME for stage in STAGES)
 
 
 def config_hash(cfg: dict[str, Any], tables: tuple[str, ...], ignored: tuple[str, ...] = ()) -> str:
     """A digest of the ``tables`` (or ``"table.key"`` entries) of ``cfg`` without the ``ignored``
-    ``"table.key"`` entries."""
+    ``"table.key"`` entries. A ``"table.key"`` left unset (an optional key without a default) is
+    left out, so adding such a key to a stage keeps the hashes of the runs that do not set it."""
     picked: dict[str, Any] = {}
     for name in tables:
         table, _, key = name.partition(".")
         value = cfg.get(table)
         if key:
-            picked[name] = (value or {}).get(key)
+            if key in (value or {}):
+                picked[name] = value[key]
         elif isinstance(value, dict):
             picked[name] = {k: v for k, v in value.items() if f"{table}.{k}" not in ignored}
         else:

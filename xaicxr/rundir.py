@@ -2,7 +2,7 @@
 JSON files a stage reads back. No other module builds a run-directory path by hand.
 
     RUN_DIR/config.toml  dataset.json  skipped.json  split.json  model.keras  train.json
-            predictions.h5  metrics.json  quality.h5  stages.json
+            predictions.h5  metrics.json  quality.h5  probe.json  stages.json
             heatmaps/<explainer>.h5            templates/<explainer>-<aggregator>.h5
             shards/<explainer>.shard-K-of-N.h5  shards/<explainer>.states-K-of-N.h5
             cache/images-<size>.h5  cache/features-<key>.h5  data/  report/index.html
@@ -87,6 +87,10 @@ class RunDir:
     @property
     def predictions(self) -> Path:
         return self.root / "predictions.h5"
+
+    @property
+    def probe(self) -> Path:
+        return self.root / "probe.json"
 
     @property
     def metrics(self) -> Path:

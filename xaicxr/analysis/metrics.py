@@ -1,59 +1,61 @@
 """Classification figures: accuracy, per-class precision/recall/F1, confusion, and the binary
 tasks derived from the softmax (ROC AUC, Youden threshold chosen on validation, bootstrap CIs).
-Pure numpy, so they can be checked against hand-computed tables."""
+ROC, AUC, confusion and per-class scores are scikit-learn's (``sklearn.metrics``); the Youden
+threshold, the bootstrap and the binary tasks built from them are ours."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
-from scipy.stats import rankdata
+from sklearn import metrics as skm
 
-from .intervals import wilson
+from .intervals import resampled_aucs, wilson
 
 
 def confusion(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> np.ndarray:
     """Rows are true classes, columns predicted classes."""
-    m = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(m, (labels, predictions), 1)
-    return m
+    return skm.confusion_matrix(labels, predictions, labels=np.arange(n_classes)).astype(np.int64)
 
 
 def classification_report(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict:
+    """Accuracy, per-class precision/recall/F1 (0 where undefined) and the macro F1 over the
+    classes present in ``labels``."""
     labels = np.asarray(labels)
     pred = np.asarray(probs).argmax(axis=1)
-    m = confusion(labels, pred, len(classes))
-    per_class = {}
-    for i, c in enumerate(classes):
-        tp, support, predicted = m[i, i], m[i].sum(), m[:, i].sum()
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[c] = {"precision": float(precision), "recall": float(recall), "f1": float(f1),
-                        "support": int(support)}
+    index = np.arange(len(classes))
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        labels, pred, labels=index, zero_division=0.0) if len(labels) else [np.zeros(len(classes))] * 4
+    per_class = {c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                     "support": int(support[i])} for i, c in enumerate(classes)}
     present = [c for c in classes if per_class[c]["support"] > 0]
-    return {"accuracy": float((pred == labels).mean()) if len(labels) else 0.0,
-            "per_class": per_class, "confusion": m.tolist(),
+    return {"accuracy": float(skm.accuracy_score(labels, pred)) if len(labels) else 0.0,
+            "per_class": per_class, "confusion": confusion(labels, pred, len(classes)).tolist(),
             "macro_f1": float(np.mean([per_class[c]["f1"] for c in present])) if present else 0.0}
 
 
 def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
     """Probability that a random positive scores above a random negative (ties count half)."""
     y = np.asarray(y, bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
+    if y.all() or not y.any():
         return float("nan")
-    ranks = rankdata(score)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(skm.roc_auc_score(y, score))
 
 
 def roc_curve(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(false positive rate, true positive rate, thresholds), thresholds descending."""
+    """(false positive rate, true positive rate, thresholds), thresholds descending from +inf; a
+    score >= threshold is positive. With one class only, its rate is all zeros."""
     y = np.asarray(y, bool)
+    score = np.asarray(score, dtype=np.float64)
+    if y.any() and (~y).any():
+        fpr, tpr, thresholds = skm.roc_curve(y, score, drop_intermediate=False)
+        return fpr, tpr, thresholds
     thresholds = np.concatenate([[np.inf], np.unique(score)[::-1]])
-    tpr = np.array([(score[y] >= t).mean() if y.any() else 0.0 for t in thresholds])
-    fpr = np.array([(score[~y] >= t).mean() if (~y).any() else 0.0 for t in thresholds])
-    return fpr, tpr, thresholds
+    return _rate(score[~y], thresholds), _rate(score[y], thresholds), thresholds
+
+
+def _rate(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    return np.array([(scores >= t).mean() if len(scores) else 0.0 for t in thresholds])
 
 
 def youden_threshold(y: np.ndarray, score: np.ndarray) -> float:
@@ -75,15 +77,8 @@ def sens_spec(y: np.ndarray, score: np.ndarray, threshold: float) -> tuple[float
 def bootstrap_ci(y: np.ndarray, score: np.ndarray, n: int = 1000, seed: int = 0) -> list[float]:
     """Percentile 95 % interval of the AUC over resampled test sets (sensitivity and specificity
     at a fixed threshold are proportions: :func:`binary_task` gives them Wilson intervals)."""
-    rng = np.random.default_rng(seed)
-    y = np.asarray(y, bool)
-    aucs = []
-    for _ in range(n):
-        idx = rng.integers(0, len(y), len(y))
-        if y[idx].all() or not y[idx].any():
-            continue
-        aucs.append(roc_auc(y[idx], score[idx]))
-    return [float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5))] if aucs else [float("nan")] * 2
+    aucs = resampled_aucs(y, score, n_boot=n, seed=seed)
+    return [float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5))] if len(aucs) else [float("nan")] * 2
 
 
 def default_binary_tasks(classes: Sequence[str]) -> dict[str, dict[str, list[str]]]:

@@ -23,7 +23,7 @@ from ..progress import progress_bar
 from . import atomic
 from .h5rows import read_rows
 from .loader import iter_batches
-from .resize import ResizePolicy
+from .resize import Mode, ResizePolicy
 
 SPLITS = ("train", "val", "test")
 """The splits of a run, in the order of their codes in the ``split`` columns of the image cache
@@ -69,8 +69,9 @@ class ImageCache:
     _row_of: dict[str, int] | None = field(default=None, repr=False, compare=False)
 
 
-def _key(split: dict[str, list[str]], size: int, resize: str) -> str:
-    return hashlib.sha256(repr((size, resize, [split[s] for s in SPLITS])).encode()).hexdigest()
+def _key(split: dict[str, list[str]], size: int, resize: str, mode: Mode = None) -> str:
+    policy = resize if mode is None else (resize, mode)  # without a mode, the key of earlier caches
+    return hashlib.sha256(repr((size, policy, [split[s] for s in SPLITS])).encode()).hexdigest()
 
 
 def open_image_cache(path: Path) -> ImageCache:
@@ -84,11 +85,11 @@ def open_image_cache(path: Path) -> ImageCache:
 def build_image_cache(path: Path, split: dict[str, list[str]], records: Sequence[Record],
                       classes: Sequence[str], size: int, *, workers: int | None = None,
                       max_pixels: int = 100_000_000, batch_size: int = 32,
-                      resize: ResizePolicy = "pad") -> tuple[ImageCache, list[Skipped]]:
-    """Decode every split record at ``size`` by the ``resize`` policy into ``path``; an existing
-    file made for the same split, size and policy is reused. Returns the cache and the files
-    that no longer decode (left out)."""
-    key = _key(split, size, resize)
+                      resize: ResizePolicy = "pad", mode: Mode = None) -> tuple[ImageCache, list[Skipped]]:
+    """Decode every split record in ``mode`` at ``size`` by the ``resize`` policy into ``path``; an
+    existing file made for the same split, size, policy and mode is reused. Returns the cache and
+    the files that no longer decode (left out)."""
+    key = _key(split, size, resize, mode)
     if Path(path).is_file():
         with h5py.File(path, "r") as h5:
             current = h5.attrs.get("key") == key
@@ -110,7 +111,7 @@ def build_image_cache(path: Path, split: dict[str, list[str]], records: Sequence
         has = {m: [] for m in MASKS}
         with progress_bar(f"decoding images at {size} px", len(ordered)) as advance:
             for batch in iter_batches(ordered, classes, size, batch_size, workers=workers,
-                                      max_pixels=max_pixels, on_skip=skipped.append, resize=resize):
+                                      max_pixels=max_pixels, on_skip=skipped.append, resize=resize, mode=mode):
                 start = images.shape[0]
                 block = batch.images.astype(np.float16)
                 images.resize(start + len(block), axis=0)
@@ -134,4 +135,5 @@ def build_image_cache(path: Path, split: dict[str, list[str]], records: Sequence
         h5.attrs["content_sha256"] = digest.hexdigest()
         h5.attrs["classes"] = list(classes)
         h5.attrs["resize"] = resize
+        h5.attrs["mode"] = mode or "as decoded"
     return open_image_cache(path), skipped

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..plugins.dataset import Record, Skipped
 from .imaging import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageInfo, read_image, read_mask
-from .resize import ResizePolicy, fit_square, fit_square_mask
+from .resize import Mode, ResizePolicy, fit_square, fit_square_mask
 
 
 @dataclass
@@ -47,8 +47,9 @@ def default_workers() -> int:
 
 
 def decode(record: Record, size: int | None, max_pixels: int = DEFAULT_MAX_PIXELS,
-           resize: ResizePolicy = "pad") -> Decoded:
-    """One record -> image (resized to ``size`` by the ``resize`` policy if given) and masks."""
+           resize: ResizePolicy = "pad", mode: Mode = None) -> Decoded:
+    """One record -> image (brought to ``mode`` and resized to ``size`` by the ``resize`` policy,
+    if a size is given) and masks."""
     try:
         image, info = read_image(record.path, max_pixels=max_pixels)
     except ImageDecodeError as exc:
@@ -64,19 +65,19 @@ def decode(record: Record, size: int | None, max_pixels: int = DEFAULT_MAX_PIXEL
             return Decoded(record, None, info, error=f"{key} mask unreadable: {exc}")
         masks[key] = fit_square_mask(mask, size, resize) if size else mask
     if size:
-        image = fit_square(image, size, policy=resize)
+        image = fit_square(image, size, policy=resize, mode=mode)
     return Decoded(record, image, info, **masks)
 
 
 def iter_decoded(records: Iterable[Record], size: int | None, *, workers: int | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS, window: int = 64,
-                 resize: ResizePolicy = "pad") -> Iterator[Decoded]:
+                 resize: ResizePolicy = "pad", mode: Mode = None) -> Iterator[Decoded]:
     """Decode in order with at most ``window`` images in flight."""
     workers = workers or default_workers()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: deque[Future[Decoded]] = deque()
         for record in records:
-            pending.append(pool.submit(decode, record, size, max_pixels, resize))
+            pending.append(pool.submit(decode, record, size, max_pixels, resize, mode))
             if len(pending) >= window:
                 yield pending.popleft().result()
         while pending:
@@ -86,12 +87,12 @@ def iter_decoded(records: Iterable[Record], size: int | None, *, workers: int | 
 def iter_batches(records: Sequence[Record], classes: Sequence[str], size: int, batch_size: int = 32,
                  *, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  on_skip: Callable[[Skipped], None] | None = None,
-                 resize: ResizePolicy = "pad") -> Iterator[Batch]:
+                 resize: ResizePolicy = "pad", mode: Mode = None) -> Iterator[Batch]:
     """Batches of decoded, resized images; a record that fails to decode goes to ``on_skip``."""
     index = {c: i for i, c in enumerate(classes)}
     chunk: list[Decoded] = []
     for item in iter_decoded(records, size, workers=workers, max_pixels=max_pixels,
-                             window=max(2 * batch_size, 8), resize=resize):
+                             window=max(2 * batch_size, 8), resize=resize, mode=mode):
         if item.error is not None:
             if on_skip is not None:
                 on_skip(Skipped(str(item.record.path), item.error))

@@ -8,6 +8,14 @@ centred square and scales it. Padding keeps all anatomy but marks every non-squa
 black bars that a classifier can learn; stretch and crop leave no such mark.
 :func:`fit_square_box` says where the image lies inside the square (for ``"pad"``, the part of
 a heatmap that covers the image; the whole square otherwise).
+
+``"pad"`` pads every image to the same aspect, the square, square ones included (with no bars),
+so padding a square image is the plain resize.
+
+Before any of that, ``mode = "L"`` (:func:`to_mode`) makes every image 8-bit gray: a file stored
+as RGB, 16-bit or DICOM is quantised to the 256 levels an 8-bit grayscale file has, as if each
+had been converted to PIL's ``"L"`` first, so the colour mode or bit depth of a source cannot
+leak into the pixels the model sees.
 """
 
 from __future__ import annotations
@@ -19,6 +27,19 @@ from PIL import Image
 
 RESIZE_POLICIES = ("pad", "stretch", "crop")
 ResizePolicy = Literal["pad", "stretch", "crop"]
+MODES = ("L",)
+Mode = Literal["L"] | None
+
+
+def to_mode(image: np.ndarray, mode: Mode = None) -> np.ndarray:
+    """``image`` (gray in [0, 1]) as ``mode`` stores it: ``"L"`` rounds to the 256 levels of 8-bit
+    gray (PIL's own RGB to L conversion rounds the same weighted sum); None leaves it as decoded."""
+    if mode is None:
+        return image
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)} or None; got {mode!r}")
+    a = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
+    return (np.round(a * 255.0) / 255.0).astype(np.float32)
 
 
 def fit_square_box(shape: tuple[int, int], size: int,
@@ -41,9 +62,10 @@ def fit_square_box(shape: tuple[int, int], size: int,
 
 def fit_square(
     image: np.ndarray, size: int, *, resample: Literal["bilinear", "nearest"] = "bilinear",
-    policy: ResizePolicy = "pad",
+    policy: ResizePolicy = "pad", mode: Mode = None,
 ) -> np.ndarray:
-    """A float32 (size, size) array in [0, 1], made by the resize ``policy`` (module docstring).
+    """A float32 (size, size) array in [0, 1], made by the resize ``policy`` after :func:`to_mode`
+    (module docstring).
 
     ``"bilinear"`` (the default) antialiases when reducing (PIL widens its filter support by the
     reduction factor, so it averages like an area filter); ``"nearest"`` is for masks.
@@ -51,7 +73,7 @@ def fit_square(
     a = np.asarray(image)
     if a.ndim != 2:
         raise ValueError(f"fit_square needs a 2-D array, got shape {a.shape}")
-    a = np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    a = to_mode(np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0), mode)
     if policy == "crop":
         side = min(a.shape)
         top, left = (a.shape[0] - side) // 2, (a.shape[1] - side) // 2

@@ -6,7 +6,7 @@
     def run(run: Run) -> dict               # do the work, write the files, return a summary
 
 :mod:`xaicxr.pipeline` chains them in the order dataset, split, train, evaluate, explain,
-templates, quality, report; :class:`Run` is what each one is given.
+templates, quality, probe, report; :class:`Run` is what each one is given.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """The dataset stage: scan the dataset plugin, decode every record once to learn what it really
 holds, and write the usable records (``dataset.json``) and every file left out with its reason
-(``skipped.json``). The same inventory is the ``xaicxr data inspect`` report."""
+(``skipped.json``). The same inventory is the ``xaicxr data inspect`` report. The shortcut
+probe's per-file features (:mod:`xaicxr.analysis.probe`) are taken in that one decode pass and
+kept in ``dataset.json`` (``image_features``)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Callable
 
 from pathlib import Path
 
+from ..analysis.probe import file_features
 from ..config import build_plugin
 from ..errors import DataError
 from ..io import atomic
@@ -24,8 +27,9 @@ from . import Run
 
 NAME = "dataset"
 TABLES = ("dataset",)
-IGNORED = ("dataset.resize",)
-"""Resizing happens when the train stage decodes the split, so changing it keeps scan and split."""
+IGNORED = ("dataset.resize", "dataset.mode")
+"""Mode and resizing are applied when the train stage decodes the split, so changing them keeps
+scan and split."""
 
 
 def outputs(cfg: dict, rundir: RunDir) -> list[Path]:
@@ -49,6 +53,8 @@ def run(run: Run) -> dict:
     atomic.write_json(run.dir.dataset_index, {
         "dataset": table["name"], "classes": main.classes, "summary": summary,
         "records": [r.to_json() for r in main.records],
+        "image_features": {**main.features, **({_external_id(k): v for k, v in external.features.items()}
+                                                if external else {})},
         "external_test": [_external(r).to_json() for r in external.records] if external else []})
     if not main.records:
         raise DataError(f"no usable image in dataset {table['name']!r}; see {run.dir.skipped}")
@@ -56,14 +62,24 @@ def run(run: Run) -> dict:
 
 
 def inventory(dataset: Dataset, run: Run, workers: int | None, max_pixels: int, label: str) -> "Inventory":
+    return inventory_of(dataset, run.dir.data_dir, workers, max_pixels, label)
+
+
+def inventory_of(dataset: Dataset, workdir: Path | None, workers: int | None, max_pixels: int,
+                 label: str) -> "Inventory":
+    """Scan ``dataset`` (generated data goes to ``workdir``) and decode every record once."""
     with progress_bar(f"scanning {label}", None) as advance:
-        scan = dataset.scan(run.dir.data_dir, progress=advance)
+        scan = dataset.scan(workdir, progress=advance)
     with progress_bar(f"checking {label} images", len(scan.records)) as advance:
         return take_inventory(scan, workers=workers, max_pixels=max_pixels, progress=advance)
 
 
 def _external(record: Record) -> Record:
-    return Record(**{**record.__dict__, "id": f"external/{record.id}", "subset": "test"})
+    return Record(**{**record.__dict__, "id": _external_id(record.id), "subset": "test"})
+
+
+def _external_id(record_id: str) -> str:
+    return f"external/{record_id}"
 
 
 @dataclass
@@ -76,6 +92,8 @@ class Inventory:
     formats: Counter = field(default_factory=Counter)
     seconds: float = 0.0
     decoded: int = 0
+    features: dict[str, dict] = field(default_factory=dict)
+    """Probe features of each usable record's file, by id."""
 
     def summary(self) -> dict:
         counts = Counter(r.label for r in self.records)
@@ -126,6 +144,8 @@ def take_inventory(scan: Scan, *, workers: int | None = None, max_pixels: int = 
         inv.sizes.append((item.info.width, item.info.height))
         inv.modes[item.info.mode] += 1
         inv.formats[item.info.format] += 1
+        inv.features[item.record.id] = file_features(item.image, item.info.format, item.info.mode,
+                                                     item.info.width, item.info.height)
     inv.seconds = time.perf_counter() - start
     return inv
 

@@ -379,12 +379,12 @@ def _reliance(run: Run, cache: ImageCache, classes: list[str], opts: dict[str, A
     if not len(rows):
         return None
     train = run.dir.read_train_info()
-    size, resize = int(train["input_size"]), train["resize"]
+    size, resize, mode = int(train["input_size"]), train["resize"], train.get("mode")
     model = run.model()
 
     def twin(job: tuple[str, str]) -> np.ndarray:
         image = dataset.counterfactual(by_id[job[0]], job[1], run.dir.data_dir)
-        return fit_square(image, size, policy=resize).astype(np.float16).astype(np.float32)
+        return fit_square(image, size, policy=resize, mode=mode).astype(np.float16).astype(np.float32)
 
     block = cache.read(rows)
     probs = {"original": predict_images(model, block["images"])}

@@ -143,6 +143,33 @@ def _classification(metrics: dict[str, Any], classes: list[str], out: Path) -> l
     return parts
 
 
+def _probe(metrics: dict[str, Any]) -> list[str]:
+    """The shortcut probe: what features that are not disease predict, per class and binary task."""
+    probe = metrics.get("probe")
+    if not probe or "targets" not in probe:
+        return []
+    rows = []
+    for target, t in probe["targets"].items():
+        if "features" not in t:
+            rows.append([target, t.get("note"), None, None, None, None])
+            continue
+        best = max(t["features"], key=lambda f: t["features"][f]["value"] or 0.0)
+        rows.append([target, best, t["features"][best], t["all"]["logistic"], t["all"]["forest"],
+                     t.get("input", {}).get("forest")])
+    flagged = probe["flagged"]
+    grouped = "grouped by patient" if probe["grouped"] else "not grouped (no patient ids)"
+    return ["<h2>Shortcut probe: what non-disease features alone predict</h2>",
+            _note(f"Cross-validated AUC ({grouped}) of image size, aspect, format, mode, bit depth, "
+                  "border fraction, intensity and corner-patch statistics of each file (input_*: of the "
+                  f"model's input after resizing); {probe['method']['interval']}. "
+                  f"AUC >= {probe['flag']} is flagged as a likely shortcut."),
+            _table(["target", "best single feature", "its AUC", "all features (logistic)", "all features (forest)",
+                    "model input only (forest)"], rows),
+            _table(["flagged target", "feature", "AUC"], [[f["target"], f["feature"],
+                                                         {"value": f["auc"], "ci95": f["ci95"]}] for f in flagged])
+            if flagged else "<p>No feature reaches the flag.</p>"]
+
+
 def _reliance(metrics: dict[str, Any]) -> list[str]:
     reliance = metrics.get("reliance")
     if not reliance:
@@ -319,6 +346,7 @@ def write_report(rundir: RunDir, cfg: dict[str, Any], cache: ImageCache) -> Path
         setting += " &mdash; trained from scratch: <b>not</b> the paper's ImageNet transfer setting"
     parts.append(f"<p>{setting}. Test set: {html.escape(metrics.get('test_set', ''))}, n = {metrics.get('n_test')}.</p>")
     parts += _classification(metrics, classes, out)
+    parts += _probe(metrics)
     parts += _reliance(metrics)
     parts += _baselines(metrics)
     aggregators = [a["name"] for a in cfg.get("aggregate", [])]

@@ -34,7 +34,7 @@ from ..rundir import RunDir
 from . import Run
 
 NAME = "train"
-TABLES = ("dataset.resize", "backbone", "train")
+TABLES = ("dataset.resize", "dataset.mode", "backbone", "train")
 
 
 def outputs(cfg: dict, rundir: RunDir) -> list[Path]:
@@ -48,7 +48,7 @@ def run(run: Run) -> dict[str, Any]:
     cache, skipped = build_image_cache(
         run.dir.image_cache(backbone.input_size), run.dir.read_split(), records + external, classes,
         backbone.input_size, workers=dataset.get("workers"), max_pixels=dataset["max_pixels"],
-        resize=dataset["resize"])
+        resize=dataset["resize"], mode=dataset.get("mode"))
     if skipped:
         atomic.write_json(run.dir.skipped, atomic.read_json(run.dir.skipped) + [s.to_json() for s in skipped])
     keras.utils.set_random_seed(run.cfg["train"]["seed"])
@@ -63,6 +63,7 @@ def run(run: Run) -> dict[str, Any]:
         "backbone": run.cfg["backbone"], "train": run.cfg["train"],
         "freeze_until": backbone.freeze_until, "default_layer": backbone.default_layer,
         "input_size": backbone.input_size, "resize": dataset["resize"],
+        "mode": dataset.get("mode"),
         "parameters": int(model.count_params()),
         "trainable_parameters": int(sum(int(np.prod(w.shape)) for w in model.trainable_weights)),
         **result.to_json()})

@@ -24,16 +24,7 @@ class FolderDataset(Dataset):
                  patient_pattern: str | list[str] | None = None) -> None:
         self.path = path
         self.wanted = list(classes) if classes else None
-        patterns = [patient_pattern] if isinstance(patient_pattern, str) else list(patient_pattern or [])
-        self.patient_res = []
-        for pattern in patterns:
-            if not pattern:
-                raise DataError("folder: an empty patient_pattern would make every file one patient; "
-                                "leave the option out to treat every file as its own patient")
-            try:
-                self.patient_res.append(re.compile(pattern))
-            except re.error as exc:
-                raise DataError(f"folder: invalid patient_pattern {pattern!r}: {exc}") from None
+        self.patient_res = compile_patient_patterns(patient_pattern, "folder")
 
     def external(self, path: str) -> "FolderDataset":
         clone = FolderDataset(path, self.wanted)
@@ -63,9 +54,29 @@ class FolderDataset(Dataset):
         return scan
 
     def _patient(self, filename: str) -> str | None:
-        for regex in self.patient_res:
-            match = regex.search(filename)
-            patient = None if match is None else match.group(1) if match.groups() else match.group(0)
-            if patient:
-                return patient
-        return None
+        return patient_from_name(self.patient_res, filename)
+
+
+def compile_patient_patterns(patient_pattern: str | list[str] | None, where: str) -> list[re.Pattern]:
+    """The regular expressions of a ``patient_pattern`` option (one or a list), checked."""
+    patterns = [patient_pattern] if isinstance(patient_pattern, str) else list(patient_pattern or [])
+    compiled = []
+    for pattern in patterns:
+        if not pattern:
+            raise DataError(f"{where}: an empty patient_pattern would make every file one patient; "
+                            "leave the option out to treat every file as its own patient")
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as exc:
+            raise DataError(f"{where}: invalid patient_pattern {pattern!r}: {exc}") from None
+    return compiled
+
+
+def patient_from_name(patterns: list[re.Pattern], filename: str) -> str | None:
+    """The first group (or whole match) of the first pattern that matches with a non-empty id."""
+    for regex in patterns:
+        match = regex.search(filename)
+        patient = None if match is None else match.group(1) if match.groups() else match.group(0)
+        if patient:
+            return patient
+    return None

@@ -76,7 +76,8 @@ def detect(run_dir: Path, images: list[Path], *, explainer: str | None = None, o
     classes = metrics["classes"]
     model = load_model(rundir.model, unsafe=unsafe_load)
     size = int(model.input_shape[1])
-    resize = rundir.read_train_info()["resize"]
+    train_info = rundir.read_train_info()
+    resize, mode = train_info["resize"], train_info.get("mode")
     job = _job(rundir, cfg, explainer)
     aggregator, templates = _templates(rundir, cfg, job.store)
     binary_jobs = [_at_store_layer(rundir, ExplainJob.from_spec(spec, rundir))
@@ -91,7 +92,7 @@ def detect(run_dir: Path, images: list[Path], *, explainer: str | None = None, o
         except ImageDecodeError as exc:
             results.append({"path": str(path), "error": str(exc)})
             continue
-        image = fit_square(raw, size, policy=resize)
+        image = fit_square(raw, size, policy=resize, mode=mode)
         x = image[None, ..., None].astype(np.float32)
         probs = np.asarray(model(x, training=False))[0]
         pred = int(probs.argmax())

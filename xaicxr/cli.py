@@ -295,26 +295,35 @@ def explain_cmd(run_dir: Path = typer.Argument(..., help="Run directory with a t
                 split: str = typer.Option("test", "--split", help="test, val, train or all."),
                 targets: str = typer.Option("true", "--targets", help="true, predicted or all (every class)."),
                 batch_size: int = typer.Option(16, "--batch-size", min=1),
-                shard: Optional[str] = typer.Option(None, "--shard", help="K/N: explain only the K-th of N parts."),
+                shard: Optional[str] = typer.Option(None, "--shard", help="K/N: explain only the K-th of N parts "
+                                                     "(default in a SLURM job array: its task's part)."),
                 overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store made with another model."),
                 as_json: bool = JsonOpt, unsafe_load: bool = UnsafeOpt) -> dict[str, Any]:
     """Write heatmaps/<explainer>.h5 for a split of a run (resumes an interrupted one)."""
     from .config import resolve_entry
+    from .executors import make_executor
     from .io.imagecache import open_image_cache
     from .io.modelfile import load_model, model_sha256
     from .stages.explain import ExplainJob, explain_split
 
     rundir = RunDir(run_dir)
-    rundir.load_config()
+    cfg = rundir.load_config()
     spec = resolve_entry("explain", {"name": explainer, "split": split, "targets": targets,
                                      "batch_size": batch_size, **({"layer": layer} if layer else {})},
                          "the command line")
-    part = Shard.parse(shard) if shard is not None else None
+    part = Shard.parse(shard) if shard is not None else Shard.from_slurm(os.environ)
+    if shard is None and part is not None:
+        console.print(f"shard {part.k}/{part.n} from the SLURM job array (SLURM_ARRAY_TASK_ID="
+                      f"{os.environ['SLURM_ARRAY_TASK_ID']}, SLURM_ARRAY_TASK_COUNT={part.n}); "
+                      "--shard K/N overrides it", highlight=False)
     model = load_model(rundir.model, unsafe=unsafe_load)
     cache = open_image_cache(rundir.image_cache(int(model.input_shape[1])))
-    path = explain_split(rundir, ExplainJob.from_spec(spec, rundir), model, model_sha256(rundir.model),
-                         cache, overwrite=overwrite, shard=part)
-    return {"store": str(path), "explainer": explainer, "split": split, "targets": targets}
+    with make_executor(cfg["run"]) as executor:
+        path = explain_split(rundir, ExplainJob.from_spec(spec, rundir), model, model_sha256(rundir.model),
+                             cache, overwrite=overwrite, shard=part, executor=executor,
+                             unsafe_load=unsafe_load)
+    return {"store": str(path), "explainer": explainer, "split": split, "targets": targets,
+            **({"shard": f"{part.k}/{part.n}"} if part is not None else {})}
 
 
 @app.command("merge-heatmaps")

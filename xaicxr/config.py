@@ -16,6 +16,7 @@ import tomli_w
 
 from . import plugins
 from .errors import ConfigError, PluginError
+from .executors import DEFAULT_PARTITION_ROWS
 from .plugins.options import check_options, describe, matches
 
 DEFAULT_SOURCE = "the embedded default configuration"
@@ -47,6 +48,8 @@ CORE_KEYS: dict[str, dict[str, tuple[Any, Any]]] = {
                 "template_q": (float, 0.05), "template_draws": (int, 3),
                 "randomisation": (bool, True), "randomisation_images": (int, 48),
                 "randomisation_draw": (int, 0), "reliance": (bool, True), "seed": (int, 0)},
+    "run": {"executor": (Literal["local", "dask"], "local"), "address": (str | None, None),
+            "workers": (int | None, None), "partition_rows": (int, DEFAULT_PARTITION_ROWS)},
 }
 """Core keys per table: ``{key: (type, default)}``. Plugin tables also take their plugin's options."""
 
@@ -99,7 +102,20 @@ def resolve(raw: dict[str, Any], source: str = "<config>") -> dict[str, Any]:
             cfg[table] = _resolve_table(table, given, keys, source)
     _check_test_set_choice(raw, cfg, source)
     _check_quality(cfg["quality"], source)
+    _check_run(cfg["run"], source)
     return cfg
+
+
+def _check_run(run: dict[str, Any], source: str) -> None:
+    where = f"[run] in {source}"
+    for key in ("workers", "partition_rows"):
+        if key in run and run[key] < 1:
+            raise ConfigError(f"'{key}' in {where} must be at least 1, got {run[key]}")
+    if "address" in run and "workers" in run:
+        raise ConfigError(f"{where}: 'workers' sizes the local cluster started when there is no "
+                          "'address'; the cluster at 'address' has its own workers")
+    if run["executor"] == "local" and ("address" in run or "workers" in run):
+        raise ConfigError(f"{where}: 'address' and 'workers' need executor = \"dask\"")
 
 
 def _check_quality(quality: dict[str, Any], source: str) -> None:

@@ -6,17 +6,20 @@ streaming each heatmap store once; also the sharded variant (``template --shard 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
 from ..analysis.aggregation import build_templates, merge_states
 from ..config import build_plugin
+from ..executors import Executor
 from ..io.heatmap_store import HeatmapStore
 from ..io.template_store import (Grouping, TemplateStates, load_states, save_states,
                                  write_template_file)
 from ..plugins import Aggregator
+from ..progress import progress_bar
 from ..rundir import RunDir, Shard
 from . import Run
 
@@ -33,8 +36,7 @@ def run(run: Run) -> dict[str, Any]:
     aggregators = make_aggregators(run.cfg["aggregate"])
     written = []
     for spec in run.cfg["explain"]:
-        states = build_templates(run.dir.heatmaps(spec["name"]), aggregators, by=opts["by"],
-                                 correct_only=opts["correct_only"], progress=True)
+        states = reduce_states(run.dir.heatmaps(spec["name"]), run.cfg, aggregators, run.executor())
         write_templates(run.dir, spec["name"], states, aggregators, by=opts["by"],
                         correct_only=opts["correct_only"])
         written += [f"{spec['name']}-{name}" for name in aggregators]
@@ -43,6 +45,47 @@ def run(run: Run) -> dict[str, Any]:
 
 def make_aggregators(specs: list[dict[str, Any]]) -> dict[str, Aggregator]:
     return {s["name"]: build_plugin("aggregate", s) for s in specs}
+
+
+def reduce_states(store: Path, cfg: dict[str, Any], aggregators: Mapping[str, Aggregator],
+                  executor: Executor) -> TemplateStates:
+    """The aggregator states of a whole heatmap store: one streaming pass here, or, on a
+    cluster, one task per ``executor.partition_rows`` rows whose states are merged in row
+    order. The partitions depend on the store alone, not on the number of workers, so the
+    result is deterministic; it equals the one-pass states exactly where ``merge`` is exact
+    (``mean``, ``median``, ``trimmed-mean``)."""
+    opts = cfg["templates"]
+    if executor.partition_rows is None:
+        return build_templates(store, aggregators, by=opts["by"], correct_only=opts["correct_only"],
+                               progress=True)
+    with HeatmapStore(store) as s:
+        total = len(s)
+    step = executor.partition_rows
+    spans = [(lo, min(lo + step, total)) for lo in range(0, total, step)] or [(0, 0)]
+    part = PartitionStates(str(store), cfg["aggregate"], opts["by"], opts["correct_only"])
+    with progress_bar(f"templates {store.stem}", total) as advance:
+        return merge_states(_counted(executor.map(part, spans), spans, advance), aggregators)
+
+
+@dataclass(frozen=True)
+class PartitionStates:
+    """The aggregator states of rows [start, stop) of a heatmap store, on a cluster worker."""
+
+    store: str
+    aggregate: list[dict[str, Any]]
+    by: Grouping
+    correct_only: bool
+
+    def __call__(self, span: tuple[int, int]) -> TemplateStates:
+        return build_templates(self.store, make_aggregators(self.aggregate), by=self.by,
+                               correct_only=self.correct_only, span=span)
+
+
+def _counted(parts: Iterator[TemplateStates], spans: list[tuple[int, int]],
+             advance: Callable[[int], None]) -> Iterator[TemplateStates]:
+    for part, (start, stop) in zip(parts, spans):
+        yield part
+        advance(stop - start)
 
 
 def write_templates(rundir: RunDir, explainer: str, states: TemplateStates,

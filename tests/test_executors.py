@@ -115,9 +115,8 @@ def test_slurm_array_picks_the_shard(local_run):
     assert json.loads(result.stdout)["shard"] == "1/2"
     assert "SLURM" in result.stderr and "1/2" in result.stderr
     assert RunDir(local).heatmap_shard("gradcam", Shard(1, 2)).exists()
-    given = runner.invoke(app, ["explain", str(local), "--explainer", "gradcam", "--shard", "0/3", "--json"], env=env)
-    assert given.exit_code == 0, given.stderr
-    assert json.loads(given.stdout)["shard"] == "0/3" and "SLURM" not in given.stderr
+    given = runner.invoke(app, ["explain", str(local), "--explainer", "gradcam", "--shard", "3/3"], env=env)
+    assert given.exit_code == 2 and "3/3" in given.stderr and "SLURM" not in given.stderr, "--shard wins"
 
 
 @pytest.mark.parametrize("env, shard", [

@@ -12,8 +12,9 @@ executor, ``--rounds`` times, in interleaved order (local, dask-1, dask-2, local
   (the maps and flags of ``--batch`` images), mapped like explain batches: time per task,
   median of the rounds: what the engine adds to every batch, besides the one-time costs;
 * ``identical``: whether each store's datasets equal the local store's byte for byte;
-* the templates (mean, median, std) reduced locally and on 2 workers (``partition_rows``):
-  time and whether the templates are equal (largest difference for std).
+* the templates (mean, median, std) reduced locally and on 2 workers (``partition_rows``,
+  merged on the workers in a fixed tree): time (median of ``--rounds``, after one warm-up
+  reduction) and whether the templates are equal (largest difference for std).
 
     .venv/bin/python benchmarks/executor.py --out /tmp/xaicxr-executor --rounds 3
 
@@ -82,6 +83,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--partition-rows", type=int, default=32)
     parser.add_argument("--overhead-tasks", type=int, default=100)
+    parser.add_argument("--templates-only", action="store_true", help="only the template reduction "
+                        "(on the store an earlier run of this script left in --out)")
     args = parser.parse_args()
 
     from xaicxr.executors import LocalExecutor
@@ -107,7 +110,7 @@ def main() -> None:
               "dask-2": lambda: DaskExecutor(workers=2, partition_rows=args.partition_rows)}
     figures: dict[str, dict] = {name: {"start_s": [], "first_pass_s": [], "pass_s": [], "overhead_ms_per_batch": [],
                                        "digests": set()} for name in makers}
-    for _ in range(args.rounds):
+    for _ in range(0 if args.templates_only else args.rounds):
         for name, make in makers.items():
             start = time.perf_counter()
             executor = make()
@@ -132,12 +135,13 @@ def main() -> None:
     local_digests = figures["local"]["digests"]
     results: dict = {"images": n, "batches": len(spans), "batch": args.batch, "size": args.size, "width": args.width,
                      "rounds": args.rounds, "cpus": os.cpu_count(), "load_average": os.getloadavg()}
-    for name, f in figures.items():
+    for name, f in figures.items() if not args.templates_only else ():
         results[name] = {k: round(statistics.median(v), 3) for k, v in f.items() if k != "digests"}
         results[name]["identical"] = f["digests"] == local_digests and len(local_digests) == 1
-    for name in ("dask-1", "dask-2"):
-        results[f"{name}_over_local_pass"] = round(results[name]["pass_s"] / results["local"]["pass_s"], 3)
-    results["dask-2_over_dask-1_pass"] = round(results["dask-2"]["pass_s"] / results["dask-1"]["pass_s"], 3)
+    if not args.templates_only:
+        for name in ("dask-1", "dask-2"):
+            results[f"{name}_over_local_pass"] = round(results[name]["pass_s"] / results["local"]["pass_s"], 3)
+        results["dask-2_over_dask-1_pass"] = round(results["dask-2"]["pass_s"] / results["dask-1"]["pass_s"], 3)
 
     aggregators = make_aggregators(cfg["aggregate"])
     store = rundir.heatmaps("gradcam")
@@ -146,9 +150,12 @@ def main() -> None:
     local_s = time.perf_counter() - start
     with DaskExecutor(workers=2, partition_rows=args.partition_rows) as executor:
         reduce_states(store, cfg, make_aggregators(cfg["aggregate"]), executor)  # workers import the plugins
-        start = time.perf_counter()
-        cluster_states = reduce_states(store, cfg, make_aggregators(cfg["aggregate"]), executor)
-        cluster_s = time.perf_counter() - start
+        times = []
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            cluster_states = reduce_states(store, cfg, make_aggregators(cfg["aggregate"]), executor)
+            times.append(time.perf_counter() - start)
+        cluster_s = statistics.median(times)
     templates = {"local_s": round(local_s, 3), "dask-2_s": round(cluster_s, 3),
                  "partitions": -(-n // args.partition_rows)}
     for name, agg in aggregators.items():

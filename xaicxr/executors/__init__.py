@@ -1,11 +1,12 @@
 """Where the row-parallel work of a run is computed: in this process, or on a cluster.
 
-An executor does one thing: ``map(fn, items)`` yields ``fn(item)`` for every item, **in the
-order of the items**, however many workers compute them and in whatever order they finish. The
-explain stage maps spans of rows (one explain batch each) and writes the results into the
-heatmap store on the driver, in row order; the templates stage maps spans of a heatmap store to
-aggregator states and merges them in span order. So the output never depends on the executor,
-the number of workers or the timing of the cluster.
+An executor does two things: ``map(fn, items)`` yields ``fn(item)`` for every item, **in the
+order of the items**, however many workers compute them and in whatever order they finish; and
+``reduce(fn, items, merge)`` merges every ``fn(item)`` in an order fixed by the number of items
+alone. The explain stage maps spans of rows (one explain batch each) and writes the results into
+the heatmap store on the driver, in row order; the templates stage reduces spans of a heatmap
+store to aggregator states. So the output never depends on the number of workers or the timing
+of the cluster.
 
 ``[run] executor`` picks one (:func:`make_executor`): ``"local"`` (this process, the default)
 or ``"dask"`` (a Dask distributed cluster at ``address``, or a local one with ``workers``
@@ -17,6 +18,7 @@ model is loaded once per worker process through :func:`worker_cached`.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import threading
 from collections import OrderedDict
@@ -40,6 +42,8 @@ class Executor(Protocol):
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]: ...
 
+    def reduce(self, fn: Callable[[T], R], items: list[T], merge: Callable[[R, R], R]) -> R: ...
+
     def close(self) -> None: ...
 
     def __enter__(self) -> "Executor": ...
@@ -56,6 +60,10 @@ class LocalExecutor:
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
         return (fn(item) for item in items)
+
+    def reduce(self, fn: Callable[[T], R], items: list[T], merge: Callable[[R, R], R]) -> R:
+        """``merge`` of every ``fn(item)``, left to right."""
+        return functools.reduce(merge, self.map(fn, items))
 
     def close(self) -> None:
         pass

@@ -65,6 +65,21 @@ class DaskExecutor:
             if pending:
                 self.client.cancel(list(pending))
 
+    def reduce(self, fn: Callable[[T], R], items: list[T], merge: Callable[[R, R], R]) -> R:
+        """``fn`` of every item and the merges all run on the workers, in a fixed binary tree
+        (items 0+1, 2+3, ..., then their results pairwise), so only the result travels to the
+        driver and the merge order depends on the number of items alone. ``merge`` may update
+        its first argument in place: each intermediate result is merged once."""
+        if not items:
+            raise ValueError("reduce needs at least one item")
+        shared_fn = self.client.scatter(fn, broadcast=True, hash=False)
+        shared_merge = self.client.scatter(merge, broadcast=True, hash=False)
+        level = [self.client.submit(_call, shared_fn, item, pure=False) for item in items]
+        while len(level) > 1:
+            level = [self.client.submit(_call, shared_merge, level[i], level[i + 1], pure=False)
+                     if i + 1 < len(level) else level[i] for i in range(0, len(level), 2)]
+        return level[0].result()
+
     def close(self) -> None:
         self.client.close()
         if self.cluster is not None:
@@ -77,5 +92,5 @@ class DaskExecutor:
         self.close()
 
 
-def _call(fn: Callable[[T], R], item: T) -> R:
-    return fn(item)
+def _call(fn: Callable[..., R], *args: Any) -> R:
+    return fn(*args)

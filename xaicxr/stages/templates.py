@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from ..io.heatmap_store import HeatmapStore
 from ..io.template_store import (Grouping, TemplateStates, load_states, save_states,
                                  write_template_file)
 from ..plugins import Aggregator
-from ..progress import progress_bar
+from ..progress import console
 from ..rundir import RunDir, Shard
 from . import Run
 
@@ -50,10 +50,10 @@ def make_aggregators(specs: list[dict[str, Any]]) -> dict[str, Aggregator]:
 def reduce_states(store: Path, cfg: dict[str, Any], aggregators: Mapping[str, Aggregator],
                   executor: Executor) -> TemplateStates:
     """The aggregator states of a whole heatmap store: one streaming pass here, or, on a
-    cluster, one task per ``executor.partition_rows`` rows whose states are merged in row
-    order. The partitions depend on the store alone, not on the number of workers, so the
-    result is deterministic; it equals the one-pass states exactly where ``merge`` is exact
-    (``mean``, ``median``, ``trimmed-mean``)."""
+    cluster, one task per ``executor.partition_rows`` rows, merged on the workers in a fixed
+    tree. The partitions depend on the store alone, not on the number of workers, so the result
+    is deterministic; it equals the one-pass states exactly where ``merge`` is exact (``mean``,
+    ``median``, ``trimmed-mean``)."""
     opts = cfg["templates"]
     if executor.partition_rows is None:
         return build_templates(store, aggregators, by=opts["by"], correct_only=opts["correct_only"],
@@ -62,9 +62,10 @@ def reduce_states(store: Path, cfg: dict[str, Any], aggregators: Mapping[str, Ag
         total = len(s)
     step = executor.partition_rows
     spans = [(lo, min(lo + step, total)) for lo in range(0, total, step)] or [(0, 0)]
-    part = PartitionStates(str(store), cfg["aggregate"], opts["by"], opts["correct_only"])
-    with progress_bar(f"templates {store.stem}", total) as advance:
-        return merge_states(_counted(executor.map(part, spans), spans, advance), aggregators)
+    console.print(f"templates {store.stem}: {len(spans)} partitions of up to {step} rows on the cluster",
+                  highlight=False)
+    return executor.reduce(PartitionStates(str(store), cfg["aggregate"], opts["by"], opts["correct_only"]),
+                           spans, MergeStates(cfg["aggregate"]))
 
 
 @dataclass(frozen=True)
@@ -81,11 +82,14 @@ class PartitionStates:
                                correct_only=self.correct_only, span=span)
 
 
-def _counted(parts: Iterator[TemplateStates], spans: list[tuple[int, int]],
-             advance: Callable[[int], None]) -> Iterator[TemplateStates]:
-    for part, (start, stop) in zip(parts, spans):
-        yield part
-        advance(stop - start)
+@dataclass(frozen=True)
+class MergeStates:
+    """Two partitions' states merged into the first (on a cluster worker)."""
+
+    aggregate: list[dict[str, Any]]
+
+    def __call__(self, a: TemplateStates, b: TemplateStates) -> TemplateStates:
+        return merge_states([a, b], make_aggregators(self.aggregate))
 
 
 def write_templates(rundir: RunDir, explainer: str, states: TemplateStates,

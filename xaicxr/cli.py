@@ -354,12 +354,14 @@ def explain_cmd(run_dir: Path = typer.Argument(..., help="Run directory with a t
                 targets: str = typer.Option("true", "--targets", help="true, predicted or all (every class)."),
                 target: Optional[str] = typer.Option(None, "--target", help="Score explained: logit, probability or binary:<task> (default: the explainer's own)."),
                 batch_size: int = typer.Option(16, "--batch-size", min=1),
-                shard: Optional[str] = typer.Option(None, "--shard", help="K/N: explain only the K-th of N parts."),
+                shard: Optional[str] = typer.Option(None, "--shard", help="K/N: explain only the K-th of N parts "
+                                                     "(default in a SLURM job array: its task's part)."),
                 overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store made with another model."),
                 as_json: bool = JsonOpt, unsafe_load: bool = UnsafeOpt) -> dict[str, Any]:
     """Write heatmaps/<explainer>.h5 (<explainer>.<target>.h5 with --target) for a split of a run
     (resumes an interrupted one)."""
     from .config import DEFAULT_BINARY_TASKS, check_target, resolve_entry
+    from .executors import make_executor
     from .io.imagecache import open_image_cache
     from .io.modelfile import load_model, model_sha256
     from .stages.explain import ExplainJob, explain_split
@@ -371,13 +373,20 @@ def explain_cmd(run_dir: Path = typer.Argument(..., help="Run directory with a t
                                      **({"target": target} if target else {})},
                          "the command line")
     check_target(spec, list(cfg["binary"]) or list(DEFAULT_BINARY_TASKS), "the command line")
-    part = Shard.parse(shard) if shard is not None else None
+    part = Shard.parse(shard) if shard is not None else Shard.from_slurm(os.environ)
+    if shard is None and part is not None:
+        console.print(f"shard {part.k}/{part.n} from the SLURM job array (SLURM_ARRAY_TASK_ID="
+                      f"{os.environ['SLURM_ARRAY_TASK_ID']}, SLURM_ARRAY_TASK_COUNT={part.n}); "
+                      "--shard K/N overrides it", highlight=False)
     model = load_model(rundir.model, unsafe=unsafe_load)
     cache = open_image_cache(rundir.image_cache(int(model.input_shape[1])))
-    path = explain_split(rundir, ExplainJob.from_spec(spec, rundir), model, model_sha256(rundir.model),
-                         cache, overwrite=overwrite, shard=part)
+    with make_executor(cfg["run"]) as executor:
+        path = explain_split(rundir, ExplainJob.from_spec(spec, rundir), model, model_sha256(rundir.model),
+                             cache, overwrite=overwrite, shard=part, executor=executor,
+                             unsafe_load=unsafe_load)
     return {"store": str(path), "explainer": explainer, "split": split, "targets": targets,
-            **({"target": target} if target else {})}
+            **({"target": target} if target else {}),
+            **({"shard": f"{part.k}/{part.n}"} if part is not None else {})}
 
 
 @app.command("merge-heatmaps")

@@ -16,6 +16,7 @@ import tomli_w
 
 from . import plugins
 from .errors import ConfigError, PluginError
+from .executors import DEFAULT_PARTITION_ROWS
 from .plugins.options import check_options, describe, matches
 from .plugins.targets import BINARY_PREFIX, parse_target
 
@@ -49,6 +50,8 @@ CORE_KEYS: dict[str, dict[str, tuple[Any, Any]]] = {
                 "template_q": (float, 0.05), "template_draws": (int, 3),
                 "randomisation": (bool, True), "randomisation_images": (int, 48),
                 "randomisation_draw": (int, 0), "reliance": (bool, True), "seed": (int, 0)},
+    "run": {"executor": (Literal["local", "dask"], "local"), "address": (str | None, None),
+            "workers": (int | None, None), "partition_rows": (int, DEFAULT_PARTITION_ROWS)},
 }
 """Core keys per table: ``{key: (type, default)}``. Plugin tables also take their plugin's options."""
 
@@ -108,6 +111,7 @@ def resolve(raw: dict[str, Any], source: str = "<config>") -> dict[str, Any]:
     if cfg["dataset"].get("mode") == "as-decoded":  # the default spelled out (a study axis): same run
         del cfg["dataset"]["mode"]
     _check_probe(cfg["probe"], source)
+    _check_run(cfg["run"], source)
     return cfg
 
 
@@ -136,6 +140,18 @@ def store_name(entry: dict[str, Any]) -> str:
     (``gradcam.binary-covid-vs-rest``), so one run explains classes and binary scores side by side."""
     target = entry.get("target")
     return entry["name"] if not target else f"{entry['name']}.{target.replace(':', '-')}"
+
+
+def _check_run(run: dict[str, Any], source: str) -> None:
+    where = f"[run] in {source}"
+    for key in ("workers", "partition_rows"):
+        if key in run and run[key] < 1:
+            raise ConfigError(f"'{key}' in {where} must be at least 1, got {run[key]}")
+    if "address" in run and "workers" in run:
+        raise ConfigError(f"{where}: 'workers' sizes the local cluster started when there is no "
+                          "'address'; the cluster at 'address' has its own workers")
+    if run["executor"] == "local" and ("address" in run or "workers" in run):
+        raise ConfigError(f"{where}: 'address' and 'workers' need executor = \"dask\"")
 
 
 def _check_quality(quality: dict[str, Any], source: str) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import dump_config
+from .executors import check_available
 from .io import atomic
 from .progress import console
 from .rundir import RunDir
@@ -59,11 +60,25 @@ def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, *, until: str | None 
 
     ``until`` stops after that stage; ``force`` reruns that stage (and so everything after it).
     """
+    check_available(cfg.get("run"))
     run = Run(RunDir(run_dir), cfg, unsafe_load=unsafe_load)
     run.dir.root.mkdir(parents=True, exist_ok=True)
     atomic.write_text(run.dir.config, dump_config(cfg))
     state = _read_state(run.dir)
     hashes = stage_hashes(cfg)
+    try:
+        timings, ran, skipped = _run_stages(run, state, hashes, until, force)
+    finally:
+        run.close()
+    if run.dir.metrics.exists():
+        run.dir.update_metrics({"timings_s": timings})
+    return {"run_dir": str(run.dir.root), "stages_run": ran, "stages_skipped": skipped,
+            "timings_s": timings, **run.results}
+
+
+def _run_stages(run: Run, state: dict[str, Any], hashes: dict[str, str], until: str | None,
+                force: str | None) -> tuple[dict[str, float], list[str], list[str]]:
+    cfg = run.cfg
     stale = False
     timings, ran, skipped = {}, [], []
     for stage in STAGES:
@@ -87,10 +102,7 @@ def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, *, until: str | None 
             ran.append(stage.NAME)
         if stage.NAME == until:
             break
-    if run.dir.metrics.exists():
-        run.dir.update_metrics({"timings_s": timings})
-    return {"run_dir": str(run.dir.root), "stages_run": ran, "stages_skipped": skipped,
-            "timings_s": timings, **run.results}
+    return timings, ran, skipped
 
 
 def _read_state(rundir: RunDir) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from .errors import ConfigError, DataError, StoreError
 from .io import atomic
@@ -37,6 +37,27 @@ class Shard:
         if not (sep and k.isdigit() and n.isdigit()):
             raise ConfigError(f"--shard {text!r}: expected K/N with 0 <= K < N")
         return cls(int(k), int(n))
+
+    @classmethod
+    def from_slurm(cls, env: Mapping[str, str]) -> "Shard | None":
+        """This task's part of a SLURM job array (``sbatch --array=0-3``): K is the task's
+        position (``(SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP``), N
+        is ``SLURM_ARRAY_TASK_COUNT``; None outside an array job."""
+        if "SLURM_ARRAY_TASK_ID" not in env or "SLURM_ARRAY_TASK_COUNT" not in env:
+            return None
+        names = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN",
+                 "SLURM_ARRAY_TASK_STEP")
+        defaults = {"SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_STEP": "1"}
+        try:
+            task, count, first, step = (int(env.get(name, defaults.get(name, ""))) for name in names)
+        except ValueError:
+            raise ConfigError("the SLURM_ARRAY_TASK_* variables are not integers: "
+                              + ", ".join(f"{n}={env.get(n)!r}" for n in names if n in env)) from None
+        k, off = divmod(task - first, step) if step > 0 else (-1, 0)
+        if off or not 0 <= k < count:
+            raise ConfigError(f"SLURM array task {task} (min {first}, step {step}, count {count}) is not "
+                              "one of N evenly spaced tasks; use --array=0-(N-1) or pass --shard K/N")
+        return cls(k, count)
 
     def bounds(self, total: int) -> tuple[int, int]:
         """Rows ``[start, stop)`` of this shard out of ``total``."""

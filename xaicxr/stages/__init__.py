@@ -28,6 +28,7 @@ class Run:
     results: dict[str, Any] = field(default_factory=dict)
     _model: Any = None
     _model_sha256: str | None = None
+    _executor: Any = None
 
     def model(self) -> Any:
         if self._model is None:
@@ -42,6 +43,20 @@ class Run:
 
             self._model_sha256 = model_sha256(self.dir.model)
         return self._model_sha256
+
+    def executor(self) -> Any:
+        """Where the explain and templates stages compute (``[run] executor``), started on first
+        use and kept for the rest of the run; :meth:`close` stops it."""
+        if self._executor is None:
+            from ..executors import make_executor
+
+            self._executor = make_executor(self.cfg.get("run"))
+        return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
 
     def forget_model(self) -> None:
         """After training wrote a new ``model.keras``."""

@@ -25,6 +25,7 @@ import numpy as np
 from .. import __version__
 from ..config import build_plugin, plugin_options, store_name
 from ..errors import ConfigError, StoreError
+from ..executors import Executor, LocalExecutor, worker_cached
 from ..io.h5rows import read_rows
 from ..io.heatmap_store import Columns, HeatmapWriter
 from ..io.imagecache import ImageCache
@@ -47,7 +48,8 @@ def run(run: Run) -> dict[str, Any]:
     written = {}
     for spec in run.cfg["explain"]:
         job = ExplainJob.from_spec(spec, run.dir)
-        path = explain_split(run.dir, job, model, run.model_sha256(), cache, overwrite=True)
+        path = explain_split(run.dir, job, model, run.model_sha256(), cache, overwrite=True,
+                             executor=run.executor(), unsafe_load=run.unsafe_load)
         written[job.store] = str(path.relative_to(run.dir.root))
     return written
 
@@ -115,8 +117,12 @@ class ExplainJob:
 
 
 def explain_split(rundir: RunDir, job: ExplainJob, model: Any, model_sha256: str, cache: ImageCache,
-                  *, overwrite: bool = False, shard: Shard | None = None) -> Path:
-    """Explain the rows of ``job.split`` (or one shard of them) into the run's store."""
+                  *, overwrite: bool = False, shard: Shard | None = None,
+                  executor: Executor | None = None, unsafe_load: bool = False) -> Path:
+    """Explain the rows of ``job.split`` (or one shard of them) into the run's store.
+
+    With a cluster ``executor`` the batches are explained by :class:`ExplainRows` on the
+    workers (``model`` must be the run's ``model.keras``); the store is written here."""
     preds = read_predictions(rundir.predictions)
     if preds["ids"] != cache.ids:
         raise StoreError("predictions.h5 does not match the image cache; rerun the evaluate stage")
@@ -138,20 +144,63 @@ def explain_split(rundir: RunDir, job: ExplainJob, model: Any, model_sha256: str
         def images(start: int, stop: int) -> np.ndarray:
             return read_rows(h5["images"], rows[start:stop]).astype(np.float32)[..., None]
 
+        worker = None
+        if executor is not None and not executor.local:
+            worker = ExplainRows(job, str(rundir.model), model_sha256, unsafe_load, str(cache.path),
+                                 np.asarray(rows), columns.targets, target)
         return explain_to_store(path, job, model, model_sha256, preds["classes"], columns, images,
-                                overwrite=overwrite, target=target, threshold=threshold)
+                                overwrite=overwrite, target=target, threshold=threshold,
+                                executor=executor, worker=worker)
+
+
+@dataclass(frozen=True)
+class ExplainRows:
+    """Explains one span of a split's rows on a cluster worker, from files alone: the run's
+    ``model.keras`` (loaded once per worker and checked against ``model_sha256``) and its image
+    cache. Returns what :meth:`HeatmapWriter.write` takes, for the driver to write in order."""
+
+    job: ExplainJob
+    model_path: str
+    model_sha256: str
+    unsafe_load: bool
+    cache_path: str
+    rows: np.ndarray
+    """Image-cache rows of the store's rows."""
+    targets: np.ndarray
+    target: Target | None = None
+
+    def __call__(self, span: tuple[int, int]) -> tuple:
+        start, stop = span
+        model = worker_cached(("model", self.model_path, self.model_sha256, self.unsafe_load),
+                              self._load_model)
+        with h5py.File(self.cache_path, "r") as h5:
+            images = read_rows(h5["images"], self.rows[start:stop]).astype(np.float32)[..., None]
+        return _explain_batch(self.job, model, images, self.targets[start:stop], self.target)
+
+    def _load_model(self) -> Any:
+        from ..io.modelfile import load_model, model_sha256
+
+        if model_sha256(self.model_path) != self.model_sha256:
+            raise StoreError(f"{self.model_path} on this worker is not the model being explained "
+                             "(another file, or it changed during the run)")
+        return load_model(self.model_path, unsafe=self.unsafe_load)
 
 
 def explain_to_store(path: str | Path, job: ExplainJob, model: Any, model_sha256: str,
                      classes: list[str], columns: Columns, images: Callable[[int, int], np.ndarray],
                      *, overwrite: bool = False, dtype: str = "float16", progress: bool = True,
-                     target: Target | None = None, threshold: float | None = None) -> Path:
+                     target: Target | None = None, threshold: float | None = None,
+                     executor: Executor | None = None,
+                     worker: Callable[[tuple[int, int]], tuple] | None = None) -> Path:
     """Explain every row of ``columns`` into the store at ``path`` (resuming a partial one).
 
     ``images(start, stop)`` returns rows [start, stop) as the model takes them, e.g.
     (n, S, S, 1) float32. ``target``: the score explained (None: the explainer's default), bound
     to each batch's ``columns.targets`` when it is a class score; ``threshold``: a binary
-    target's decision threshold (the store keeps it for its predicted side)."""
+    target's decision threshold (the store keeps it for its predicted side). The batches are
+    computed by ``executor.map`` (here by default), by ``worker`` when given (a picklable function
+    of a span, for a cluster); either way they are the same spans and are written in row order,
+    so the store does not depend on the executor."""
     n = len(columns)
     size = _image_size(model, images, n)
     all_classes = job.targets == "all"
@@ -163,17 +212,23 @@ def explain_to_store(path: str | Path, job: ExplainJob, model: Any, model_sha256
         done = writer.done
         resumed = f" (resuming at {done}/{n})" if done else ""
         bar = progress_bar(f"explain {job.name}{resumed}", n - done) if progress else nullcontext(None)
+        spans = [(start, min(start + job.batch_size, n)) for start in range(done, n, job.batch_size)]
+        explain = worker or (lambda span: _explain_span(job, model, images, columns.targets, span, target))
         with bar as advance:
-            for start in range(done, n, job.batch_size):
-                stop = min(start + job.batch_size, n)
-                batch = np.asarray(images(start, stop), dtype=np.float32)
-                if len(batch) != stop - start:
-                    raise StoreError(f"images({start}, {stop}) returned {len(batch)} rows, "
-                                     f"expected {stop - start}")
-                writer.write(start, *_explain_batch(job, model, batch, columns.targets[start:stop], target))
+            for (start, stop), result in zip(spans, (executor or LocalExecutor()).map(explain, spans)):
+                writer.write(start, *result)
                 if advance is not None:
                     advance(stop - start)
         return writer.finish()
+
+
+def _explain_span(job: ExplainJob, model: Any, images: Callable[[int, int], np.ndarray],
+                  targets: np.ndarray, span: tuple[int, int], target: Target | None = None) -> tuple:
+    start, stop = span
+    batch = np.asarray(images(start, stop), dtype=np.float32)
+    if len(batch) != stop - start:
+        raise StoreError(f"images({start}, {stop}) returned {len(batch)} rows, expected {stop - start}")
+    return _explain_batch(job, model, batch, targets[start:stop], target)
 
 
 def _explain_batch(job: ExplainJob, model: Any, images: np.ndarray, targets: np.ndarray,

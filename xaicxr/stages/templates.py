@@ -6,6 +6,7 @@ explainer x aggregator, built by streaming each heatmap store once; also the sha
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -13,10 +14,12 @@ import numpy as np
 
 from ..analysis.aggregation import build_templates, group_attrs, merge_states
 from ..config import build_plugin, store_name
+from ..executors import Executor
 from ..io.heatmap_store import HeatmapStore
 from ..io.template_store import (Grouping, TemplateStates, load_states, save_states,
                                  write_template_file)
 from ..plugins import Aggregator
+from ..progress import console
 from ..rundir import RunDir, Shard
 from . import Run
 
@@ -33,8 +36,7 @@ def run(run: Run) -> dict[str, Any]:
     aggregators = make_aggregators(run.cfg["aggregate"])
     written = []
     for store in map(store_name, run.cfg["explain"]):
-        states = build_templates(run.dir.heatmaps(store), aggregators, by=opts["by"],
-                                 correct_only=opts["correct_only"], progress=True)
+        states = reduce_states(run.dir.heatmaps(store), run.cfg, aggregators, run.executor())
         write_templates(run.dir, store, states, aggregators, by=opts["by"],
                         correct_only=opts["correct_only"])
         written += [f"{store}-{name}" for name in aggregators]
@@ -43,6 +45,51 @@ def run(run: Run) -> dict[str, Any]:
 
 def make_aggregators(specs: list[dict[str, Any]]) -> dict[str, Aggregator]:
     return {s["name"]: build_plugin("aggregate", s) for s in specs}
+
+
+def reduce_states(store: Path, cfg: dict[str, Any], aggregators: Mapping[str, Aggregator],
+                  executor: Executor) -> TemplateStates:
+    """The aggregator states of a whole heatmap store: one streaming pass here, or, on a
+    cluster, one task per ``executor.partition_rows`` rows, merged on the workers in a fixed
+    tree. The partitions depend on the store alone, not on the number of workers, so the result
+    is deterministic; it equals the one-pass states exactly where ``merge`` is exact (``mean``,
+    ``median``, ``trimmed-mean``)."""
+    opts = cfg["templates"]
+    if executor.partition_rows is None:
+        return build_templates(store, aggregators, by=opts["by"], correct_only=opts["correct_only"],
+                               progress=True)
+    with HeatmapStore(store) as s:
+        total = len(s)
+    step = executor.partition_rows
+    spans = [(lo, min(lo + step, total)) for lo in range(0, total, step)] or [(0, 0)]
+    console.print(f"templates {store.stem}: {len(spans)} partitions of up to {step} rows on the cluster",
+                  highlight=False)
+    return executor.reduce(PartitionStates(str(store), cfg["aggregate"], opts["by"], opts["correct_only"]),
+                           spans, MergeStates(cfg["aggregate"]))
+
+
+@dataclass(frozen=True)
+class PartitionStates:
+    """The aggregator states of rows [start, stop) of a heatmap store, on a cluster worker."""
+
+    store: str
+    aggregate: list[dict[str, Any]]
+    by: Grouping
+    correct_only: bool
+
+    def __call__(self, span: tuple[int, int]) -> TemplateStates:
+        return build_templates(self.store, make_aggregators(self.aggregate), by=self.by,
+                               correct_only=self.correct_only, span=span)
+
+
+@dataclass(frozen=True)
+class MergeStates:
+    """Two partitions' states merged into the first (on a cluster worker)."""
+
+    aggregate: list[dict[str, Any]]
+
+    def __call__(self, a: TemplateStates, b: TemplateStates) -> TemplateStates:
+        return merge_states([a, b], make_aggregators(self.aggregate))
 
 
 def write_templates(rundir: RunDir, explainer: str, states: TemplateStates,

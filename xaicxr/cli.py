@@ -9,8 +9,8 @@ result is printed as JSON (``--json``) or shown by the command's own printer.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
-import os
 import sys
 import tomllib
 from pathlib import Path
@@ -20,7 +20,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__, plugins
+from . import __version__, plugins, tflog
 from .analysis.intervals import describe
 from .config import load_config
 from .errors import ConfigError, XaicxrError
@@ -28,8 +28,6 @@ from .io.imaging import DEFAULT_MAX_PIXELS
 from .plugins.options import check_options
 from .progress import console, progress_bar
 from .rundir import RunDir, Shard
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 app = typer.Typer(name="xaicxr", no_args_is_help=True, add_completion=False,
                   help="Explainability for chest X-ray classifiers: heatmaps and per-class heatmap templates.")
@@ -39,28 +37,67 @@ app.add_typer(data_app, name="data")
 JsonOpt = typer.Option(False, "--json", help="Print exactly one JSON object on stdout.")
 ConfigOpt = typer.Option(None, "--config", "-c", help="Configuration for a new run directory (default: its config.toml).")
 UnsafeOpt = typer.Option(False, "--unsafe-load", help="Load model.keras with Keras safe_mode off (only for models you trust).")
+VerboseOpt = typer.Option(False, "--verbose", help="Show TensorFlow's own logs, and the traceback of an unexpected error.")
 
 
 def command(show: Callable[[dict[str, Any]], None] | None = None) -> Callable:
-    """Run a command that returns a dict: errors, ``--json`` and the human printer in one place."""
+    """Run a command that returns a dict: errors, ``--json``, ``--verbose`` and the human printer
+    in one place.
+
+    Every command gains ``--verbose`` (TensorFlow's own logs, and the traceback of an unexpected
+    error). Every failure is one line on stderr and exit code 2 (130 when interrupted); with
+    ``--json`` stdout then holds one object ``{"error": {"type": ..., "message": ...}}``."""
     def wrap(fn: Callable[..., dict[str, Any]]) -> Callable[..., None]:
         @functools.wraps(fn)
         def run(**kwargs: Any) -> None:
+            verbose = kwargs.pop("verbose", False)
+            tflog.configure(verbose)
+            as_json = kwargs.get("as_json", False)
             try:
                 result = fn(**kwargs)
             except XaicxrError as exc:
-                console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-                raise typer.Exit(2)
-            if kwargs.get("as_json"):
-                from .io.atomic import finite_json
-
-                sys.stdout.write(json.dumps(finite_json(result), indent=2, ensure_ascii=False,
-                                            default=str, allow_nan=False) + "\n")
-                sys.stdout.flush()
+                _fail(type(exc).__name__, str(exc), as_json)
+            except KeyboardInterrupt:
+                _fail("Interrupted", "interrupted; run the command again to resume", as_json, code=130)
+            except OSError as exc:
+                _fail(type(exc).__name__, _os_error(exc), as_json, trace=verbose)
+            except Exception as exc:  # noqa: BLE001  (a bug: still one line, the traceback on request)
+                _fail("InternalError", f"internal error ({type(exc).__name__}: {exc}); rerun with "
+                      "--verbose for the traceback and please report it", as_json, trace=verbose)
+            if as_json:
+                _print_json(result)
             elif show is not None:
                 show(result)
+        params = list(inspect.signature(fn).parameters.values())
+        run.__signature__ = inspect.Signature(params + [inspect.Parameter(  # type: ignore[attr-defined]
+            "verbose", inspect.Parameter.KEYWORD_ONLY, default=VerboseOpt, annotation=bool)])
+        run.__annotations__ = {**fn.__annotations__, "verbose": bool}
         return run
     return wrap
+
+
+def _print_json(obj: Any) -> None:
+    from .io.atomic import finite_json
+
+    sys.stdout.write(json.dumps(finite_json(obj), indent=2, ensure_ascii=False, default=str,
+                                allow_nan=False) + "\n")
+    sys.stdout.flush()
+
+
+def _fail(kind: str, message: str, as_json: bool, *, code: int = 2, trace: bool = False) -> None:
+    if trace:
+        console.print_exception()
+    line = " ".join(message.split())
+    console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    if as_json:
+        _print_json({"error": {"type": kind, "message": line}})
+    raise typer.Exit(code)
+
+
+def _os_error(exc: OSError) -> str:
+    """An ``OSError`` as one line: what failed on which file."""
+    where = f" {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or exc}{':' if where else ''}{where}"
 
 
 def _version(value: bool) -> None:

@@ -101,3 +101,32 @@ def test_study_variant_names_must_be_plain(tmp_path, name):
     assert "is not a plain name" in _one_line_error(result)
     assert json.loads(result.stdout)["error"]["type"] == "ConfigError"
     assert not (tmp_path / "out").exists() and not (tmp_path / "escaped").exists()
+
+
+# --------------------------------------------------------------------------- 2. non-UTF-8 names
+
+
+def _folder_dataset(root: Path, per_class: int = 4) -> Path:
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_and_reported_escaped(tmp_path):
+    data = _folder_dataset(tmp_path / "data")
+    bad = os.path.join(os.fsencode(data / "a"), b"scan\xff.png")
+    Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(open(bad, "wb"), format="PNG")
+    result = _invoke("data", "inspect", data, "--json")
+    assert result.exit_code == 0, result.stderr
+    inventory = json.loads(result.stdout_bytes.decode("utf-8"))
+    assert inventory["counts"] == {"a": 4, "b": 4}
+    [skipped] = inventory["skipped"]
+    assert skipped["path"].endswith("a/scan\\xff.png") and "not valid UTF-8" in skipped["reason"]
+    config = tmp_path / "run.toml"
+    config.write_text(f'[dataset]\nname = "folder"\npath = "{data}"\n[split]\ntest = 0.25\nval = 0.25\n')
+    result = _invoke("run", config, "--out", tmp_path / "run", "--until", "split", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((tmp_path / "run" / "skipped.json").read_bytes())[0]["path"] == skipped["path"]

@@ -130,3 +130,99 @@ def test_a_file_name_that_is_not_utf8_is_skipped_and_reported_escaped(tmp_path):
     result = _invoke("run", config, "--out", tmp_path / "run", "--until", "split", "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads((tmp_path / "run" / "skipped.json").read_bytes())[0]["path"] == skipped["path"]
+
+
+# --------------------------------------------------------------------------- 3. corrupted outputs
+
+
+def test_a_truncated_heatmap_store_is_found_and_rebuilt(finished, tmp_path):
+    config, original = finished
+    run = _copy(original, tmp_path)
+    store = run / "heatmaps" / "gradcam.h5"
+    reference = (original / "heatmaps" / "gradcam.h5").read_bytes()
+    store.write_bytes(reference[: len(reference) // 2])
+    result = _invoke("template", run, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["stages_run"] == ["explain", "templates"]
+    assert "heatmaps/gradcam.h5 is corrupt" in result.stderr and store.read_bytes() == reference
+    store.write_bytes(reference[: len(reference) // 2])
+    result = _invoke("run", config, "--out", run, "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["stages_run"] == ["explain", "templates", "quality", "report"]
+    assert "heatmaps/gradcam.h5 is corrupt" in result.stderr
+    assert store.read_bytes() == reference
+    again = json.loads(_invoke("run", config, "--out", run, "--json").stdout)
+    assert again["stages_run"] == []
+
+
+def test_text_in_a_template_file_is_one_clear_error_then_rebuilt(finished, tmp_path):
+    config, original = finished
+    run = _copy(original, tmp_path)
+    template = run / "templates" / "gradcam-mean.h5"
+    template.write_text("not a template")
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((40, 40), dtype=np.uint8)).save(image)
+    assert "not a readable template file" in _one_line_error(_invoke("detect", run, image))
+    result = _invoke("run", config, "--out", run, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["stages_run"] == ["templates", "quality", "report"]
+    assert _invoke("detect", run, image).exit_code == 0
+
+
+# --------------------------------------------------------------------------- 4. the run lock
+
+
+def _lock(run: Path, pid: int) -> None:
+    (run / "xaicxr.lock").write_text(json.dumps({"pid": pid, "host": socket.gethostname(),
+                                                 "started": "2026-01-01 00:00:00", "command": "xaicxr run"}))
+
+
+def test_a_second_process_is_refused_while_the_first_holds_the_run_directory(finished, tmp_path):
+    config, original = finished
+    run = _copy(original, tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _lock(run, holder.pid)
+        for args in (("run", config, "--out", run), ("report", run), ("explain", run, "-e", "gradcam")):
+            line = _one_line_error(_invoke(*args))
+            assert f"in use by process {holder.pid} on {socket.gethostname()}" in line
+            assert str(run / "xaicxr.lock") in line
+    finally:
+        holder.kill()
+        holder.wait()
+    result = _invoke("run", config, "--out", run, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert "taking over the stale lock" in result.stderr and f"process {holder.pid}" in result.stderr
+    assert not (run / "xaicxr.lock").exists()
+
+
+# --------------------------------------------------------------------------- 5. resuming explain
+
+
+def test_run_resumes_an_interrupted_explain_from_its_partial_store(finished, tmp_path, monkeypatch):
+    from xaicxr_builtins.explainers import gradcam
+
+    config, original = finished
+    run = _copy(original, tmp_path)
+    (run / "heatmaps" / "gradcam.h5").unlink()
+    calls = []
+    real = gradcam.GradCAM.explain_with_info
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(len(args[1]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(gradcam.GradCAM, "explain_with_info", interrupted)
+    assert "interrupted" in _one_line_error(_invoke("run", config, "--out", run), code=130)
+    with h5py.File(run / "heatmaps" / "gradcam.h5.partial", "r") as partial:
+        assert partial.attrs["done"] == 4
+    calls.clear()
+    monkeypatch.setattr(gradcam.GradCAM, "explain_with_info", lambda self, *a, **k: (calls.append(len(a[1])), real(self, *a, **k))[1])
+    result = _invoke("run", config, "--out", run, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert "resuming at 4/" in result.stderr
+    assert sum(calls) == len(h5py.File(run / "heatmaps" / "gradcam.h5", "r")["ids"]) - 4
+    assert (run / "heatmaps" / "gradcam.h5").read_bytes() == (original / "heatmaps" / "gradcam.h5").read_bytes()

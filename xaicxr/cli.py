@@ -13,6 +13,7 @@ import inspect
 import json
 import sys
 import tomllib
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -27,6 +28,7 @@ from .errors import ConfigError, XaicxrError
 from .io.imaging import DEFAULT_MAX_PIXELS
 from .plugins.options import check_options
 from .progress import console, progress_bar
+from .io.runlock import RunLock
 from .rundir import RunDir, Shard
 
 app = typer.Typer(name="xaicxr", no_args_is_help=True, add_completion=False,
@@ -37,6 +39,7 @@ app.add_typer(data_app, name="data")
 JsonOpt = typer.Option(False, "--json", help="Print exactly one JSON object on stdout.")
 ConfigOpt = typer.Option(None, "--config", "-c", help="Configuration for a new run directory (default: its config.toml).")
 UnsafeOpt = typer.Option(False, "--unsafe-load", help="Load model.keras with Keras safe_mode off (only for models you trust).")
+RetrainOpt = typer.Option(False, "--retrain", help="Train the model first if the run directory has none (or an outdated one); without it that is an error.")
 VerboseOpt = typer.Option(False, "--verbose", help="Show TensorFlow's own logs, and the traceback of an unexpected error.")
 
 
@@ -297,13 +300,14 @@ def run_cmd(config: Optional[Path] = typer.Argument(None, help="Run configuratio
 
 
 def _run_stage(stage: str, run_dir: Path, config: Optional[Path] = None,
-               unsafe_load: bool = False) -> dict[str, Any]:
-    """One stage of a run directory (and whatever it needs first), forced to run."""
+               unsafe_load: bool = False, retrain: bool = True) -> dict[str, Any]:
+    """One stage of a run directory (and whatever it needs first), forced to run; refused when
+    that would train the model, unless ``retrain``."""
     from .pipeline import run_pipeline
 
     rundir = RunDir(run_dir)
     cfg = load_config(config) if config is not None else rundir.load_config()
-    return run_pipeline(cfg, run_dir, until=stage, force=stage, unsafe_load=unsafe_load)
+    return run_pipeline(cfg, run_dir, until=stage, force=stage, unsafe_load=unsafe_load, retrain=retrain)
 
 
 @app.command("train")
@@ -319,9 +323,9 @@ def train_cmd(run_dir: Path = typer.Argument(..., help="Run directory."), config
 @app.command("evaluate")
 @command(lambda s: _show_evaluation(RunDir(s["run_dir"])))
 def evaluate_cmd(run_dir: Path = typer.Argument(..., help="Run directory."), as_json: bool = JsonOpt,
-                 unsafe_load: bool = UnsafeOpt) -> dict[str, Any]:
+                 unsafe_load: bool = UnsafeOpt, retrain: bool = RetrainOpt) -> dict[str, Any]:
     """Evaluate the trained model on the test set: accuracy, per class figures, binary tasks."""
-    return _run_stage("evaluate", run_dir, unsafe_load=unsafe_load)
+    return _run_stage("evaluate", run_dir, unsafe_load=unsafe_load, retrain=retrain)
 
 
 @app.command("explain")
@@ -349,8 +353,9 @@ def explain_cmd(run_dir: Path = typer.Argument(..., help="Run directory with a t
     part = Shard.parse(shard) if shard is not None else None
     model = load_model(rundir.model, unsafe=unsafe_load)
     cache = open_image_cache(rundir.image_cache(int(model.input_shape[1])))
-    path = explain_split(rundir, ExplainJob.from_spec(spec, rundir), model, model_sha256(rundir.model),
-                         cache, overwrite=overwrite, shard=part)
+    with RunLock(rundir.lock) if part is None else nullcontext():  # shards run side by side
+        path = explain_split(rundir, ExplainJob.from_spec(spec, rundir), model, model_sha256(rundir.model),
+                             cache, overwrite=overwrite, shard=part)
     return {"store": str(path), "explainer": explainer, "split": split, "targets": targets}
 
 
@@ -364,7 +369,8 @@ def merge_heatmaps_cmd(run_dir: Path = typer.Argument(..., help="Run directory w
 
     rundir = RunDir(run_dir)
     parts = rundir.heatmap_shards(explainer)
-    path = merge_stores(parts, rundir.heatmaps(explainer))
+    with RunLock(rundir.lock):
+        path = merge_stores(parts, rundir.heatmaps(explainer))
     return {"store": str(path), "shards": [str(p) for p in parts]}
 
 
@@ -382,7 +388,8 @@ def _show_templates(result: dict[str, Any]) -> None:
 def template_cmd(run_dir: Path = typer.Argument(..., help="Run directory with heatmaps."),
                  shard: Optional[str] = typer.Option(None, "--shard", help="K/N: only save the aggregator states of the K-th of N parts."),
                  merge_shards: bool = typer.Option(False, "--merge-shards", help="Merge saved shard states into the template files."),
-                 as_json: bool = JsonOpt, unsafe_load: bool = UnsafeOpt) -> dict[str, Any]:
+                 as_json: bool = JsonOpt, unsafe_load: bool = UnsafeOpt,
+                 retrain: bool = RetrainOpt) -> dict[str, Any]:
     """(Re)build the per-class templates; or, with --shard / --merge-shards, the templates of a
     run split over several processes or hosts."""
     from .stages.templates import build_shard_states, merge_shard_states
@@ -391,24 +398,26 @@ def template_cmd(run_dir: Path = typer.Argument(..., help="Run directory with he
     if shard is not None:
         return {"states": [str(p) for p in build_shard_states(rundir, rundir.load_config(), Shard.parse(shard))]}
     if merge_shards:
-        return {"templates": merge_shard_states(rundir, rundir.load_config())}
-    return _run_stage("templates", run_dir, unsafe_load=unsafe_load)
+        with RunLock(rundir.lock):
+            return {"templates": merge_shard_states(rundir, rundir.load_config())}
+    return _run_stage("templates", run_dir, unsafe_load=unsafe_load, retrain=retrain)
 
 
 @app.command("quality")
 @command(lambda s: _show_quality(RunDir(s["run_dir"])))
 def quality_cmd(run_dir: Path = typer.Argument(..., help="Run directory with templates."), as_json: bool = JsonOpt,
-                unsafe_load: bool = UnsafeOpt) -> dict[str, Any]:
+                unsafe_load: bool = UnsafeOpt, retrain: bool = RetrainOpt) -> dict[str, Any]:
     """(Re)compute the quality figures: localisation against baselines, template figures,
     faithfulness, the randomisation test and the model's reliance on the lesion."""
-    return _run_stage("quality", run_dir, unsafe_load=unsafe_load)
+    return _run_stage("quality", run_dir, unsafe_load=unsafe_load, retrain=retrain)
 
 
 @app.command("report")
 @command(lambda s: console.print(f"report: {s['report']['report']}"))
-def report_cmd(run_dir: Path = typer.Argument(..., help="Run directory."), as_json: bool = JsonOpt) -> dict[str, Any]:
+def report_cmd(run_dir: Path = typer.Argument(..., help="Run directory."), as_json: bool = JsonOpt,
+               retrain: bool = RetrainOpt) -> dict[str, Any]:
     """(Re)write report/index.html."""
-    return _run_stage("report", run_dir)
+    return _run_stage("report", run_dir, retrain=retrain)
 
 
 # --------------------------------------------------------------------------- beyond one run

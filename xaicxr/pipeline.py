@@ -4,7 +4,8 @@ Every stage (:mod:`xaicxr.stages`) declares the config tables it depends on (``T
 table, or one key as ``"table.key"``; ``IGNORED``: keys of those tables that do not change its
 result). Its hash chains those with the hash of the stage before it and is kept in
 ``stages.json``; a stage whose outputs exist and whose hash matches is skipped, and a changed
-stage and every stage after it run again.
+stage and every stage after it run again. Outputs are verified before a stage is called up to
+date: a checksum per file is kept in ``stages.json`` too (see :func:`_plan`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from .config import dump_config
-from .io import atomic
+from .errors import ModelFileError
+from .io import atomic, verify
+from .io.runlock import RunLock
 from .progress import console
 from .rundir import RunDir
 from .stages import Run, dataset, evaluate, explain, quality, report, split, templates, train
@@ -52,43 +57,110 @@ def stage_hashes(cfg: dict[str, Any]) -> dict[str, str]:
 
 
 def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, *, until: str | None = None,
-                 force: str | None = None, unsafe_load: bool = False) -> dict[str, Any]:
+                 force: str | None = None, unsafe_load: bool = False,
+                 retrain: bool = True) -> dict[str, Any]:
     """Run every stage (or skip it when its outputs are current); return a summary.
 
     ``until`` stops after that stage; ``force`` reruns that stage (and so everything after it).
+    ``retrain=False`` refuses (before any work) when the model would have to be trained. The
+    run directory is locked for the duration (:mod:`xaicxr.io.runlock`), and ``config.toml``
+    is written only once every stage asked for has succeeded, so a failed run leaves the
+    configuration that describes the directory's outputs.
     """
-    run = Run(RunDir(run_dir), cfg, unsafe_load=unsafe_load)
-    run.dir.root.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(run.dir.config, dump_config(cfg))
-    state = _read_state(run.dir)
-    hashes = stage_hashes(cfg)
-    stale = False
-    timings, ran, skipped = {}, [], []
-    for stage in STAGES:
-        done = state.get(stage.NAME, {})
-        current = (not stale and stage.NAME != force and done.get("hash") == hashes[stage.NAME]
-                   and all(p.exists() for p in stage.outputs(cfg, run.dir)))
-        if current:
-            skipped.append(stage.NAME)
-            run.results[stage.NAME] = done.get("result", {})
-            timings[stage.NAME] = done.get("seconds", 0.0)
-        else:
-            stale = True
-            console.print(f"[bold cyan]stage[/] {stage.NAME}")
+    rundir = RunDir(run_dir)
+    rundir.root.mkdir(parents=True, exist_ok=True)
+    with RunLock(rundir.lock):
+        run = Run(rundir, cfg, unsafe_load=unsafe_load)
+        state = _read_state(run.dir)
+        hashes = stage_hashes(cfg)
+        stages = STAGES[:STAGE_NAMES.index(until) + 1] if until else STAGES
+        plan = _plan(stages, cfg, run.dir, state, hashes, force)
+        if not retrain and "train" in plan:
+            why = plan["train"] or ("no model.keras" if not run.dir.model.exists() else
+                                    "the stages before it must run again")
+            raise ModelFileError(f"{run.dir.root} has no usable trained model ({why}); train it "
+                                 f"first (xaicxr train {run.dir.root}) or pass --retrain")
+        timings, ran, skipped = {}, [], []
+        for stage in stages:
+            done = state.get(stage.NAME, {})
+            if stage.NAME not in plan:
+                skipped.append(stage.NAME)
+                run.results[stage.NAME] = done.get("result", {})
+                timings[stage.NAME] = done.get("seconds", 0.0)
+                continue
+            reason = plan[stage.NAME]
+            console.print(f"[bold cyan]stage[/] {stage.NAME}" + (f" ({escape(reason)})" if reason else ""))
             start = time.perf_counter()
             result = stage.run(run)
             seconds = round(time.perf_counter() - start, 3)
-            state[stage.NAME] = {"hash": hashes[stage.NAME], "seconds": seconds, "result": result}
+            state[stage.NAME] = {"hash": hashes[stage.NAME], "seconds": seconds, "result": result,
+                                 "outputs": _digests(stage, cfg, run.dir)}
             atomic.write_json(run.dir.stages, state)
             run.results[stage.NAME] = result
             timings[stage.NAME] = seconds
             ran.append(stage.NAME)
-        if stage.NAME == until:
-            break
-    if run.dir.metrics.exists():
-        run.dir.update_metrics({"timings_s": timings})
+        if run.dir.metrics.exists():
+            run.dir.update_metrics({"timings_s": timings})
+        atomic.write_text(run.dir.config, dump_config(cfg))
     return {"run_dir": str(run.dir.root), "stages_run": ran, "stages_skipped": skipped,
             "timings_s": timings, **run.results}
+
+
+def _plan(stages: tuple, cfg: dict[str, Any], rundir: RunDir, state: dict[str, Any],
+          hashes: dict[str, str], force: str | None) -> dict[str, str]:
+    """``{stage: why it runs}`` for the stages that must run (the first stale one and every one
+    after it). A stage is current when its hash matches and its outputs are what it wrote: each
+    output's checksum matches the one in ``stages.json``; a file that differs is checked in
+    full, and one that is corrupt is removed so that the stage writes it anew."""
+    plan: dict[str, str] = {}
+    for stage in stages:
+        done = state.get(stage.NAME, {})
+        if plan:
+            plan[stage.NAME] = ""
+        elif stage.NAME == force:
+            plan[stage.NAME] = ""
+        elif done.get("hash") != hashes[stage.NAME]:
+            plan[stage.NAME] = "configuration changed" if done else ""
+        else:
+            reason = _outputs_problem(stage, cfg, rundir, done.get("outputs"))
+            if reason is not None:
+                plan[stage.NAME] = reason
+    return plan
+
+
+def _outputs_problem(stage: Any, cfg: dict[str, Any], rundir: RunDir,
+                     recorded: dict[str, str] | None) -> str | None:
+    """Why ``stage``'s outputs are not what it wrote (None when they are)."""
+    for path in stage.outputs(cfg, rundir):
+        name = _relative(path, rundir)
+        if not path.exists():
+            return f"{name} is missing"
+        checksum = None if path in _shared_files(rundir) else (recorded or {}).get(name)
+        if checksum is not None and checksum == verify.file_digest(path):
+            continue
+        trouble = verify.problem(path)
+        if trouble is not None:
+            console.print(f"[yellow]warning:[/] {name} is corrupt ({escape(trouble)}); removing it")
+            path.unlink()
+            return f"{name} was corrupt"
+        if checksum is not None:
+            return f"{name} changed since the {stage.NAME} stage wrote it"
+    return None
+
+
+def _digests(stage: Any, cfg: dict[str, Any], rundir: RunDir) -> dict[str, str]:
+    return {_relative(p, rundir): verify.file_digest(p) for p in stage.outputs(cfg, rundir)
+            if p.is_file() and p not in _shared_files(rundir)}
+
+
+def _shared_files(rundir: RunDir) -> tuple[Path, ...]:
+    """Outputs that later stages update too (each owns its keys): checked to parse, not by
+    checksum."""
+    return rundir.metrics, rundir.skipped
+
+
+def _relative(path: Path, rundir: RunDir) -> str:
+    return path.relative_to(rundir.root).as_posix()
 
 
 def _read_state(rundir: RunDir) -> dict[str, Any]:

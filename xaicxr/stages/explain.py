@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import __version__
 from ..config import build_plugin, plugin_options
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError, ModelMismatchError, StoreError
 from ..io.h5rows import read_rows
 from ..io.heatmap_store import Columns, HeatmapWriter
 from ..io.imagecache import ImageCache
@@ -43,7 +43,10 @@ def run(run: Run) -> dict[str, Any]:
     written = {}
     for spec in run.cfg["explain"]:
         job = ExplainJob.from_spec(spec, run.dir)
-        path = explain_split(run.dir, job, model, run.model_sha256(), cache, overwrite=True)
+        try:  # resumes a partial store of this job
+            path = explain_split(run.dir, job, model, run.model_sha256(), cache)
+        except ModelMismatchError:  # the model was retrained: its old heatmaps go
+            path = explain_split(run.dir, job, model, run.model_sha256(), cache, overwrite=True)
         written[job.name] = str(path.relative_to(run.dir.root))
     return written
 

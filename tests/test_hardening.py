@@ -226,3 +226,57 @@ def test_run_resumes_an_interrupted_explain_from_its_partial_store(finished, tmp
     assert "resuming at 4/" in result.stderr
     assert sum(calls) == len(h5py.File(run / "heatmaps" / "gradcam.h5", "r")["ids"]) - 4
     assert (run / "heatmaps" / "gradcam.h5").read_bytes() == (original / "heatmaps" / "gradcam.h5").read_bytes()
+
+
+# --------------------------------------------------------------------------- 6. failed runs
+
+
+@pytest.mark.parametrize("change, message", [
+    ('layer = "block4_conv4"', 'layer = "no_such_layer"', ),
+    ("[[aggregate]]", '[binary]\nsick = { positive = ["flu"] }\n[[aggregate]]'),
+], ids=["layer", "binary"])
+def test_a_failed_run_leaves_config_toml_and_fails_before_training(finished, tmp_path, change, message):
+    config, original = finished
+    run = _copy(original, tmp_path)
+    before = (run / "config.toml").read_bytes()
+    bad = tmp_path / "bad.toml"
+    bad.write_text(TINY.replace("epochs = 1", "epochs = 2").replace(change, message))
+    line = _one_line_error(_invoke("run", bad, "--out", run))
+    assert ("no_such_layer" in line) if "layer" in message else ("'flu' is not one of" in line)
+    assert (run / "config.toml").read_bytes() == before
+    assert (run / "model.keras").read_bytes() == (original / "model.keras").read_bytes()
+
+
+# --------------------------------------------------------------------------- 7. training values
+
+
+@pytest.mark.parametrize("key, value", [("epochs", 0), ("epochs", -3), ("batch_size", 0),
+                                        ("learning_rate", -0.001), ("learning_rate", 0.0)])
+def test_training_values_that_cannot_work_are_config_errors(tmp_path, key, value):
+    config = tmp_path / "bad.toml"
+    config.write_text(TINY.replace("[train]\n", f"[train]\n{key} = {value}\n")
+                      .replace("epochs = 1\n", "" if key == "epochs" else "epochs = 1\n")
+                      .replace("batch_size = 16\n", "" if key == "batch_size" else "batch_size = 16\n"))
+    line = _one_line_error(_invoke("run", config, "--out", tmp_path / "run"))
+    assert f"'{key}' in [train]" in line and str(value) in line
+    assert not (tmp_path / "run" / "dataset.json").exists()
+
+
+def test_a_one_class_dataset_is_a_data_error(tmp_path):
+    data = _folder_dataset(tmp_path / "data")
+    shutil.rmtree(data / "b")
+    config = tmp_path / "run.toml"
+    config.write_text(f'[dataset]\nname = "folder"\npath = "{data}"\n')
+    assert "a classifier needs at least two" in _one_line_error(_invoke("run", config, "--out", tmp_path / "run"))
+
+
+def test_a_class_without_test_images_is_a_loud_warning(tmp_path):
+    data = _folder_dataset(tmp_path / "data", per_class=8)
+    for extra in range(1, 8):
+        (data / "b" / f"{extra}.png").unlink()
+    config = tmp_path / "run.toml"
+    config.write_text(f'[dataset]\nname = "folder"\npath = "{data}"\n[split]\ntest = 0.25\nval = 0.25\n')
+    result = _invoke("run", config, "--out", tmp_path / "run", "--until", "split")
+    assert result.exit_code == 0, result.stderr
+    assert "warning: class 'b' has no test image" in " ".join(result.stderr.split())
+    assert json.loads((tmp_path / "run" / "split.json").read_text())["warnings"][0].startswith("class 'b'")

@@ -99,7 +99,25 @@ def resolve(raw: dict[str, Any], source: str = "<config>") -> dict[str, Any]:
             cfg[table] = _resolve_table(table, given, keys, source)
     _check_test_set_choice(raw, cfg, source)
     _check_quality(cfg["quality"], source)
+    _check_positive(cfg, source)
     return cfg
+
+
+def _check_positive(cfg: dict[str, Any], source: str) -> None:
+    """Training and batching values that type-check but cannot work (an untrained model would
+    be reported as if trained; a zero batch divides by zero)."""
+    train = cfg["train"]
+    for key in ("epochs", "batch_size"):
+        if train[key] < 1:
+            raise ConfigError(f"'{key}' in [train] in {source} must be at least 1, got {train[key]}")
+    if not train["learning_rate"] > 0:
+        raise ConfigError(f"'learning_rate' in [train] in {source} must be positive, got {train['learning_rate']}")
+    if train["patience"] < 0:
+        raise ConfigError(f"'patience' in [train] in {source} must be 0 or more, got {train['patience']}")
+    for spec in cfg["explain"]:
+        if spec["batch_size"] < 1:
+            raise ConfigError(f"'batch_size' in [[explain]] {spec['name']!r} in {source} must be at least 1, "
+                              f"got {spec['batch_size']}")
 
 
 def _check_quality(quality: dict[str, Any], source: str) -> None:

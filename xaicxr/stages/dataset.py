@@ -53,6 +53,11 @@ def run(run: Run) -> dict:
         "external_test": [_external(r).to_json() for r in external.records] if external else []})
     if not main.records:
         raise DataError(f"no usable image in dataset {table['name']!r}; see {run.dir.skipped}")
+    present = [c for c in main.classes if summary["counts"][c]]
+    if len(present) < 2:
+        raise DataError(f"dataset {table['name']!r} has usable images of {len(present)} class"
+                        f"{'' if len(present) == 1 else 'es'} ({', '.join(present)}); a classifier needs "
+                        f"at least two (see {run.dir.skipped} for the files left out)")
     return {"images": len(main.records), "counts": summary["counts"], "skipped": len(skipped)}
 
 

@@ -280,3 +280,128 @@ def test_a_class_without_test_images_is_a_loud_warning(tmp_path):
     assert result.exit_code == 0, result.stderr
     assert "warning: class 'b' has no test image" in " ".join(result.stderr.split())
     assert json.loads((tmp_path / "run" / "split.json").read_text())["warnings"][0].startswith("class 'b'")
+
+
+# --------------------------------------------------------------------------- 8. model files
+
+
+def test_a_broken_model_file_says_what_is_wrong_with_it(finished, tmp_path):
+    import keras
+
+    _, original = finished
+    run = _copy(original, tmp_path)
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((40, 40), dtype=np.uint8)).save(image)
+    for content, expected in ((b"", "it is empty (0 bytes)"), (b"<html>oops</html>", "not a zip archive")):
+        (run / "model.keras").write_bytes(content)
+        line = _one_line_error(_invoke("detect", run, image))
+        assert "is not a Keras model file" in line and expected in line and "File not found" not in line
+    assert "no usable trained model" in _one_line_error(_invoke("evaluate", run))
+
+    def doubled(x):  # a named function that the loading process cannot import
+        return x * 2
+
+    inputs = keras.Input((4,))
+    keras.Model(inputs, keras.layers.Lambda(doubled)(inputs)).save(run / "model.keras")
+    line = _one_line_error(_invoke("explain", run, "-e", "gradcam"))
+    assert "cannot be rebuilt" in line and "Lambda" in line
+
+
+# --------------------------------------------------------------------------- 9. detect, retraining, modes
+
+
+def test_detect_keeps_every_overlay_and_fails_when_no_input_could_be_read(finished, tmp_path):
+    _, run = finished
+    for folder in ("d1", "d2"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.zeros((40, 40), dtype=np.uint8)).save(tmp_path / folder / "x.png")
+    out = tmp_path / "overlays"
+    old = os.umask(0o022)
+    try:
+        result = _invoke("detect", run, tmp_path / "d1" / "x.png", tmp_path / "d2" / "x.png", "--out", out, "--json")
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.stderr
+    overlays = [Path(r["overlay"]) for r in json.loads(result.stdout)["results"]]
+    assert [p.name for p in overlays] == ["x-gradcam.png", "x-2-gradcam.png"]
+    assert all(p.is_file() and stat.S_IMODE(p.stat().st_mode) == 0o644 for p in overlays)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    result = _invoke("detect", run, tmp_path / "broken.png", tmp_path / "missing.png", "--json")
+    assert "none of the 2 images could be read" in _one_line_error(result)
+    assert json.loads(result.stdout)["error"]["type"] == "DataError"
+
+
+def test_stage_commands_refuse_to_retrain_without_the_flag(finished, tmp_path):
+    _, original = finished
+    run = _copy(original, tmp_path)
+    (run / "model.keras").unlink()
+    for command in ("evaluate", "template", "quality", "report"):
+        line = _one_line_error(_invoke(command, run))
+        assert "no usable trained model (model.keras is missing)" in line and "--retrain" in line
+    assert not (run / "model.keras").exists()
+
+
+def test_outputs_follow_the_umask(finished):
+    _, run = finished
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in run.rglob("*") if p.is_file()}
+    assert modes == {0o666 & ~_umask()}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# --------------------------------------------------------------------------- 10. every command's errors
+
+
+def _bad_invocations(tmp: Path) -> list[tuple[str, ...]]:
+    missing, not_a_run = tmp / "missing", tmp / "empty"
+    not_a_run.mkdir(exist_ok=True)
+    garbage = tmp / "garbage.toml"
+    garbage.write_text("[train\nepochs = 1")
+    return [
+        ("data", "phantom", tmp / "ph", "--difficulty", "extreme"),
+        ("data", "inspect", missing),
+        ("data", "inspect", tmp, "-o", "colour=[1"),
+        ("run", missing, "--out", tmp / "r"),
+        ("run", garbage, "--out", tmp / "r"),
+        ("run", "--out", tmp / "r", "--until", "everything"),
+        ("train", not_a_run),
+        ("evaluate", not_a_run),
+        ("explain", not_a_run, "-e", "gradcam"),
+        ("merge-heatmaps", not_a_run, "-e", "gradcam"),
+        ("template", not_a_run, "--shard", "3/2"),
+        ("template", not_a_run),
+        ("quality", not_a_run),
+        ("report", not_a_run),
+        ("detect", not_a_run, missing),
+        ("study", missing, "--out", tmp / "s"),
+        ("study", garbage, "--out", tmp / "s"),
+    ]
+
+
+def test_every_command_fails_in_one_line_with_exit_2_and_a_json_error(tmp_path):
+    for args in _bad_invocations(tmp_path):
+        plain = _invoke(*args)
+        line = _one_line_error(plain)
+        assert len(line) > len("error: ") + 10, args
+        as_json = _invoke(*args, "--json")
+        _one_line_error(as_json)
+        error = json.loads(as_json.stdout)["error"]
+        assert set(error) == {"type", "message"} and error["message"] in " ".join(line.split()), args
+        assert error["type"] != "InternalError", (args, error)
+
+
+def test_an_unexpected_error_is_one_line_too_and_verbose_shows_its_traceback(monkeypatch):
+    from xaicxr import plugins
+
+    def broken():
+        raise RuntimeError("something nobody foresaw")
+
+    monkeypatch.setattr(plugins, "available", broken)
+    line = _one_line_error(_invoke("plugins"))
+    assert "internal error (RuntimeError: something nobody foresaw)" in line and "--verbose" in line
+    verbose = _invoke("plugins", "--verbose")
+    assert verbose.exit_code == 2 and "Traceback" in verbose.stderr

@@ -14,7 +14,7 @@ from .analysis.lungs import segment_lungs
 from .analysis.localisation import energy_share
 from .analysis.stats import pearson
 from .config import resolve_entry
-from .errors import XaicxrError
+from .errors import DataError, XaicxrError
 from .io import figures
 from .io.heatmap_store import HeatmapStore
 from .io.imaging import ImageDecodeError, read_image
@@ -63,8 +63,9 @@ def detect(run_dir: Path, images: list[Path], *, explainer: str | None = None, o
     job = _job(rundir, cfg, explainer)
     aggregator, templates = _templates(rundir, cfg, job.name)
     out = Path(out) if out else rundir / "detect"
+    names = overlay_names(images)
     results = []
-    for path in images:
+    for path, stem in zip(images, names):
         try:
             raw, info = read_image(Path(path))
         except ImageDecodeError as exc:
@@ -85,7 +86,7 @@ def detect(run_dir: Path, images: list[Path], *, explainer: str | None = None, o
         for task, b in metrics.get("binary", {}).items():
             score = float(sum(probs[classes.index(c)] for c in b["positive"]))
             binary[task] = {"score": score, "threshold": b["threshold"], "positive": score >= b["threshold"]}
-        name = f"{Path(path).stem}-{job.name}.png"
+        name = f"{stem}-{job.name}.png"
         picture = figures.overlay_grid(
             [("input", image, np.zeros_like(heat)),
              (f"{job.name}: {classes[pred]} ({probs[pred]:.2f})", image, heat)]
@@ -98,4 +99,23 @@ def detect(run_dir: Path, images: list[Path], *, explainer: str | None = None, o
             "template_match": match, "best_template": best,
             "lung_energy": float(energy_share(heat[None], lungs[None])[0]) if lungs.any() else None,
             "overlay": str(out / picture)})
+    if results and all("error" in r for r in results):
+        listed = "; ".join(f"{r['path']}: {r['error']}" for r in results[:3])
+        raise DataError(f"none of the {len(results)} images could be read ({listed}"
+                        f"{'; ...' if len(results) > 3 else ''})")
     return {"run_dir": str(rundir.root), "resize": resize, "results": results}
+
+
+def overlay_names(images: list[Path]) -> list[str]:
+    """One overlay name per image: its stem, made unique with ``-2``, ``-3`` ... in input order
+    (``d1/x.png`` and ``d2/x.png`` must not overwrite each other)."""
+    taken: set[str] = set()
+    names = []
+    for path in images:
+        stem, name, n = Path(path).stem, Path(path).stem, 1
+        while name in taken:
+            n += 1
+            name = f"{stem}-{n}"
+        taken.add(name)
+        names.append(name)
+    return names

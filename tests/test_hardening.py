@@ -12,7 +12,6 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -65,7 +64,8 @@ def _invoke(*args: str):
 def _one_line_error(result, code: int = 2) -> str:
     """The error of a failed command: exit ``code``, one line on stderr, no traceback."""
     assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr and result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, result.stderr
     return lines[0]

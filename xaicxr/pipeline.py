@@ -74,7 +74,7 @@ def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, *, until: str | None 
         state = _read_state(run.dir)
         hashes = stage_hashes(cfg)
         stages = STAGES[:STAGE_NAMES.index(until) + 1] if until else STAGES
-        plan = _plan(stages, cfg, run.dir, state, hashes, force)
+        plan, refresh = _plan(stages, cfg, run.dir, state, hashes, force)
         if not retrain and "train" in plan:
             why = plan["train"] or ("no model.keras" if not run.dir.model.exists() else
                                     "the stages before it must run again")
@@ -84,7 +84,7 @@ def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, *, until: str | None 
         for stage in stages:
             done = state.get(stage.NAME, {})
             if stage.NAME not in plan:
-                if "outputs" not in done:  # verified in full (a run from before checksums were kept)
+                if stage.NAME in refresh:
                     done["outputs"] = _digests(stage, cfg, run.dir)
                     atomic.write_json(run.dir.stages, state)
                 skipped.append(stage.NAME)
@@ -110,45 +110,55 @@ def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, *, until: str | None 
 
 
 def _plan(stages: tuple, cfg: dict[str, Any], rundir: RunDir, state: dict[str, Any],
-          hashes: dict[str, str], force: str | None) -> dict[str, str]:
-    """``{stage: why it runs}`` for the stages that must run (the first stale one and every one
-    after it). A stage is current when its hash matches and its outputs are what it wrote: each
-    output's checksum matches the one in ``stages.json``; a file that differs is checked in
-    full, and one that is corrupt is removed so that the stage writes it anew."""
+          hashes: dict[str, str], force: str | None) -> tuple[dict[str, str], set[str]]:
+    """``({stage: why it runs}, {stages whose checksums must be recorded again})``.
+
+    The stages that run are the first stale one and every one after it. A stage is current when
+    its hash matches and its outputs are usable: a file whose checksum matches the one in
+    ``stages.json`` is what the stage wrote; one that differs (or has no checksum yet) is read
+    in full (:func:`xaicxr.io.verify.problem`). A corrupt file is removed, so that its stage
+    writes it anew; a sound one was changed on purpose (``merge-heatmaps``, ``xaicxr explain
+    --overwrite``) and is kept, its new checksum recorded."""
     plan: dict[str, str] = {}
+    refresh: set[str] = set()
     for stage in stages:
         done = state.get(stage.NAME, {})
-        if plan:
-            plan[stage.NAME] = ""
-        elif stage.NAME == force:
+        if plan or stage.NAME == force:
             plan[stage.NAME] = ""
         elif done.get("hash") != hashes[stage.NAME]:
             plan[stage.NAME] = "configuration changed" if done else ""
         else:
-            reason = _outputs_problem(stage, cfg, rundir, done.get("outputs"))
+            reason, changed = _outputs_problem(stage, cfg, rundir, done.get("outputs"))
             if reason is not None:
                 plan[stage.NAME] = reason
-    return plan
+            elif changed:
+                refresh.add(stage.NAME)
+    return plan, refresh
 
 
 def _outputs_problem(stage: Any, cfg: dict[str, Any], rundir: RunDir,
-                     recorded: dict[str, str] | None) -> str | None:
-    """Why ``stage``'s outputs are not what it wrote (None when they are)."""
+                     recorded: dict[str, str] | None) -> tuple[str | None, bool]:
+    """(Why ``stage`` must run again or None, whether a sound output differs from its checksum)."""
+    changed = False
     for path in stage.outputs(cfg, rundir):
         name = _relative(path, rundir)
         if not path.exists():
-            return f"{name} is missing"
-        checksum = None if path in _shared_files(rundir) else (recorded or {}).get(name)
+            return f"{name} is missing", changed
+        shared = path in _shared_files(rundir)
+        checksum = None if shared else (recorded or {}).get(name)
         if checksum is not None and checksum == verify.file_digest(path):
             continue
         trouble = verify.problem(path)
         if trouble is not None:
             console.print(f"[yellow]warning:[/] {name} is corrupt ({escape(trouble)}); removing it")
             path.unlink()
-            return f"{name} was corrupt"
-        if checksum is not None:
-            return f"{name} changed since the {stage.NAME} stage wrote it"
-    return None
+            return f"{name} was corrupt", changed
+        if not shared:
+            changed = True
+            if checksum is not None:
+                console.print(f"note: {name} changed since the {stage.NAME} stage wrote it; it reads "
+                              "back in full, so it is kept")
+    return None, changed
 
 
 def _digests(stage: Any, cfg: dict[str, Any], rundir: RunDir) -> dict[str, str]:

@@ -405,3 +405,17 @@ def test_an_unexpected_error_is_one_line_too_and_verbose_shows_its_traceback(mon
     assert "internal error (RuntimeError: something nobody foresaw)" in line and "--verbose" in line
     verbose = _invoke("plugins", "--verbose")
     assert verbose.exit_code == 2 and "Traceback" in verbose.stderr
+
+
+# --------------------------------------------------------------------------- 11. TensorFlow's noise
+
+
+def test_tensorflow_logs_stay_off_the_terminal_without_verbose(tmp_path):
+    """A real process (TensorFlow's C++ lines go to file descriptor 2, not to sys.stderr)."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = os.pathsep.join([str(repo), str(repo / "plugins"), env.get("PYTHONPATH", "")])
+    quiet = subprocess.run([sys.executable, "-m", "xaicxr.cli", "run", str(tmp_path / "missing.toml"),
+                            "--out", str(tmp_path / "r")], capture_output=True, text=True, env=env, timeout=300)
+    assert quiet.returncode == 2
+    assert quiet.stderr.strip().splitlines() == [f"error: config file {tmp_path / 'missing.toml'} does not exist"]

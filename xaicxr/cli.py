@@ -17,6 +17,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import click
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -26,9 +27,9 @@ from .analysis.intervals import describe
 from .config import load_config
 from .errors import ConfigError, XaicxrError
 from .io.imaging import DEFAULT_MAX_PIXELS
+from .io.runlock import RunLock
 from .plugins.options import check_options
 from .progress import console, progress_bar
-from .io.runlock import RunLock
 from .rundir import RunDir, Shard
 
 app = typer.Typer(name="xaicxr", no_args_is_help=True, add_completion=False,
@@ -58,6 +59,8 @@ def command(show: Callable[[dict[str, Any]], None] | None = None) -> Callable:
             as_json = kwargs.get("as_json", False)
             try:
                 result = fn(**kwargs)
+            except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+                raise
             except XaicxrError as exc:
                 _fail(type(exc).__name__, str(exc), as_json)
             except KeyboardInterrupt:

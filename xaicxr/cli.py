@@ -9,27 +9,28 @@ result is printed as JSON (``--json``) or shown by the command's own printer.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
-import os
 import sys
 import tomllib
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import click
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__, plugins
+from . import __version__, plugins, tflog
 from .analysis.intervals import describe
 from .config import load_config
 from .errors import ConfigError, XaicxrError
 from .io.imaging import DEFAULT_MAX_PIXELS
+from .io.runlock import RunLock
 from .plugins.options import check_options
 from .progress import console, progress_bar
 from .rundir import RunDir, Shard
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 app = typer.Typer(name="xaicxr", no_args_is_help=True, add_completion=False,
                   help="Explainability for chest X-ray classifiers: heatmaps and per-class heatmap templates.")
@@ -39,28 +40,70 @@ app.add_typer(data_app, name="data")
 JsonOpt = typer.Option(False, "--json", help="Print exactly one JSON object on stdout.")
 ConfigOpt = typer.Option(None, "--config", "-c", help="Configuration for a new run directory (default: its config.toml).")
 UnsafeOpt = typer.Option(False, "--unsafe-load", help="Load model.keras with Keras safe_mode off (only for models you trust).")
+RetrainOpt = typer.Option(False, "--retrain", help="Train the model first if the run directory has none (or an outdated one); without it that is an error.")
+VerboseOpt = typer.Option(False, "--verbose", help="Show TensorFlow's own logs, and the traceback of an unexpected error.")
 
 
 def command(show: Callable[[dict[str, Any]], None] | None = None) -> Callable:
-    """Run a command that returns a dict: errors, ``--json`` and the human printer in one place."""
+    """Run a command that returns a dict: errors, ``--json``, ``--verbose`` and the human printer
+    in one place.
+
+    Every command gains ``--verbose`` (TensorFlow's own logs, and the traceback of an unexpected
+    error). Every failure is one line on stderr and exit code 2 (130 when interrupted); with
+    ``--json`` stdout then holds one object ``{"error": {"type": ..., "message": ...}}``."""
     def wrap(fn: Callable[..., dict[str, Any]]) -> Callable[..., None]:
         @functools.wraps(fn)
         def run(**kwargs: Any) -> None:
+            verbose = kwargs.pop("verbose", False)
+            tflog.configure(verbose)
+            as_json = kwargs.get("as_json", False)
             try:
                 result = fn(**kwargs)
+            except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+                raise
             except XaicxrError as exc:
-                console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-                raise typer.Exit(2)
-            if kwargs.get("as_json"):
-                from .io.atomic import finite_json
-
-                sys.stdout.write(json.dumps(finite_json(result), indent=2, ensure_ascii=False,
-                                            default=str, allow_nan=False) + "\n")
-                sys.stdout.flush()
+                _fail(type(exc).__name__, str(exc), as_json)
+            except KeyboardInterrupt:
+                _fail("Interrupted", "interrupted; run the command again to resume", as_json, code=130)
+            except OSError as exc:
+                _fail(type(exc).__name__, _os_error(exc), as_json, trace=verbose)
+            except Exception as exc:  # noqa: BLE001  (a bug: still one line, the traceback on request)
+                _fail("InternalError", f"internal error ({type(exc).__name__}: {exc}); rerun with "
+                      "--verbose for the traceback and please report it", as_json, trace=verbose)
+            if as_json:
+                _print_json(result)
             elif show is not None:
                 show(result)
+        params = list(inspect.signature(fn).parameters.values())
+        run.__signature__ = inspect.Signature(params + [inspect.Parameter(  # type: ignore[attr-defined]
+            "verbose", inspect.Parameter.KEYWORD_ONLY, default=VerboseOpt, annotation=bool)])
+        run.__annotations__ = {**fn.__annotations__, "verbose": bool}
         return run
     return wrap
+
+
+def _print_json(obj: Any) -> None:
+    from .io.atomic import finite_json
+
+    sys.stdout.write(json.dumps(finite_json(obj), indent=2, ensure_ascii=False, default=str,
+                                allow_nan=False) + "\n")
+    sys.stdout.flush()
+
+
+def _fail(kind: str, message: str, as_json: bool, *, code: int = 2, trace: bool = False) -> None:
+    if trace:
+        console.print_exception()
+    line = " ".join(message.split())
+    console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    if as_json:
+        _print_json({"error": {"type": kind, "message": line}})
+    raise typer.Exit(code)
+
+
+def _os_error(exc: OSError) -> str:
+    """An ``OSError`` as one line: what failed on which file."""
+    where = f" {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or exc}{':' if where else ''}{where}"
 
 
 def _version(value: bool) -> None:
@@ -318,13 +361,14 @@ def run_cmd(config: Optional[Path] = typer.Argument(None, help="Run configuratio
 
 
 def _run_stage(stage: str, run_dir: Path, config: Optional[Path] = None,
-               unsafe_load: bool = False) -> dict[str, Any]:
-    """One stage of a run directory (and whatever it needs first), forced to run."""
+               unsafe_load: bool = False, retrain: bool = True) -> dict[str, Any]:
+    """One stage of a run directory (and whatever it needs first), forced to run; refused when
+    that would train the model, unless ``retrain``."""
     from .pipeline import run_pipeline
 
     rundir = RunDir(run_dir)
     cfg = load_config(config) if config is not None else rundir.load_config()
-    return run_pipeline(cfg, run_dir, until=stage, force=stage, unsafe_load=unsafe_load)
+    return run_pipeline(cfg, run_dir, until=stage, force=stage, unsafe_load=unsafe_load, retrain=retrain)
 
 
 @app.command("train")
@@ -340,9 +384,9 @@ def train_cmd(run_dir: Path = typer.Argument(..., help="Run directory."), config
 @app.command("evaluate")
 @command(lambda s: _show_evaluation(RunDir(s["run_dir"])))
 def evaluate_cmd(run_dir: Path = typer.Argument(..., help="Run directory."), as_json: bool = JsonOpt,
-                 unsafe_load: bool = UnsafeOpt) -> dict[str, Any]:
+                 unsafe_load: bool = UnsafeOpt, retrain: bool = RetrainOpt) -> dict[str, Any]:
     """Evaluate the trained model on the test set: accuracy, per class figures, binary tasks."""
-    return _run_stage("evaluate", run_dir, unsafe_load=unsafe_load)
+    return _run_stage("evaluate", run_dir, unsafe_load=unsafe_load, retrain=retrain)
 
 
 @app.command("explain")
@@ -380,10 +424,11 @@ def explain_cmd(run_dir: Path = typer.Argument(..., help="Run directory with a t
                       "--shard K/N overrides it", highlight=False)
     model = load_model(rundir.model, unsafe=unsafe_load)
     cache = open_image_cache(rundir.image_cache(int(model.input_shape[1])))
-    with make_executor(cfg["run"]) as executor:
-        path = explain_split(rundir, ExplainJob.from_spec(spec, rundir), model, model_sha256(rundir.model),
-                             cache, overwrite=overwrite, shard=part, executor=executor,
-                             unsafe_load=unsafe_load)
+    with RunLock(rundir.lock) if part is None else nullcontext():  # shards run side by side
+        with make_executor(cfg["run"]) as executor:
+            path = explain_split(rundir, ExplainJob.from_spec(spec, rundir), model,
+                                 model_sha256(rundir.model), cache, overwrite=overwrite, shard=part,
+                                 executor=executor, unsafe_load=unsafe_load)
     return {"store": str(path), "explainer": explainer, "split": split, "targets": targets,
             **({"target": target} if target else {}),
             **({"shard": f"{part.k}/{part.n}"} if part is not None else {})}
@@ -400,7 +445,8 @@ def merge_heatmaps_cmd(run_dir: Path = typer.Argument(..., help="Run directory w
 
     rundir = RunDir(run_dir)
     parts = rundir.heatmap_shards(explainer)
-    path = merge_stores(parts, rundir.heatmaps(explainer))
+    with RunLock(rundir.lock):
+        path = merge_stores(parts, rundir.heatmaps(explainer))
     return {"store": str(path), "shards": [str(p) for p in parts]}
 
 
@@ -418,7 +464,8 @@ def _show_templates(result: dict[str, Any]) -> None:
 def template_cmd(run_dir: Path = typer.Argument(..., help="Run directory with heatmaps."),
                  shard: Optional[str] = typer.Option(None, "--shard", help="K/N: only save the aggregator states of the K-th of N parts."),
                  merge_shards: bool = typer.Option(False, "--merge-shards", help="Merge saved shard states into the template files."),
-                 as_json: bool = JsonOpt, unsafe_load: bool = UnsafeOpt) -> dict[str, Any]:
+                 as_json: bool = JsonOpt, unsafe_load: bool = UnsafeOpt,
+                 retrain: bool = RetrainOpt) -> dict[str, Any]:
     """(Re)build the per-class templates; or, with --shard / --merge-shards, the templates of a
     run split over several processes or hosts."""
     from .stages.templates import build_shard_states, merge_shard_states
@@ -427,24 +474,26 @@ def template_cmd(run_dir: Path = typer.Argument(..., help="Run directory with he
     if shard is not None:
         return {"states": [str(p) for p in build_shard_states(rundir, rundir.load_config(), Shard.parse(shard))]}
     if merge_shards:
-        return {"templates": merge_shard_states(rundir, rundir.load_config())}
-    return _run_stage("templates", run_dir, unsafe_load=unsafe_load)
+        with RunLock(rundir.lock):
+            return {"templates": merge_shard_states(rundir, rundir.load_config())}
+    return _run_stage("templates", run_dir, unsafe_load=unsafe_load, retrain=retrain)
 
 
 @app.command("quality")
 @command(lambda s: _show_quality(RunDir(s["run_dir"])))
 def quality_cmd(run_dir: Path = typer.Argument(..., help="Run directory with templates."), as_json: bool = JsonOpt,
-                unsafe_load: bool = UnsafeOpt) -> dict[str, Any]:
+                unsafe_load: bool = UnsafeOpt, retrain: bool = RetrainOpt) -> dict[str, Any]:
     """(Re)compute the quality figures: localisation against baselines, template figures,
     faithfulness, the randomisation test and the model's reliance on the lesion."""
-    return _run_stage("quality", run_dir, unsafe_load=unsafe_load)
+    return _run_stage("quality", run_dir, unsafe_load=unsafe_load, retrain=retrain)
 
 
 @app.command("report")
 @command(lambda s: console.print(f"report: {s['report']['report']}"))
-def report_cmd(run_dir: Path = typer.Argument(..., help="Run directory."), as_json: bool = JsonOpt) -> dict[str, Any]:
+def report_cmd(run_dir: Path = typer.Argument(..., help="Run directory."), as_json: bool = JsonOpt,
+               retrain: bool = RetrainOpt) -> dict[str, Any]:
     """(Re)write report/index.html."""
-    return _run_stage("report", run_dir)
+    return _run_stage("report", run_dir, retrain=retrain)
 
 
 # --------------------------------------------------------------------------- beyond one run

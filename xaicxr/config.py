@@ -112,6 +112,7 @@ def resolve(raw: dict[str, Any], source: str = "<config>") -> dict[str, Any]:
         del cfg["dataset"]["mode"]
     _check_probe(cfg["probe"], source)
     _check_run(cfg["run"], source)
+    _check_positive(cfg, source)
     return cfg
 
 
@@ -152,6 +153,23 @@ def _check_run(run: dict[str, Any], source: str) -> None:
                           "'address'; the cluster at 'address' has its own workers")
     if run["executor"] == "local" and ("address" in run or "workers" in run):
         raise ConfigError(f"{where}: 'address' and 'workers' need executor = \"dask\"")
+
+
+def _check_positive(cfg: dict[str, Any], source: str) -> None:
+    """Training and batching values that type-check but cannot work (an untrained model would
+    be reported as if trained; a zero batch divides by zero)."""
+    train = cfg["train"]
+    for key in ("epochs", "batch_size"):
+        if train[key] < 1:
+            raise ConfigError(f"'{key}' in [train] in {source} must be at least 1, got {train[key]}")
+    if not train["learning_rate"] > 0:
+        raise ConfigError(f"'learning_rate' in [train] in {source} must be positive, got {train['learning_rate']}")
+    if train["patience"] < 0:
+        raise ConfigError(f"'patience' in [train] in {source} must be 0 or more, got {train['patience']}")
+    for spec in cfg["explain"]:
+        if spec["batch_size"] < 1:
+            raise ConfigError(f"'batch_size' in [[explain]] {spec['name']!r} in {source} must be at least 1, "
+                              f"got {spec['batch_size']}")
 
 
 def _check_quality(quality: dict[str, Any], source: str) -> None:

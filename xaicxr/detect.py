@@ -16,7 +16,7 @@ from .analysis.lungs import segment_lungs
 from .analysis.localisation import energy_share
 from .analysis.stats import pearson
 from .config import resolve_entry, store_name
-from .errors import XaicxrError
+from .errors import DataError, XaicxrError
 from .io import figures
 from .io.heatmap_store import HeatmapStore
 from .io.imaging import ImageDecodeError, read_image
@@ -85,8 +85,9 @@ def detect(run_dir: Path, images: list[Path], *, explainer: str | None = None, o
     binary_jobs = [(j, j.score(classes, metrics.get("binary", {})),
                     *_templates(rundir, cfg, j.store, side_names(j.target or ""))) for j in binary_jobs]
     out = Path(out) if out else rundir / "detect"
+    names = overlay_names(images)
     results = []
-    for path in images:
+    for path, stem in zip(images, names):
         try:
             raw, info = read_image(Path(path))
         except ImageDecodeError as exc:
@@ -104,7 +105,7 @@ def detect(run_dir: Path, images: list[Path], *, explainer: str | None = None, o
             score = float(sum(probs[classes.index(c)] for c in b["positive"]))
             binary[task] = {"score": score, "threshold": b["threshold"], "positive": score >= b["threshold"]}
         picture = _overlay(image, heat, job.store, f"{classes[pred]} ({probs[pred]:.2f})", templates, match,
-                           best, Path(path), out)
+                           best, Path(path), stem, out)
         for bjob, target, side_aggregator, sides in binary_jobs:
             bheat = bjob.explainer.explain(model, x, target, layer=bjob.layer)[0]
             side_match, side = _match(bheat, sides)
@@ -114,7 +115,7 @@ def detect(run_dir: Path, images: list[Path], *, explainer: str | None = None, o
                 "template_match": side_match, "best_template": side,
                 "lung_energy": float(energy_share(bheat[None], lungs[None])[0]) if lungs.any() else None,
                 "overlay": str(out / _overlay(image, bheat, bjob.store, f"score {score:.2f}", sides,
-                                              side_match, side, Path(path), out))}
+                                              side_match, side, Path(path), stem, out))}
         results.append({
             "path": str(path), "size": [info.width, info.height], "mode": info.mode, "format": info.format,
             "probabilities": {c: float(p) for c, p in zip(classes, probs)}, "prediction": classes[pred],
@@ -122,6 +123,10 @@ def detect(run_dir: Path, images: list[Path], *, explainer: str | None = None, o
             "template_match": match, "best_template": best,
             "lung_energy": float(energy_share(heat[None], lungs[None])[0]) if lungs.any() else None,
             "overlay": str(out / picture)})
+    if results and all("error" in r for r in results):
+        listed = "; ".join(f"{r['path']}: {r['error']}" for r in results[:3])
+        raise DataError(f"none of the {len(results)} images could be read ({listed}"
+                        f"{'; ...' if len(results) > 3 else ''})")
     return {"run_dir": str(rundir.root), "resize": resize, "results": results}
 
 
@@ -135,9 +140,26 @@ def _match(heat: np.ndarray, templates: dict[str, np.ndarray]) -> tuple[dict[str
 
 
 def _overlay(image: np.ndarray, heat: np.ndarray, store: str, title: str, templates: dict[str, np.ndarray],
-             match: dict[str, dict[str, float]], best: str | None, path: Path, out: Path) -> str:
-    """``<image>-<store>.png``: the input, the heatmap and the best-matching template."""
+             match: dict[str, dict[str, float]], best: str | None, path: Path, stem: str,
+             out: Path) -> str:
+    """``<stem>-<store>.png`` (``stem``: :func:`overlay_names`): the input, the heatmap and the
+    best-matching template."""
     return figures.overlay_grid(
         [("input", image, np.zeros_like(heat)), (f"{store}: {title}", image, heat)]
         + ([(f"best template: {best} (r={match[best]['pearson']:.2f})", image, templates[best])] if best else []),
-        path.name, out / f"{path.stem}-{store}.png", columns=3)
+        path.name, out / f"{stem}-{store}.png", columns=3)
+
+
+def overlay_names(images: list[Path]) -> list[str]:
+    """One overlay name per image: its stem, made unique with ``-2``, ``-3`` ... in input order
+    (``d1/x.png`` and ``d2/x.png`` must not overwrite each other)."""
+    taken: set[str] = set()
+    names = []
+    for path in images:
+        stem, name, n = Path(path).stem, Path(path).stem, 1
+        while name in taken:
+            n += 1
+            name = f"{stem}-{n}"
+        taken.add(name)
+        names.append(name)
+    return names

@@ -47,3 +47,7 @@ class StoreError(XaicxrError):
 
 class ModelMismatchError(StoreError):
     """A heatmap store was made with another model."""
+
+
+class RunLockedError(XaicxrError):
+    """Another process works in the run directory (``RUN_DIR/xaicxr.lock`` names it)."""

@@ -4,7 +4,8 @@ Every stage (:mod:`xaicxr.stages`) declares the config tables it depends on (``T
 table, or one key as ``"table.key"``; ``IGNORED``: keys of those tables that do not change its
 result). Its hash chains those with the hash of the stage before it and is kept in
 ``stages.json``; a stage whose outputs exist and whose hash matches is skipped, and a changed
-stage and every stage after it run again.
+stage and every stage after it run again. Outputs are verified before a stage is called up to
+date: a checksum per file is kept in ``stages.json`` too (see :func:`_plan`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from .config import dump_config
+from .errors import ModelFileError
 from .executors import check_available
-from .io import atomic
+from .io import atomic, verify
+from .io.runlock import RunLock
 from .progress import console
 from .rundir import RunDir
 from .stages import Run, dataset, evaluate, explain, probe, quality, report, split, templates, train
@@ -55,54 +60,134 @@ def stage_hashes(cfg: dict[str, Any]) -> dict[str, str]:
 
 
 def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, *, until: str | None = None,
-                 force: str | None = None, unsafe_load: bool = False) -> dict[str, Any]:
+                 force: str | None = None, unsafe_load: bool = False,
+                 retrain: bool = True) -> dict[str, Any]:
     """Run every stage (or skip it when its outputs are current); return a summary.
 
     ``until`` stops after that stage; ``force`` reruns that stage (and so everything after it).
+    ``retrain=False`` refuses (before any work) when the model would have to be trained. The
+    run directory is locked for the duration (:mod:`xaicxr.io.runlock`), and ``config.toml``
+    is written only once every stage asked for has succeeded, so a failed run leaves the
+    configuration that describes the directory's outputs.
     """
     check_available(cfg.get("run"))
-    run = Run(RunDir(run_dir), cfg, unsafe_load=unsafe_load)
-    run.dir.root.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(run.dir.config, dump_config(cfg))
-    state = _read_state(run.dir)
-    hashes = stage_hashes(cfg)
-    try:
-        timings, ran, skipped = _run_stages(run, state, hashes, until, force)
-    finally:
-        run.close()
-    if run.dir.metrics.exists():
-        run.dir.update_metrics({"timings_s": timings})
+    rundir = RunDir(run_dir)
+    rundir.root.mkdir(parents=True, exist_ok=True)
+    with RunLock(rundir.lock):
+        run = Run(rundir, cfg, unsafe_load=unsafe_load)
+        try:
+            timings, ran, skipped = _run_stages(run, until, force, retrain)
+        finally:
+            run.close()
+        if run.dir.metrics.exists():
+            run.dir.update_metrics({"timings_s": timings})
+        atomic.write_text(run.dir.config, dump_config(cfg))
     return {"run_dir": str(run.dir.root), "stages_run": ran, "stages_skipped": skipped,
             "timings_s": timings, **run.results}
 
 
-def _run_stages(run: Run, state: dict[str, Any], hashes: dict[str, str], until: str | None,
-                force: str | None) -> tuple[dict[str, float], list[str], list[str]]:
+def _run_stages(run: Run, until: str | None, force: str | None,
+                retrain: bool) -> tuple[dict[str, float], list[str], list[str]]:
     cfg = run.cfg
-    stale = False
+    state = _read_state(run.dir)
+    hashes = stage_hashes(cfg)
+    stages = STAGES[:STAGE_NAMES.index(until) + 1] if until else STAGES
+    plan, refresh = _plan(stages, cfg, run.dir, state, hashes, force)
+    if not retrain and "train" in plan:
+        why = plan["train"] or ("no model.keras" if not run.dir.model.exists() else
+                                "the stages before it must run again")
+        raise ModelFileError(f"{run.dir.root} has no usable trained model ({why}); train it "
+                             f"first (xaicxr train {run.dir.root}) or pass --retrain")
     timings, ran, skipped = {}, [], []
-    for stage in STAGES:
+    for stage in stages:
         done = state.get(stage.NAME, {})
-        current = (not stale and stage.NAME != force and done.get("hash") == hashes[stage.NAME]
-                   and all(p.exists() for p in stage.outputs(cfg, run.dir)))
-        if current:
+        if stage.NAME not in plan:
+            if stage.NAME in refresh:
+                done["outputs"] = _digests(stage, cfg, run.dir)
+                atomic.write_json(run.dir.stages, state)
             skipped.append(stage.NAME)
             run.results[stage.NAME] = done.get("result", {})
             timings[stage.NAME] = done.get("seconds", 0.0)
-        else:
-            stale = True
-            console.print(f"[bold cyan]stage[/] {stage.NAME}")
-            start = time.perf_counter()
-            result = stage.run(run)
-            seconds = round(time.perf_counter() - start, 3)
-            state[stage.NAME] = {"hash": hashes[stage.NAME], "seconds": seconds, "result": result}
-            atomic.write_json(run.dir.stages, state)
-            run.results[stage.NAME] = result
-            timings[stage.NAME] = seconds
-            ran.append(stage.NAME)
-        if stage.NAME == until:
-            break
+            continue
+        reason = plan[stage.NAME]
+        console.print(f"[bold cyan]stage[/] {stage.NAME}" + (f" ({escape(reason)})" if reason else ""))
+        start = time.perf_counter()
+        result = stage.run(run)
+        seconds = round(time.perf_counter() - start, 3)
+        state[stage.NAME] = {"hash": hashes[stage.NAME], "seconds": seconds, "result": result,
+                             "outputs": _digests(stage, cfg, run.dir)}
+        atomic.write_json(run.dir.stages, state)
+        run.results[stage.NAME] = result
+        timings[stage.NAME] = seconds
+        ran.append(stage.NAME)
     return timings, ran, skipped
+
+
+def _plan(stages: tuple, cfg: dict[str, Any], rundir: RunDir, state: dict[str, Any],
+          hashes: dict[str, str], force: str | None) -> tuple[dict[str, str], set[str]]:
+    """``({stage: why it runs}, {stages whose checksums must be recorded again})``.
+
+    The stages that run are the first stale one and every one after it. A stage is current when
+    its hash matches and its outputs are usable: a file whose checksum matches the one in
+    ``stages.json`` is what the stage wrote; one that differs (or has no checksum yet) is read
+    in full (:func:`xaicxr.io.verify.problem`). A corrupt file is removed, so that its stage
+    writes it anew; a sound one was changed on purpose (``merge-heatmaps``, ``xaicxr explain
+    --overwrite``) and is kept, its new checksum recorded."""
+    plan: dict[str, str] = {}
+    refresh: set[str] = set()
+    for stage in stages:
+        done = state.get(stage.NAME, {})
+        if plan or stage.NAME == force:
+            plan[stage.NAME] = ""
+        elif done.get("hash") != hashes[stage.NAME]:
+            plan[stage.NAME] = "configuration changed" if done else ""
+        else:
+            reason, changed = _outputs_problem(stage, cfg, rundir, done.get("outputs"))
+            if reason is not None:
+                plan[stage.NAME] = reason
+            elif changed:
+                refresh.add(stage.NAME)
+    return plan, refresh
+
+
+def _outputs_problem(stage: Any, cfg: dict[str, Any], rundir: RunDir,
+                     recorded: dict[str, str] | None) -> tuple[str | None, bool]:
+    """(Why ``stage`` must run again or None, whether a sound output differs from its checksum)."""
+    changed = False
+    for path in stage.outputs(cfg, rundir):
+        name = _relative(path, rundir)
+        if not path.exists():
+            return f"{name} is missing", changed
+        shared = path in _shared_files(rundir)
+        checksum = None if shared else (recorded or {}).get(name)
+        if checksum is not None and checksum == verify.file_digest(path):
+            continue
+        trouble = verify.problem(path)
+        if trouble is not None:
+            console.print(f"[yellow]warning:[/] {name} is corrupt ({escape(trouble)}); removing it")
+            path.unlink()
+            return f"{name} was corrupt", changed
+        if not shared:
+            changed = True
+            if checksum is not None:
+                console.print(f"note: {name} changed since the {stage.NAME} stage wrote it; it reads "
+                              "back in full, so it is kept")
+    return None, changed
+
+
+def _digests(stage: Any, cfg: dict[str, Any], rundir: RunDir) -> dict[str, str]:
+    return {_relative(p, rundir): verify.file_digest(p) for p in stage.outputs(cfg, rundir)
+            if p.is_file() and p not in _shared_files(rundir)}
+
+
+def _shared_files(rundir: RunDir) -> tuple[Path, ...]:
+    """Outputs that later stages update too (each owns its keys): checked to parse, not by
+    checksum."""
+    return rundir.metrics, rundir.skipped
+
+
+def _relative(path: Path, rundir: RunDir) -> str:
+    return path.relative_to(rundir.root).as_posix()
 
 
 def _read_state(rundir: RunDir) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 JSON files a stage reads back. No other module builds a run-directory path by hand.
 
     RUN_DIR/config.toml  dataset.json  skipped.json  split.json  model.keras  train.json
-            predictions.h5  metrics.json  quality.h5  probe.json  stages.json
+            predictions.h5  metrics.json  quality.h5  probe.json  stages.json  xaicxr.lock
             heatmaps/<explainer>.h5            templates/<explainer>-<aggregator>.h5
             shards/<explainer>.shard-K-of-N.h5  shards/<explainer>.states-K-of-N.h5
             cache/images-<size>.h5  cache/features-<key>.h5  data/  report/index.html
@@ -125,6 +125,11 @@ class RunDir:
     @property
     def stages(self) -> Path:
         return self.root / "stages.json"
+
+    @property
+    def lock(self) -> Path:
+        """Held by the process working in the run directory (:mod:`xaicxr.io.runlock`)."""
+        return self.root / "xaicxr.lock"
 
     @property
     def report_dir(self) -> Path:

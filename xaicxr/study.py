@@ -30,11 +30,13 @@ import io
 import itertools
 import json
 import os
+import re
 import shutil
 import time
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from .compare import compare_runs, comparison_rows
 from .config import resolve
@@ -92,10 +94,24 @@ def load_study(path: Path) -> tuple[dict[str, Any], list[tuple[str, dict[str, An
         variants.append((entry["name"], cfg))
     if not variants:
         raise ConfigError(f"{path} defines no variants: add [matrix] or [[variants]]")
+    for name, _ in variants:
+        _check_name(name, path)
     names = [n for n, _ in variants]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: two variants share a name")
     return base, variants
+
+
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]{0,254}")
+"""A variant's name is a folder under the study's ``--out`` and a link in its index.html: a
+letter or digit, then letters, digits and ``_ . + = -`` (no separator, no ``..``, no scheme)."""
+
+
+def _check_name(name: Any, source: Path) -> None:
+    if not (isinstance(name, str) and PLAIN_NAME.fullmatch(name) and ".." not in name):
+        raise ConfigError(f"{source}: variant name {name!r} is not a plain name: use letters, digits "
+                          "and _ . + = - (starting with a letter or digit, no '..', at most 255 "
+                          "characters); it names a folder under --out")
 
 
 def _set(cfg: dict[str, Any], dotted: str, value: Any, source: Path) -> None:
@@ -247,7 +263,7 @@ def _write_tables(out: Path, rows: list[dict[str, Any]], comparison: dict[str, A
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join(
         "<tr>" + "".join(
-            f'<td><a href="{html.escape(r["variant"])}/report/index.html">{html.escape(r["variant"])}</a></td>'
+            f'<td><a href="{html.escape(quote(r["variant"], safe="=+"))}/report/index.html">{html.escape(r["variant"])}</a></td>'
             if c == "variant" else f"<td>{html.escape(fmt(r.get(c)))}</td>" for c in columns) + "</tr>"
         for r in rows)
     atomic.write_text(out / "index.html", f"""<!doctype html><html><head><meta charset="utf-8">

@@ -44,14 +44,31 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def finite_json(obj: Any) -> Any:
-    """``obj`` with every non-finite float replaced by None."""
+    """``obj`` with every non-finite float replaced by None and every string made
+    :func:`printable`, so it always serialises to valid (UTF-8) JSON."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
+    if isinstance(obj, str):
+        return printable(obj)
     if isinstance(obj, dict):
-        return {k: finite_json(v) for k, v in obj.items()}
+        return {printable(k) if isinstance(k, str) else k: finite_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [finite_json(v) for v in obj]
     return obj
+
+
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8. A file name that is not valid UTF-8 reaches Python with its
+    undecodable bytes as lone surrogates (PEP 383); each such byte becomes the four characters
+    ``\\xNN`` (so ``b"scan\\xff.png"`` reads ``scan\\xff.png``). Valid text is returned unchanged."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def read_json(path: str | Path) -> Any:

@@ -4,6 +4,7 @@ a model (the file) and a frozen feature extractor (its weights)."""
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from pathlib import Path
 
 import keras
@@ -22,10 +23,15 @@ def save_model(model: keras.Model, path: str | Path) -> None:
 
 def load_model(path: str | Path, *, unsafe: bool = False) -> keras.Model:
     """Load ``model.keras`` with Keras ``safe_mode``: arbitrary code (Lambda layers) is refused
-    unless ``unsafe=True`` is passed deliberately (``--unsafe-load`` on the command line)."""
+    unless ``unsafe=True`` is passed deliberately (``--unsafe-load`` on the command line).
+    A file that is not a model says what it is instead (Keras calls it "File not found")."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"no model at {path}; run the train stage first (xaicxr train)")
+    problem = _not_a_model(path)
+    if problem:
+        raise ModelFileError(f"{path} is not a Keras model file: {problem}; train again "
+                             f"(xaicxr train RUN_DIR) or restore the file")
     try:
         return keras.saving.load_model(path, safe_mode=not unsafe, compile=False)
     except ValueError as exc:
@@ -33,8 +39,38 @@ def load_model(path: str | Path, *, unsafe: bool = False) -> keras.Model:
             raise ModelFileError(
                 f"{path} contains code that Keras will only run with safe_mode off "
                 f"(e.g. a Lambda layer). Load it only if you trust its source: pass --unsafe-load. "
-                f"Keras said: {exc}") from None
-        raise
+                f"Keras said: {_first_sentence(exc)}") from None
+        raise ModelFileError(f"{path} cannot be loaded: {_first_sentence(exc)}") from None
+    except (TypeError, KeyError, AttributeError, ImportError) as exc:
+        raise ModelFileError(
+            f"{path} cannot be rebuilt: it refers to Python code that is not available here (a "
+            f"Lambda layer's named function, or a custom layer or object that is not registered). "
+            f"Keras said: {_first_sentence(exc)}") from None
+
+
+def _not_a_model(path: Path) -> str | None:
+    """Why ``path`` is not a ``.keras`` archive (a zip holding ``config.json``), or None."""
+    size = path.stat().st_size
+    if size == 0:
+        return "it is empty (0 bytes)"
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(8)
+        return f"it is not a zip archive ({size} bytes starting with {head!r})"
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+    except (zipfile.BadZipFile, OSError) as exc:
+        return f"its zip archive is damaged ({exc})"
+    if "config.json" not in names:
+        return "the zip archive holds no config.json"
+    return None
+
+
+def _first_sentence(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    cut = text.find(". ")
+    return text if cut < 0 else text[:cut + 1]
 
 
 def model_sha256(path: str | Path) -> str:

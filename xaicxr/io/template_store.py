@@ -54,8 +54,12 @@ def read_template_file(path: str | Path) -> dict[str, tuple[np.ndarray, dict[str
     """``{class: (template, attrs)}`` from a template file."""
     if not Path(path).is_file():
         raise StoreError(f"no template file at {path}; run the templates stage first (xaicxr template)")
-    with h5py.File(path, "r") as f:
-        return {cls: (f[cls][()], dict(f[cls].attrs)) for cls in f}
+    try:
+        with h5py.File(path, "r") as f:
+            return {cls: (f[cls][()], dict(f[cls].attrs)) for cls in f}
+    except (OSError, KeyError, ValueError, AttributeError) as exc:
+        raise StoreError(f"{path} is not a readable template file ({exc}); delete it and run "
+                         "the templates stage again (xaicxr template RUN_DIR)") from None
 
 
 def is_multi_component(loaded: dict[str, tuple[np.ndarray, dict[str, Any]]]) -> bool:

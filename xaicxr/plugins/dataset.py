@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from ..errors import DataError
+from ..io.atomic import printable
 from ..io.imaging import precheck
 
 if TYPE_CHECKING:
@@ -55,7 +56,8 @@ class Skipped:
     reason: str
 
     def to_json(self) -> dict:
-        return {"path": self.path, "reason": self.reason}
+        """The path :func:`~xaicxr.io.atomic.printable` (a name that is not UTF-8 is escaped)."""
+        return {"path": printable(self.path), "reason": self.reason}
 
 
 @dataclass

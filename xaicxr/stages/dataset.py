@@ -18,6 +18,7 @@ from ..analysis.probe import file_features
 from ..config import build_plugin
 from ..errors import DataError
 from ..io import atomic
+from ..io.atomic import printable
 from ..io.imaging import DEFAULT_MAX_PIXELS
 from ..io.loader import iter_decoded
 from ..plugins import Dataset, Record, Scan, Skipped
@@ -58,6 +59,11 @@ def run(run: Run) -> dict:
         "external_test": [_external(r).to_json() for r in external.records] if external else []})
     if not main.records:
         raise DataError(f"no usable image in dataset {table['name']!r}; see {run.dir.skipped}")
+    present = [c for c in main.classes if summary["counts"][c]]
+    if len(present) < 2:
+        raise DataError(f"dataset {table['name']!r} has usable images of {len(present)} class"
+                        f"{'' if len(present) == 1 else 'es'} ({', '.join(present)}); a classifier needs "
+                        f"at least two (see {run.dir.skipped} for the files left out)")
     return {"images": len(main.records), "counts": summary["counts"], "skipped": len(skipped)}
 
 
@@ -122,13 +128,20 @@ class Inventory:
 def take_inventory(scan: Scan, *, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                    progress: Callable[[int], None] | None = None) -> Inventory:
     """Fully decode every record (truncation only shows on a full decode); drop and report
-    failures and duplicate ids."""
+    failures, duplicate ids, and files whose name is not valid UTF-8 (the stores, JSON files
+    and reports hold ids as UTF-8 text; the name is reported escaped, see
+    :func:`~xaicxr.io.atomic.printable`)."""
     start = time.perf_counter()
+    for name in scan.classes:
+        if printable(name) != name:
+            raise DataError(f"class name {printable(name)!r} is not valid UTF-8; rename its folder")
     inv = Inventory(classes=list(scan.classes), records=[], skipped=list(scan.skipped))
     seen: set[str] = set()
     unique: list[Record] = []
     for record in scan.records:
-        if record.id in seen:
+        if not all(printable(text) == text for text in (record.id, str(record.path))):
+            inv.skipped.append(Skipped(str(record.path), "file name is not valid UTF-8; rename the file"))
+        elif record.id in seen:
             inv.skipped.append(Skipped(str(record.path), f"duplicate id {record.id!r}"))
         else:
             seen.add(record.id)

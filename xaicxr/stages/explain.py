@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import __version__
 from ..config import build_plugin, plugin_options, store_name
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError, ModelMismatchError, StoreError
 from ..executors import Executor, LocalExecutor, worker_cached
 from ..io.h5rows import read_rows
 from ..io.heatmap_store import Columns, HeatmapWriter
@@ -48,8 +48,12 @@ def run(run: Run) -> dict[str, Any]:
     written = {}
     for spec in run.cfg["explain"]:
         job = ExplainJob.from_spec(spec, run.dir)
-        path = explain_split(run.dir, job, model, run.model_sha256(), cache, overwrite=True,
-                             executor=run.executor(), unsafe_load=run.unsafe_load)
+        try:  # resumes a partial store of this job
+            path = explain_split(run.dir, job, model, run.model_sha256(), cache,
+                                 executor=run.executor(), unsafe_load=run.unsafe_load)
+        except ModelMismatchError:  # the model was retrained: its old heatmaps go
+            path = explain_split(run.dir, job, model, run.model_sha256(), cache, overwrite=True,
+                                 executor=run.executor(), unsafe_load=run.unsafe_load)
         written[job.store] = str(path.relative_to(run.dir.root))
     return written
 

@@ -345,6 +345,8 @@ def write_report(rundir: RunDir, cfg: dict[str, Any], cache: ImageCache) -> Path
     if cfg["backbone"].get("weights", "imagenet") == "none":
         setting += " &mdash; trained from scratch: <b>not</b> the paper's ImageNet transfer setting"
     parts.append(f"<p>{setting}. Test set: {html.escape(metrics.get('test_set', ''))}, n = {metrics.get('n_test')}.</p>")
+    parts += [f'<p style="color:#b00"><b>Warning:</b> {html.escape(w)}</p>'
+              for w in rundir.read_split().get("warnings", [])]
     parts += _classification(metrics, classes, out)
     parts += _probe(metrics)
     parts += _reliance(metrics)

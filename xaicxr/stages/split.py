@@ -16,11 +16,13 @@ from typing import Sequence
 from pathlib import Path
 
 import numpy as np
+from rich.markup import escape
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..io import atomic
 from ..io.imagecache import SPLITS
 from ..plugins import Record
+from ..progress import console
 from ..rundir import RunDir
 from . import Run
 
@@ -40,11 +42,30 @@ def run(run: Run) -> dict:
                           use_dataset_split=s["use_dataset_split"], external_test=external,
                           test_pattern=s.get("test_pattern"))
     summary = split_summary(split, records + external, classes)
+    warnings = check_classes(summary["counts"], classes)
     test_set = ("external (test_path)" if external else
                 "leave-source-out ([split] test_pattern)" if s.get("test_pattern") else "internal split")
     atomic.write_json(run.dir.split, {"classes": classes, "external_test": bool(external),
-                                      "test_set": test_set, **s, **summary, **split})
+                                      "test_set": test_set, **s, **summary, **split,
+                                      "warnings": warnings})
     return summary["sizes"]
+
+
+def check_classes(counts: dict[str, dict[str, int]], classes: Sequence[str]) -> list[str]:
+    """A class without a training image is an error (the model cannot learn it). A class
+    without a test image is a warning, printed and kept in ``split.json`` and the report: the
+    run still means something for the other classes (a held-out source may lack a class on
+    purpose), but that class's recall, F1 and localisation figures cannot be measured."""
+    for c in classes:
+        if counts["train"][c] == 0:
+            total = sum(counts[s][c] for s in counts)
+            raise DataError(f"class {c!r} has no training image ({total} image{'s' if total != 1 else ''} in all, "
+                            f"split {dict((s, counts[s][c]) for s in counts)}); add images of it or leave it out")
+    warnings = [f"class {c!r} has no test image ({sum(counts[s][c] for s in counts)} in all): its recall, F1 "
+                "and per-class figures cannot be measured" for c in classes if counts["test"][c] == 0]
+    for w in warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(w)}")
+    return warnings
 
 
 def split_records(records: Sequence[Record], classes: Sequence[str], *, test: float = 0.2,

@@ -25,6 +25,7 @@ import keras
 import numpy as np
 
 from ..config import build_plugin
+from ..errors import ConfigError, LayerNotFoundError
 from ..io import atomic
 from ..io.h5rows import create_rows, read_rows
 from ..io.imagecache import ImageCache, build_image_cache
@@ -54,6 +55,7 @@ def run(run: Run) -> dict[str, Any]:
     keras.utils.set_random_seed(run.cfg["train"]["seed"])
     with distribution_strategy().scope():
         model = backbone.build(list(classes))
+    check_later_stages(run.cfg, model, list(classes), backbone.default_layer)
     preprocessing = json.dumps({"backbone": run.cfg["backbone"]["name"], "input_size": backbone.input_size,
                                 "layer": _preprocess_config(model)}, sort_keys=True)
     result = fit(model, backbone.freeze_until, cache, run.dir, run.cfg["train"], preprocessing)
@@ -70,6 +72,29 @@ def run(run: Run) -> dict[str, Any]:
     return {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
             "best_val_loss": round(result.best_val_loss, 4), "timings_s": result.timings_s,
             "feature_cache_reused": result.feature_cache_reused}
+
+
+def check_later_stages(cfg: dict[str, Any], model: keras.Model, classes: list[str],
+                       default_layer: str | None) -> None:
+    """What the stages after training would fail on, found before the training is spent: the
+    ``[binary]`` classes against the dataset's, every explainer and aggregator made with its
+    options, and every explain layer looked up in the model about to be trained."""
+    for task, spec in cfg["binary"].items():
+        missing = [c for c in spec["positive"] if c not in classes]
+        if missing:
+            raise ConfigError(f"[binary] {task!r}: class {missing[0]!r} is not one of the dataset's "
+                              f"classes {classes}")
+    for table in ("explain", "aggregate"):
+        for spec in cfg[table]:
+            try:
+                plugin = build_plugin(table, spec)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"[[{table}]] {spec['name']!r}: {exc}") from None
+            if table == "explain" and getattr(plugin, "resolve_layer", None) is not None:
+                try:
+                    plugin.resolve_layer(model, spec.get("layer") or default_layer)
+                except LayerNotFoundError as exc:
+                    raise ConfigError(f"[[explain]] {spec['name']!r}: {exc}") from None
 
 
 def _preprocess_config(model: keras.Model) -> Any:

@@ -28,7 +28,6 @@ import csv
 import html
 import io
 import itertools
-import json
 import os
 import re
 import shutil

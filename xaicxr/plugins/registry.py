@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import difflib
 import re
-import threading
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Iterable

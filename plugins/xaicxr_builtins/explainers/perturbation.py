@@ -16,13 +16,14 @@ perturbation methods.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from functools import cache
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from xaicxr.kerasgraph import model_cache
 from xaicxr.plugins import Explainer
-from xaicxr.plugins.explainer import check_images, check_targets
+from xaicxr.plugins.explainer import check_images, check_targets, compile_once
 
 from .tfkv import logits_model
 
@@ -95,20 +96,22 @@ class IntegratedGradients(_Batched):
     def attributions(self, model: Any, images: Any, targets: Any) -> np.ndarray:
         """Raw (N, H, W, C) attributions a of class ``targets`` (N,), before any map step."""
         images = check_images(model, images)
-        targets = check_targets(targets, len(images), self._n_classes(model, None))
-        return self.run(model, images, self.baselines(images), targets.astype(np.int32))
+        return self._attributions(model, images, check_targets(targets, len(images),
+                                                               self._n_classes(model, None)))
 
     def raw_maps(self, model: Any, images: np.ndarray, targets: np.ndarray,
                  layer: str | None) -> Any:
-        return np.abs(self.attributions(model, images, targets).sum(-1))
+        return np.abs(self._attributions(model, images, targets).sum(-1))
+
+    def _attributions(self, model: Any, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """:meth:`attributions` of inputs already checked."""
+        return self.run(model, images, self.baselines(images), targets.astype(np.int32))
 
     def build(self, graph: Any, shape: tuple[int, ...]) -> Any:
         import tensorflow as tf
 
         spec = tf.TensorSpec((None, *shape), tf.float32)
 
-        @tf.function(input_signature=[spec, spec, tf.TensorSpec((None,), tf.int32)],
-                     autograph=False)
         def integrate(images, baselines, targets):
             delta = images - baselines
 
@@ -125,14 +128,17 @@ class IntegratedGradients(_Batched):
 
             return delta * self.fold(self.steps, body, tf.zeros_like(images)) / self.steps
 
-        return integrate
+        return compile_once(integrate, spec, spec, tf.TensorSpec((None,), tf.int32))
 
 
 class _Masked(_Batched):
     """Methods that score masked copies of the image: every class from the same passes, so
     all-class mode costs what one class does. A subclass gives :meth:`make_masks` (mask indices ->
     (k, H, W), from small constants), :meth:`perturb`, :meth:`weigh` (scores -> weights of the
-    masks, per class) and :meth:`scale` (raw sum -> map)."""
+    masks, per class) and :meth:`scale` (raw sum -> map); ``uses_clean``: whether :meth:`weigh`
+    reads the scores of the unperturbed image (one more forward pass per image)."""
+
+    uses_clean: ClassVar[bool] = True
 
     def every_class(self, model: Any, images: np.ndarray) -> np.ndarray:
         """Raw (N, C, H, W) maps of every class."""
@@ -157,21 +163,20 @@ class _Masked(_Batched):
         size = shape[:2]
         n, classes = self.passes(size), int(graph.outputs[0].shape[-1])
 
-        @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32)], autograph=False)
         def every_class(images):
-            clean = graph([images], training=False)
+            clean = graph([images], training=False) if self.uses_clean else None
 
             def body(j, valid):
                 m = self.make_masks(j, size)
                 x = tf.reshape(self.perturb(images[:, None], m[None, ..., None]), (-1, *shape))
                 scores = tf.reshape(graph([x], training=False), (-1, valid.shape[0], classes))
-                weights = self.weigh(scores, clean[:, None]) * valid[:, None]
+                weights = self.weigh(scores, clean) * valid[:, None]
                 return tf.einsum("gkc,khw->gchw", weights, m)
 
             start = tf.zeros(tf.stack([tf.shape(images)[0], classes, *size]))
             return self.scale(self.fold(n, body, start), size)
 
-        return every_class
+        return compile_once(every_class, tf.TensorSpec((None, *shape), tf.float32))
 
 
 class Occlusion(_Masked):
@@ -214,7 +219,7 @@ class Occlusion(_Masked):
         return images * (1.0 - masks) + fill * masks
 
     def weigh(self, scores: Any, clean: Any) -> Any:
-        return clean - scores
+        return clean[:, None] - scores
 
     def scale(self, total: Any, size: tuple[int, int]) -> Any:
         covers = []  # squares covering each row (column): the count is their outer product
@@ -235,6 +240,8 @@ class RISE(_Masked):
     image size: deterministic. The paper's map has an offset (about the mean probability):
     min-max normalised. ``batch``: masked images per pass."""
 
+    uses_clean = False
+
     def __init__(self, masks: int = 1000, cells: int = 7, p: float = 0.5, seed: int = 0,
                  batch: int = 64) -> None:
         self.masks, self.cells, self.p, self.seed, self.batch = masks, cells, p, seed, batch
@@ -245,10 +252,8 @@ class RISE(_Masked):
     def make_masks(self, j: Any, size: tuple[int, int]) -> Any:
         import tensorflow as tf
 
-        rng = np.random.default_rng(self.seed)
-        grids = (rng.random((self.masks, self.cells, self.cells)) < self.p).astype(np.float32)
+        grids, shifts = rise_draws(self.masks, self.cells, self.p, self.seed, size)
         cell = [-(-side // self.cells) for side in size]  # ceil(H / cells), ceil(W / cells)
-        shifts = rng.integers(0, cell, (self.masks, 2)).astype(np.int32)
         up = [(self.cells + 1) * c for c in cell]
         up = tf.image.resize(tf.gather(grids, j)[..., None], up, "bilinear")[..., 0]
         shift = tf.gather(shifts, j)
@@ -265,3 +270,14 @@ class RISE(_Masked):
 
     def scale(self, total: Any, size: tuple[int, int]) -> Any:
         return total / (self.masks * self.p)
+
+
+@cache
+def rise_draws(masks: int, cells: int, p: float, seed: int,
+               size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """RISE's random draws, once per setting: the binary grids (masks, cells, cells) float32 and
+    the crop shifts (masks, 2) int32 in [0, ceil(side / cells))."""
+    rng = np.random.default_rng(seed)
+    grids = (rng.random((masks, cells, cells)) < p).astype(np.float32)
+    shifts = rng.integers(0, [-(-side // cells) for side in size], (masks, 2)).astype(np.int32)
+    return grids, shifts

@@ -34,11 +34,17 @@ def test_builds_trains_a_step_and_explains_at_its_default_layer(name):
     import keras
 
     keras.utils.set_random_seed(0)
-    backbone = plugins.get("backbone", name)(weights="none", input_size=SIZE, dense=[8],
-                                             dropout=0.1)
+    cls = plugins.get("backbone", name)
+    # frozen through the pretrained default freeze point: checks it is a layer, and the
+    # training step's backward pass (its trace is what costs here) stays short
+    backbone = cls(weights="none", input_size=SIZE, dense=[8], dropout=0.1,
+                   freeze_until=cls.freeze_point)
     model = backbone.build(CLASSES)
     names = [layer.name for layer in model.layers]
     assert names[-2:] == ["logits", "probs"] and "preprocess" in names
+    frozen = names.index(cls.freeze_point)
+    assert not any(layer.trainable for layer in model.layers[:frozen + 1])
+    assert all(layer.trainable for layer in model.layers[frozen + 1:])
     assert model.get_layer(backbone.default_layer).output.shape[1:3] == (2, 2)
 
     images = np.random.default_rng(0).random((4, SIZE, SIZE, 1), dtype=np.float32)

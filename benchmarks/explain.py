@@ -8,6 +8,13 @@ VGG19 (full width, random weights: ImageNet weights cannot be downloaded here), 
 * all-class ``gradcam`` (every class from one forward pass) against one class
   (``--jacobian``: also through ``batch_jacobian`` instead of one backward pass per class);
 * the largest difference between ``gradcam`` and ``gradcam-tfkv`` maps;
+* ``--every-explainer``: images/s of every built-in explainer at VGG19's default layer next to
+  the forward pass in the same interleaved rounds, the ratio to the forward pass and, for the
+  methods with a natural count of forward passes per image (Score-CAM: one per channel plus the
+  activations; Integrated Gradients: one per step; occlusion, RISE: one per mask), the ratio to
+  that many forward passes ("own limit"); native Score-CAM against tf-keras-vis at the same
+  ``max_n`` (speed and largest map difference). The pass counts are options, so a run stays
+  short on a CPU (the ratios, not the counts, are what the targets are about);
 * resident memory while ``--rss-images`` random images (made on the fly) are explained into a
   heatmap store: sampled before every batch; the growth is the median of the last tenth of
   the samples minus that of the first tenth after warm-up (the first 5 batches or 10%, while
@@ -15,6 +22,7 @@ VGG19 (full width, random weights: ImageNet weights cannot be downloaded here), 
   peak (VmHWM).
 
     .venv/bin/python benchmarks/explain.py --images 32 --rounds 5 --rss-images 2000
+    .venv/bin/python benchmarks/explain.py --every-explainer --skip-throughput --rss-images 0
 
 The last line printed is a JSON object with the figures.
 """
@@ -132,6 +140,79 @@ def throughput(model, args) -> dict[str, float]:
     }
 
 
+CAMS = ["gradcam", "gradcam++", "layercam", "hirescam", "xgradcam", "eigencam", "ablationcam"]
+
+
+def explainer_cost(model, args) -> dict[str, object]:
+    """Every explainer against the forward pass, in interleaved rounds; see the docstring."""
+    import tensorflow as tf
+
+    from xaicxr import plugins
+
+    rng = np.random.default_rng(0)
+    images = rng.random((args.images, args.size, args.size, 1), dtype=np.float32)
+    spec = tf.TensorSpec((None, args.size, args.size, 1), tf.float32)
+    forward = tf.function(lambda x: model(x, training=False), input_signature=[spec],
+                          autograph=False)
+    targets = np.asarray(forward(images)).argmax(1)
+    heavy = min(args.heavy_images, len(images))
+    channels = int(model.get_layer("block5_conv4").output.shape[-1])
+    max_n = args.scorecam_max_n or channels
+    occlusion = plugins.get("explainer", "occlusion")(patch=args.occlusion_patch,
+                                                      stride=args.occlusion_patch, batch=args.batch)
+    made = {name: (plugins.get("explainer", name)(), len(images), None) for name in CAMS}
+    made.update({
+        "scorecam": (plugins.get("explainer", "scorecam")(max_n=max_n, channel_batch=args.batch),
+                     heavy, max_n + 1),
+        "scorecam-tfkv": (plugins.get("explainer", "scorecam-tfkv")(max_n=max_n,
+                                                                    batch_size=args.batch),
+                          heavy, max_n + 1),
+        "integrated-gradients": (plugins.get("explainer", "integrated-gradients")(
+            steps=args.ig_steps, batch=args.batch), heavy, args.ig_steps),
+        "occlusion": (occlusion, heavy, occlusion.passes((args.size, args.size)) + 1),
+        "rise": (plugins.get("explainer", "rise")(masks=args.rise_masks, batch=args.batch),
+                 heavy, args.rise_masks),
+    })
+
+    def batched(fn: Callable[[np.ndarray, np.ndarray], object], n: int) -> Callable[[], int]:
+        def run() -> int:
+            for i in range(0, n, args.batch):
+                fn(images[i:min(i + args.batch, n)], targets[i:min(i + args.batch, n)])
+            return n
+        return run
+
+    tasks = {"forward": batched(lambda b, t: forward(b).numpy(), len(images))}
+    for name, (explainer, n, _) in made.items():
+        tasks[name] = batched(lambda b, t, e=explainer: e.explain(model, b, t), n)
+    for task in tasks.values():  # trace and warm up
+        task()
+    rates: dict[str, list[float]] = {name: [] for name in tasks}
+    names = list(tasks)
+    for r in range(args.rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            done = tasks[name]()
+            rates[name].append(done / (time.perf_counter() - start))
+            print(f"round {r + 1}/{args.rounds} {name:>20}: {rates[name][-1]:7.3f} img/s",
+                  file=sys.stderr)
+    med = {name: statistics.median(values) for name, values in rates.items()}
+    rows = {}
+    for name, (_, n, passes) in made.items():
+        rows[name] = {"img_s": round(med[name], 4), "images": n,
+                      "vs_forward": round(med[name] / med["forward"], 4)}
+        if passes:
+            rows[name].update(passes_per_image=passes,
+                              vs_own_limit=round(med[name] * passes / med["forward"], 4))
+    native, reference = made["scorecam"][0], made["scorecam-tfkv"][0]
+    a = native.explain(model, images[:heavy], targets[:heavy])
+    b = reference.explain(model, images[:heavy], targets[:heavy])
+    return {"forward_img_s": med["forward"], "explainers": rows,
+            "scorecam_max_n": max_n, "layer_channels": channels,
+            "scorecam_vs_tfkv": med["scorecam"] / med["scorecam-tfkv"],
+            "scorecam_max_abs_diff": float(np.abs(a - b).max()),
+            "rounds": {name: [round(v, 4) for v in values] for name, values in rates.items()}}
+
+
 def store_memory(model, args) -> dict[str, float]:
     from xaicxr import plugins
     from xaicxr.io.heatmap_store import Columns
@@ -188,6 +269,15 @@ def main() -> None:
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--jacobian", action="store_true",
                         help="also time all-class mode through batch_jacobian")
+    parser.add_argument("--every-explainer", action="store_true",
+                        help="time every built-in explainer against the forward pass")
+    parser.add_argument("--heavy-images", type=int, default=2,
+                        help="images per round for Score-CAM, IG, occlusion, RISE")
+    parser.add_argument("--scorecam-max-n", type=int, default=32,
+                        help="Score-CAM channels (0: every channel of the layer)")
+    parser.add_argument("--ig-steps", type=int, default=8)
+    parser.add_argument("--occlusion-patch", type=int, default=56, help="patch = stride, px")
+    parser.add_argument("--rise-masks", type=int, default=32)
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -199,6 +289,11 @@ def main() -> None:
                                  "cpus": os.cpu_count()}
     if not args.skip_throughput:
         result.update(throughput(model, args))
+    if args.every_explainer:
+        result["every_explainer"] = {
+            "heavy_images": args.heavy_images, "ig_steps": args.ig_steps,
+            "occlusion_patch": args.occlusion_patch, "rise_masks": args.rise_masks,
+            **explainer_cost(model, args)}
     if args.rss_images:
         result.update(store_memory(model, args))
     print(json.dumps(result))

@@ -1,5 +1,5 @@
 """The CAM methods on the shared base beyond Grad-CAM: ``hirescam``, ``xgradcam``, ``eigencam``,
-``ablationcam``. Each against a NumPy reference of its formula on a tiny model (activations and
+``ablationcam``, ``scorecam``. Each against a NumPy reference of its formula on a tiny model (activations and
 gradients from a ``tf.GradientTape`` here, the formula in float64, the base's upsampling and
 normalisation through ``finish_maps``); no NaN where every gradient is zero; Eigen-CAM's sign
 fixed; Ablation-CAM's batching invisible in its maps."""
@@ -16,7 +16,8 @@ from xaicxr.plugins.explainer import finish_maps
 SIZE = 16
 CLASSES = 3
 LAYER = "target"
-METHODS = ["hirescam", "xgradcam", "eigencam", "ablationcam"]
+METHODS = ["hirescam", "xgradcam", "eigencam", "ablationcam", "scorecam"]
+GRADIENT_FREE = ("eigencam", "scorecam")
 
 
 def _layers():
@@ -96,6 +97,8 @@ def reference(name: str, model, images: np.ndarray, targets: np.ndarray) -> np.n
         return np.einsum("nhwk,nk->nhw", acts, weights)
     if name == "eigencam":
         return _eigen(acts)
+    if name == "scorecam":
+        return _score_cam(model, images, acts, targets)
     assert name == "ablationcam"
     y = logits[np.arange(len(targets)), targets]
     weights = np.zeros((len(acts), acts.shape[-1]))
@@ -105,6 +108,30 @@ def reference(name: str, model, images: np.ndarray, targets: np.ndarray) -> np.n
         y_k = _above(model, ablated)[np.arange(len(targets)), targets]
         weights[:, k] = np.where(y != 0, (y - y_k) / np.where(y != 0, y, 1.0), 0.0)
     return np.einsum("nhwk,nk->nhw", acts, weights)
+
+
+def _score_cam(model, images: np.ndarray, acts: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Score-CAM as tf-keras-vis computes it: channels zoomed to the input (order 1), min-max
+    scaled with 1e-7, the masked images' softmax probabilities as weights, one image at a time."""
+    from scipy.ndimage import zoom
+
+    factor = (1, SIZE / acts.shape[1], SIZE / acts.shape[2], 1)
+    up = zoom(acts, factor, order=1, mode="nearest")
+    lo, hi = up.min(axis=(1, 2), keepdims=True), up.max(axis=(1, 2), keepdims=True)
+    masks = (up - lo) / (hi - lo + 1e-7)
+    weights = np.zeros(acts.shape[::3])
+    for n, target in enumerate(targets):
+        masked = images[n][None] * np.moveaxis(masks[n], -1, 0)[..., None]
+        logits = _logits(model, masked.astype(np.float32)).astype(np.float64)
+        probs = np.exp(logits - logits.max(1, keepdims=True))
+        weights[n] = (probs / probs.sum(1, keepdims=True))[:, target]
+    return np.einsum("nhwk,nk->nhw", acts, weights)
+
+
+def _logits(model, images: np.ndarray) -> np.ndarray:
+    import keras
+
+    return np.asarray(keras.Model(model.inputs[0], model.get_layer("logits").output)(images))
 
 
 def _explainer(name: str, **options):
@@ -192,7 +219,7 @@ def test_no_nan_when_gradients_or_activations_are_all_zero(name, dead, images, t
     every = explainer.explain_all(model, images, layer=LAYER)
     assert np.isfinite(maps).all() and np.isfinite(every).all()
     assert maps.min() >= 0.0 and maps.max() <= 1.0
-    if name == "eigencam" and dead == "mix":  # needs no gradient: still a map
+    if name in GRADIENT_FREE and dead == "mix":  # needs no gradient: still a map
         assert not flags.any() and maps.max() == pytest.approx(1.0)
     else:
         assert flags.all() and not maps.any() and not every.any()

@@ -23,7 +23,7 @@ name = "phantom"
 n_per_class = 8
 size = 32
 [backbone]
-name = "densenet121"
+name = "chexnet"
 weights = "none"
 input_size = 64
 freeze_until = "relu"
@@ -81,7 +81,7 @@ def test_installed_package_is_discovered_through_entry_points(site, tmp_path):
     assert done.returncode == 0, done.stderr
     listing = json.loads(done.stdout)
     ours = {(p["kind"], p["name"]): p for p in listing["plugins"] if p.get("distribution") == "xaicxr-extras"}
-    assert set(ours) == {("backbone", "densenet121")}
+    assert set(ours) == {("backbone", "chexnet")}
     eigencam = [p for p in listing["plugins"] if (p["kind"], p["name"]) == ("explainer", "eigencam")]
     assert [p["module"] for p in eigencam] == ["xaicxr_builtins.explainers"], "built in, once"
     assert all(p["version"] == "0.1.0" and p["module"] == "xaicxr_extras" for p in ours.values())

@@ -68,6 +68,22 @@ def finish_maps(raw: Any, size: tuple[int, int], signed: bool = False) -> tuple[
     return maps, tf.reshape(tf.logical_not(ok), lead)
 
 
+def compile_once(fn: Any, *signature: Any) -> Any:
+    """``fn`` as a ``tf.function`` over ``signature`` (``tf.TensorSpec``s whose batch dimension
+    is None), traced once for every batch size: a last short batch costs only its own images, as
+    padding it to the batch size would not, and on CPU static shapes buy nothing (XLA was slower).
+
+    TensorFlow's "N out of the last M calls ... triggered tf.function retracing" counts traces
+    per Python code object, so the compiled functions made from one nested ``def`` for several
+    models, layers or explainers (each traced once, as it must be) add up to that warning though
+    none retraces. Wrapped in a ``functools.partial``, each function is counted on its own."""
+    import functools
+
+    import tensorflow as tf
+
+    return tf.function(functools.partial(fn), input_signature=list(signature), autograph=False)
+
+
 _finishers: dict[tuple[tuple[int, int], bool], Any] = {}
 
 
@@ -77,9 +93,8 @@ def _finish_fn(size: tuple[int, int], signed: bool) -> Any:
     key = (tuple(size), signed)
     fn = _finishers.get(key)
     if fn is None:
-        spec = tf.TensorSpec((None, None, None), tf.float32)
-        fn = _finishers[key] = tf.function(lambda raw: finish_maps(raw, key[0], signed),
-                                           input_signature=[spec], autograph=False)
+        fn = _finishers[key] = compile_once(lambda raw: finish_maps(raw, key[0], signed),
+                                            tf.TensorSpec((None, None, None), tf.float32))
     return fn
 
 
@@ -340,17 +355,15 @@ class CAMExplainer(Explainer):
         size, target = image_shape[:2], self.target
         spec = tf.TensorSpec((None, *image_shape), tf.float32)
         if mode == "single":
-            @tf.function(input_signature=[spec, tf.TensorSpec((None,), tf.int32)], autograph=False)
             def single(images, targets):
                 with self.scoring(target):
                     return finish_maps(self.class_maps(graph, images, targets), size, self.signed)
-            return single
+            return compile_once(single, spec, tf.TensorSpec((None,), tf.int32))
 
-        @tf.function(input_signature=[spec], autograph=False)
         def every_class(images):
             with self.scoring(target):
                 return finish_maps(self.every_class_maps(graph, images, mode), size, self.signed)
-        return every_class
+        return compile_once(every_class, spec)
 
 
 # --------------------------------------------------------------------------- inputs

@@ -16,10 +16,12 @@ class GrayToColour(keras.layers.Layer):
     """Gray [0, 1] (N, H, W, 1) -> three channels as the base network was trained on.
 
     ``mode="caffe"``: scale to 0-255 and subtract the ImageNet BGR means (VGG16/19, ResNet50);
-    ``"torch"``: ImageNet mean/std normalisation (DenseNet); ``"tf"``: scale to [-1, 1].
+    ``"torch"``: ImageNet mean/std normalisation (DenseNet); ``"tf"``: scale to [-1, 1];
+    ``"pixels"``: 0-255, for networks that normalise inside themselves (EfficientNet,
+    MobileNetV3, ConvNeXt in ``keras.applications``).
     """
 
-    MODES = ("caffe", "torch", "tf")
+    MODES = ("caffe", "torch", "tf", "pixels")
 
     def __init__(self, mode: str = "caffe", **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -35,6 +37,8 @@ class GrayToColour(keras.layers.Layer):
             mean = keras.ops.convert_to_tensor((0.485, 0.456, 0.406), dtype=x.dtype)
             std = keras.ops.convert_to_tensor((0.229, 0.224, 0.225), dtype=x.dtype)
             return (rgb - mean) / std
+        if self.mode == "pixels":
+            return rgb * 255.0
         return rgb * 2.0 - 1.0
 
     def compute_output_shape(self, input_shape):

@@ -3,7 +3,9 @@ group. This module is the entry point and holds the hook implementations; it imp
 TensorFlow (the plugin classes import Keras when they build), so ``xaicxr plugins`` stays fast.
 
 Eigen-CAM, which this example once carried as its explainer, is now built in (``eigencam``);
-it works on this package's backbone like every built-in explainer."""
+it works on this package's backbone like every built-in explainer. So does DenseNet121:
+xaicxr now builds it in as ``densenet121``, and this package registers its own version under
+the name ``chexnet`` (two distributions may not register one name)."""
 
 from xaicxr import hookimpl
 
@@ -14,4 +16,4 @@ __version__ = "0.1.0"
 
 @hookimpl
 def xaicxr_backbones():
-    return {"densenet121": DenseNet121Backbone}
+    return {"chexnet": DenseNet121Backbone}

@@ -1,4 +1,4 @@
-"""``densenet121``: the CheXNet backbone (Rajpurkar et al. 2017), ``keras.applications.DenseNet121``.
+"""``chexnet``: the CheXNet backbone (Rajpurkar et al. 2017), ``keras.applications.DenseNet121``.
 
 Built on our own input tensor (``input_tensor=``), so the DenseNet layers join one flat
 functional graph and every layer is reachable by its Keras name. The last convolutional
@@ -26,10 +26,10 @@ class DenseNet121Backbone(Backbone):
     def __init__(self, weights: str = "imagenet", input_size: int = 224,
                  freeze_until: str = "auto", dense: list[int] = [], dropout: float = 0.0) -> None:
         if input_size < 32:
-            raise XaicxrError(f"densenet121: input_size must be >= 32 (five 2x downsamplings), "
+            raise XaicxrError(f"chexnet: input_size must be >= 32 (five 2x downsamplings), "
                               f"got {input_size}")
         if not 0.0 <= dropout < 1.0:
-            raise XaicxrError(f"densenet121: dropout must be in [0, 1), got {dropout}")
+            raise XaicxrError(f"chexnet: dropout must be in [0, 1), got {dropout}")
         pretrained = weights != "none"
         if freeze_until == "auto":
             freeze_until = "pool4_pool" if pretrained else "none"
@@ -52,7 +52,7 @@ class DenseNet121Backbone(Backbone):
                 include_top=False, weights=None if weights is None else str(weights), input_tensor=x)
         except (ValueError, OSError) as exc:
             raise WeightsNotFoundError(
-                f"densenet121: could not load weights from {weights}: {exc}. Expected the Keras "
+                f"chexnet: could not load weights from {weights}: {exc}. Expected the Keras "
                 f"layout of {WEIGHTS_FILE}") from None
         x = keras.layers.GlobalAveragePooling2D(name="pool")(base.output)
         for i, units in enumerate(self.dense, start=1):
@@ -72,7 +72,7 @@ class DenseNet121Backbone(Backbone):
         names = [layer.name for layer in model.layers]
         if self.freeze_until not in names:
             pools = [n for n in names if n.endswith("_pool") or n in ("pool1", "relu")]
-            raise XaicxrError(f"densenet121: freeze_until {self.freeze_until!r} is not a layer; "
+            raise XaicxrError(f"chexnet: freeze_until {self.freeze_until!r} is not a layer; "
                               f"for example: {', '.join(pools)}")
         for layer in model.layers[: names.index(self.freeze_until) + 1]:
             layer.trainable = False

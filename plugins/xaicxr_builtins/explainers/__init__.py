@@ -1,7 +1,7 @@
 """Built-in explainers: native compiled CAMs (``gradcam``, ``gradcam++``, ``layercam``,
-``hirescam``, ``xgradcam``, ``eigencam``, ``ablationcam``) and
+``hirescam``, ``xgradcam``, ``eigencam``, ``ablationcam``, ``scorecam``) and
 tf-keras-vis backed ones (``gradcam-tfkv``, ``gradcam++-tfkv``, ``layercam-tfkv``,
-``scorecam``, ``saliency``, ``smoothgrad``) and native input-space ones
+``scorecam-tfkv``, ``saliency``, ``smoothgrad``) and native input-space ones
 (``integrated-gradients``, ``occlusion``, ``rise``). No TensorFlow import happens here."""
 
 from xaicxr import hookimpl
@@ -9,7 +9,9 @@ from xaicxr import hookimpl
 from .cams import AblationCAM, EigenCAM, HiResCAM, XGradCAM
 from .gradcam import GradCAM, GradCAMPlusPlus, LayerCAM
 from .perturbation import RISE, IntegratedGradients, Occlusion
-from .tfkv import GradcamPlusPlusTfkv, GradcamTfkv, LayercamTfkv, Saliency, ScoreCAM, SmoothGrad
+from .scorecam import ScoreCAM
+from .tfkv import (GradcamPlusPlusTfkv, GradcamTfkv, LayercamTfkv, Saliency, ScorecamTfkv,
+                   SmoothGrad)
 
 
 @hookimpl
@@ -22,10 +24,11 @@ def xaicxr_explainers():
         "xgradcam": XGradCAM,
         "eigencam": EigenCAM,
         "ablationcam": AblationCAM,
+        "scorecam": ScoreCAM,
         "gradcam-tfkv": GradcamTfkv,
         "gradcam++-tfkv": GradcamPlusPlusTfkv,
         "layercam-tfkv": LayercamTfkv,
-        "scorecam": ScoreCAM,
+        "scorecam-tfkv": ScorecamTfkv,
         "saliency": Saliency,
         "smoothgrad": SmoothGrad,
         "integrated-gradients": IntegratedGradients,

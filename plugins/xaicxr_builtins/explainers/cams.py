@@ -10,11 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from xaicxr.kerasgraph import model_above
 from xaicxr.plugins import CAMExplainer
-from xaicxr.plugins.explainer import check_images
 
 EPS = 1e-7
 """XGrad-CAM's guard against an all-zero channel, as in pytorch-grad-cam."""
@@ -47,7 +44,7 @@ class EigenCAM(CAMExplainer):
     centred over positions, projected on its first right singular vector (pytorch-grad-cam's
     ``get_2d_projection``). An SVD's sign is arbitrary: the map is flipped where needed to
     correlate positively with the channel sum of the activations. No gradient and no class:
-    no backward pass, and all-class mode repeats the one map."""
+    no backward pass, and all-class mode repeats the one map (``every_class_maps``)."""
 
     def class_maps(self, graph: Any, images: Any, targets: Any) -> Any:
         acts, _ = graph(images, training=False)
@@ -65,12 +62,11 @@ class EigenCAM(CAMExplainer):
         agree = tf.reduce_sum(proj * (total - tf.reduce_mean(total, axis=1, keepdims=True)), 1)
         return tf.reshape(proj * tf.where(agree < 0, -1.0, 1.0)[:, None], shape[:3])
 
-    def explain_all_with_info(self, model: Any, images: Any,
-                              layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        images = check_images(model, images)
-        n = self.explainable(model, layer).n_classes
-        maps, flags = self.explain_with_info(model, images, self.target.bind(np.zeros(len(images), int)), layer)
-        return self._store_flags(np.repeat(maps[:, None], n, 1), np.repeat(flags[:, None], n, 1))
+    def every_class_maps(self, graph: Any, images: Any, method: str) -> Any:
+        import tensorflow as tf
+
+        maps = self.class_maps(graph, images, None)
+        return tf.repeat(maps[:, None], int(graph.outputs[1].shape[-1]), axis=1)
 
 
 class AblationCAM(CAMExplainer):
@@ -111,19 +107,30 @@ class AblationCAM(CAMExplainer):
 
 def ablated_scores(above: Any, acts: Any, batch: int) -> Any:
     """(N, h, w, k) activations -> (N, k, C): ``above``'s scores with channel j zeroed, for every
-    image and j. The N*k ablated tensors go through ``above`` in calls of ``batch`` (the last
-    call is padded by repeating the final ablation), one call at a time to bound memory."""
+    image and j, the N*k ablated tensors through ``above`` ``batch`` at a time (:func:`in_chunks`)."""
     import tensorflow as tf
 
     k, n_classes = int(acts.shape[-1]), int(above.outputs[0].shape[-1])
-    total = tf.shape(acts)[0] * k
-    size = tf.maximum(tf.minimum(batch, total), 1)
 
-    def chunk(i: Any) -> Any:
-        j = tf.minimum(tf.range(i * size, (i + 1) * size), total - 1)
+    def chunk(j: Any) -> Any:
         keep = 1.0 - tf.one_hot(j % k, k, dtype=acts.dtype)
         return above(tf.gather(acts, j // k) * keep[:, None, None, :], training=False)
 
-    scores = tf.map_fn(chunk, tf.range((total + size - 1) // size), parallel_iterations=1,
-                       fn_output_signature=tf.TensorSpec((None, n_classes), acts.dtype))
-    return tf.reshape(tf.reshape(scores, (-1, n_classes))[:total], (-1, k, n_classes))
+    scores = in_chunks(chunk, tf.shape(acts)[0] * k, batch, n_classes, acts.dtype)
+    return tf.reshape(scores, (-1, k, n_classes))
+
+
+def in_chunks(fn: Any, total: Any, batch: int, width: int, dtype: Any = "float32") -> Any:
+    """(total, width): ``fn(j)`` -> (len(j), width) over the indices ``range(total)`` in chunks of
+    ``batch``, one chunk at a time to bound memory; the last chunk is padded by repeating index
+    total - 1 (every call has one shape) and the padding dropped."""
+    import tensorflow as tf
+
+    size = tf.maximum(tf.minimum(batch, total), 1)
+
+    def chunk(i: Any) -> Any:
+        return fn(tf.minimum(tf.range(i * size, (i + 1) * size), total - 1))
+
+    out = tf.map_fn(chunk, tf.range((total + size - 1) // size), parallel_iterations=1,
+                    fn_output_signature=tf.TensorSpec((None, width), dtype))
+    return tf.reshape(out, (-1, width))[:total]

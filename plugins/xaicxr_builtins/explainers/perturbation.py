@@ -16,13 +16,14 @@ perturbation methods.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from functools import cache
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from xaicxr.kerasgraph import model_cache
 from xaicxr.plugins import Explainer
-from xaicxr.plugins.explainer import check_images
+from xaicxr.plugins.explainer import check_images, compile_once
 from xaicxr.plugins.targets import ClassProbability
 
 from .tfkv import logits_model
@@ -116,8 +117,6 @@ class IntegratedGradients(_Batched):
 
         spec = tf.TensorSpec((None, *shape), tf.float32)
 
-        @tf.function(input_signature=[spec, spec, tf.TensorSpec((None,), tf.int32)],
-                     autograph=False)
         def integrate(images, baselines, targets):
             delta = images - baselines
 
@@ -134,7 +133,7 @@ class IntegratedGradients(_Batched):
 
             return delta * self.fold(self.steps, body, tf.zeros_like(images)) / self.steps
 
-        return integrate
+        return compile_once(integrate, spec, spec, tf.TensorSpec((None,), tf.int32))
 
 
 class _Masked(_Batched):
@@ -142,7 +141,11 @@ class _Masked(_Batched):
     probability) is scored for every class from the same passes, so all-class mode costs what
     one class does; any other target (a binary task's score) as one score per image. A subclass
     gives :meth:`make_masks` (mask indices -> (k, H, W), from small constants), :meth:`perturb`,
-    :meth:`weigh` (scores -> weights of the masks, per score) and :meth:`scale` (raw sum -> map)."""
+    :meth:`weigh` (scores -> weights of the masks, per score) and :meth:`scale` (raw sum -> map);
+    ``uses_clean``: whether :meth:`weigh` reads the scores of the unperturbed image (one more
+    forward pass per image)."""
+
+    uses_clean: ClassVar[bool] = True
 
     def score_table(self, logits: Any, classes: Any) -> Any:
         """(N, S): every class's score (S = C) for a classwise target, else the score (S = 1)."""
@@ -176,10 +179,9 @@ class _Masked(_Batched):
         n = self.passes(size)
         scores_per_image = int(graph.outputs[0].shape[-1]) if self.target.classwise else 1
 
-        @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32),
-                                      tf.TensorSpec((None,), tf.int32)], autograph=False)
         def masked(images, classes):
-            clean = self.score_table(graph([images], training=False), classes)
+            clean = (self.score_table(graph([images], training=False), classes)[:, None]
+                     if self.uses_clean else None)
 
             def body(j, valid):
                 k = valid.shape[0]
@@ -187,13 +189,14 @@ class _Masked(_Batched):
                 x = tf.reshape(self.perturb(images[:, None], m[None, ..., None]), (-1, *shape))
                 scores = tf.reshape(self.score_table(graph([x], training=False), tf.repeat(classes, k)),
                                     (-1, k, scores_per_image))
-                weights = self.weigh(scores, clean[:, None]) * valid[:, None]
+                weights = self.weigh(scores, clean) * valid[:, None]
                 return tf.einsum("gkc,khw->gchw", weights, m)
 
             start = tf.zeros(tf.stack([tf.shape(images)[0], scores_per_image, *size]))
             return self.scale(self.fold(n, body, start), size)
 
-        return masked
+        return compile_once(masked, tf.TensorSpec((None, *shape), tf.float32),
+                            tf.TensorSpec((None,), tf.int32))
 
 
 class Occlusion(_Masked):
@@ -236,7 +239,7 @@ class Occlusion(_Masked):
         return images * (1.0 - masks) + fill * masks
 
     def weigh(self, scores: Any, clean: Any) -> Any:
-        return clean - scores
+        return clean[:, None] - scores
 
     def scale(self, total: Any, size: tuple[int, int]) -> Any:
         covers = []  # squares covering each row (column): the count is their outer product
@@ -259,6 +262,8 @@ class RISE(_Masked):
 
     default_target = ClassProbability
 
+    uses_clean = False
+
     def __init__(self, masks: int = 1000, cells: int = 7, p: float = 0.5, seed: int = 0,
                  batch: int = 64) -> None:
         self.masks, self.cells, self.p, self.seed, self.batch = masks, cells, p, seed, batch
@@ -269,10 +274,8 @@ class RISE(_Masked):
     def make_masks(self, j: Any, size: tuple[int, int]) -> Any:
         import tensorflow as tf
 
-        rng = np.random.default_rng(self.seed)
-        grids = (rng.random((self.masks, self.cells, self.cells)) < self.p).astype(np.float32)
+        grids, shifts = rise_draws(self.masks, self.cells, self.p, self.seed, size)
         cell = [-(-side // self.cells) for side in size]  # ceil(H / cells), ceil(W / cells)
-        shifts = rng.integers(0, cell, (self.masks, 2)).astype(np.int32)
         up = [(self.cells + 1) * c for c in cell]
         up = tf.image.resize(tf.gather(grids, j)[..., None], up, "bilinear")[..., 0]
         shift = tf.gather(shifts, j)
@@ -287,3 +290,14 @@ class RISE(_Masked):
 
     def scale(self, total: Any, size: tuple[int, int]) -> Any:
         return total / (self.masks * self.p)
+
+
+@cache
+def rise_draws(masks: int, cells: int, p: float, seed: int,
+               size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """RISE's random draws, once per setting: the binary grids (masks, cells, cells) float32 and
+    the crop shifts (masks, 2) int32 in [0, ceil(side / cells))."""
+    rng = np.random.default_rng(seed)
+    grids = (rng.random((masks, cells, cells)) < p).astype(np.float32)
+    shifts = rng.integers(0, [-(-side // cells) for side in size], (masks, 2)).astype(np.int32)
+    return grids, shifts

@@ -1,7 +1,7 @@
 """Explainers backed by tf-keras-vis (0.8.x): the reference implementations.
 
-``gradcam-tfkv``, ``gradcam++-tfkv``, ``layercam-tfkv``, ``scorecam`` (and Faster Score-CAM
-with ``max_n``), ``saliency``, ``smoothgrad``.
+``gradcam-tfkv``, ``gradcam++-tfkv``, ``layercam-tfkv``, ``scorecam-tfkv`` (and Faster
+Score-CAM with ``max_n``; the reference of the native ``scorecam``), ``saliency``, ``smoothgrad``.
 
 Every wrapper asks tf-keras-vis for its *raw* map at layer resolution (``expand_cam=False``,
 ``normalize_cam=False``) and hands it to :class:`xaicxr.plugins.Explainer`, so upsampling,
@@ -37,6 +37,7 @@ import numpy as np
 
 from xaicxr.kerasgraph import explainable_model, model_cache, score_layer
 from xaicxr.plugins import Explainer
+from xaicxr.plugins.explainer import compile_once
 from xaicxr.plugins.targets import ClassProbability
 
 
@@ -74,9 +75,8 @@ def logits_model(model: Any) -> Any:
 def _with_silent_predict(model: Any) -> Any:
     import tensorflow as tf
 
-    forward = tf.function(lambda x: model([x], training=False),
-                          input_signature=[tf.TensorSpec((None, *model.inputs[0].shape[1:]),
-                                                         tf.float32)], autograph=False)
+    forward = compile_once(lambda x: model([x], training=False),
+                           tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32))
 
     def predict(x: Any, batch_size: int = 32, **_: Any) -> np.ndarray:
         x = x[0] if isinstance(x, list) else x
@@ -135,10 +135,10 @@ class LayercamTfkv(_TfkvCAM):
     visualizer = "tf_keras_vis.layercam.Layercam"
 
 
-class ScoreCAM(_TfkvCAM):
+class ScorecamTfkv(_TfkvCAM):
     """Score-CAM (Wang et al. 2020) by ``tf_keras_vis.scorecam.Scorecam``: gradient-free, each
     channel weighted by the softmax score of the image masked with that (upsampled, min-max
-    scaled) channel. Costs one forward pass per channel and image (512 for VGG19's
+    scaled) channel: the reference of the native ``scorecam``. Costs one forward pass per channel and image (512 for VGG19's
     ``block5_conv4``); ``max_n`` keeps only the ``max_n`` channels of highest spatial variance
     (Faster Score-CAM), ``batch_size`` is the batch of masked images per forward pass."""
 
@@ -152,7 +152,7 @@ class ScoreCAM(_TfkvCAM):
     def _call(self, exp: Any, images: np.ndarray, targets: np.ndarray) -> Any:
         import tensorflow as tf
 
-        return tf.concat([super(ScoreCAM, self)._call(exp, images[i:i + 1], targets[i:i + 1])
+        return tf.concat([super(ScorecamTfkv, self)._call(exp, images[i:i + 1], targets[i:i + 1])
                           for i in range(len(images))], axis=0)
 
     def _score_function(self, targets: np.ndarray) -> Any:

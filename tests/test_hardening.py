@@ -149,7 +149,7 @@ def test_a_truncated_heatmap_store_is_found_and_rebuilt(finished, tmp_path):
     result = _invoke("run", config, "--out", run, "--json")
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["stages_run"] == ["explain", "templates", "quality", "report"]
+    assert summary["stages_run"] == ["explain", "templates", "quality", "probe", "report"]
     assert "heatmaps/gradcam.h5 is corrupt" in result.stderr
     assert store.read_bytes() == reference
     again = json.loads(_invoke("run", config, "--out", run, "--json").stdout)
@@ -166,7 +166,7 @@ def test_text_in_a_template_file_is_one_clear_error_then_rebuilt(finished, tmp_p
     assert "not a readable template file" in _one_line_error(_invoke("detect", run, image))
     result = _invoke("run", config, "--out", run, "--json")
     assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout)["stages_run"] == ["templates", "quality", "report"]
+    assert json.loads(result.stdout)["stages_run"] == ["templates", "quality", "probe", "report"]
     assert _invoke("detect", run, image).exit_code == 0
 
 

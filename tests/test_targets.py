@@ -118,7 +118,7 @@ def test_targets_that_cannot_work_are_refused(model, images):
     with pytest.raises(ExplainerInputError, match="not bound"):
         gradcam.explain(model, images, ClassProbability(), layer="conv2")
     with pytest.raises(ExplainerInputError, match="probabilities do not give back"):
-        _explainer("scorecam").explain(model, images, ClassLogit([0, 1, 2, 3]), layer="conv2")
+        _explainer("scorecam-tfkv").explain(model, images, ClassLogit([0, 1, 2, 3]), layer="conv2")
 
     class OwnGather(plugins.Explainer):
         def raw_maps(self, model, images, targets, layer):

@@ -239,7 +239,7 @@ class Occlusion(_Masked):
         return images * (1.0 - masks) + fill * masks
 
     def weigh(self, scores: Any, clean: Any) -> Any:
-        return clean[:, None] - scores
+        return clean - scores
 
     def scale(self, total: Any, size: tuple[int, int]) -> Any:
         covers = []  # squares covering each row (column): the count is their outer product

@@ -297,3 +297,9 @@ def test_binary_target_has_side_templates_detect_overlays_and_a_stated_quality_s
     explained = found["binary"]["covid-vs-rest"]["explained"][store]
     assert set(explained["template_match"]) == {"covid-vs-rest:positive", "covid-vs-rest:negative"}
     assert Path(explained["overlay"]).is_file() and "explained" not in found["binary"]["abnormal-vs-normal"]
+    chosen = runner.invoke(app, ["detect", str(out), str(image), "--explainer", store,
+                                 "--out", str(tmp_path / "chosen"), "--json"])
+    assert chosen.exit_code == 0, chosen.stderr
+    main = json.loads(chosen.stdout)["results"][0]  # the chosen store's own target is explained
+    side = main["binary"]["covid-vs-rest"]["explained"][store]["template_match"]["covid-vs-rest:positive"]
+    assert main["template_match"]["covid-vs-rest:positive"]["pearson"] == pytest.approx(side["pearson"], abs=1e-5)

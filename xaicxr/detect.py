@@ -23,7 +23,7 @@ from .io.imaging import ImageDecodeError, read_image
 from .io.modelfile import load_model
 from .io.resize import fit_square
 from .io.template_store import is_multi_component, read_template_file
-from .plugins.targets import BINARY_PREFIX, side_names
+from .plugins.targets import BINARY_PREFIX, explained, side_names
 from .rundir import RunDir
 from .stages.explain import ExplainJob
 
@@ -82,6 +82,7 @@ def detect(run_dir: Path, images: list[Path], *, explainer: str | None = None, o
     aggregator, templates = _templates(rundir, cfg, job.store)
     binary_jobs = [_at_store_layer(rundir, ExplainJob.from_spec(spec, rundir))
                    for spec in cfg["explain"] if _is_binary(spec)]
+    target = job.score(classes, metrics.get("binary", {}))
     binary_jobs = [(j, j.score(classes, metrics.get("binary", {})),
                     *_templates(rundir, cfg, j.store, side_names(j.target or ""))) for j in binary_jobs]
     out = Path(out) if out else rundir / "detect"
@@ -97,7 +98,7 @@ def detect(run_dir: Path, images: list[Path], *, explainer: str | None = None, o
         x = image[None, ..., None].astype(np.float32)
         probs = np.asarray(model(x, training=False))[0]
         pred = int(probs.argmax())
-        heat = job.explainer.explain(model, x, np.array([pred]), layer=job.layer)[0]
+        heat = job.explainer.explain(model, x, explained(target, np.array([pred])), layer=job.layer)[0]
         lungs = segment_lungs(image)
         match, best = _match(heat, templates)
         binary = {}

@@ -241,8 +241,9 @@ class Explainer(Configurable):
 
 class CAMExplainer(Explainer):
     """The class-activation-map family as one compiled TensorFlow function per
-    (model, layer, mode, input shape): forward pass to [activations, logits], gradient of the
-    target logits with respect to the activations, :meth:`cam`, upsampling and normalisation.
+    (model, layer, mode, input shape, options, target): forward pass to [activations, logits],
+    gradient of the target's :meth:`score` with respect to the activations, :meth:`cam`,
+    upsampling and normalisation.
 
     A variant overrides :meth:`channel_weights` (Grad-CAM: spatial mean of the gradients), or
     :meth:`cam` when its weights are per position (LayerCAM). All-class mode shares one

@@ -199,6 +199,15 @@ def as_target(targets: Any, default: type[Target]) -> Target:
     return default(targets)
 
 
+def explained(target: Target | None, classes: Any) -> Any:
+    """What ``explain`` is given for a configured ``target`` (None: the explainer's default)
+    and the rows' class indices: the indices alone, the target bound to them (a class score),
+    or the target itself (one score per image, whatever the class)."""
+    if target is None:
+        return classes
+    return target.bind(classes) if target.classwise else target
+
+
 # --------------------------------------------------------------------------- configuration
 
 

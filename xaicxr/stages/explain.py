@@ -30,7 +30,7 @@ from ..io.h5rows import read_rows
 from ..io.heatmap_store import Columns, HeatmapWriter
 from ..io.imagecache import ImageCache
 from ..io.predictions import read_predictions
-from ..plugins.targets import BinaryScore, ClassLogit, Target, make_target
+from ..plugins.targets import BinaryScore, ClassLogit, Target, explained, make_target
 from ..progress import progress_bar
 from ..rundir import RunDir, Shard
 from . import Run
@@ -239,8 +239,7 @@ def _explain_batch(job: ExplainJob, model: Any, images: np.ndarray, targets: np.
                    target: Target | None = None) -> tuple:
     """``(maps, degenerate)``, plus every class's maps and flags when ``job.targets == "all"``."""
     if job.targets != "all":
-        chosen = targets if target is None else target.bind(targets) if target.classwise else target
-        return _explain(job.explainer, model, images, chosen, job.layer)
+        return _explain(job.explainer, model, images, explained(target, targets), job.layer)
     if target is not None:
         with job.explainer.scoring(target.bind("all")):
             maps_all, flags_all = job.explainer.explain_all_with_info(model, images, job.layer)

@@ -47,6 +47,7 @@ from ..io.heatmap_store import HeatmapStore
 from ..io.imagecache import SPLITS, ImageCache
 from ..io.resize import fit_square
 from ..io.template_store import is_multi_component, read_template_file
+from ..plugins.targets import make_target
 from ..progress import console, progress_bar
 from ..rundir import RunDir
 from . import Run
@@ -338,7 +339,10 @@ def _randomisation(run: Run, store: HeatmapStore, cache: ImageCache, classes: li
                                    for k in range(len(classes))])).astype(np.int64)
     images = cache.read(cache.rows_of([store.ids[r] for r in rows]))["images"][..., None]
     console.print(f"randomisation test: {spec['name']} on {len(rows)} images")
-    result = randomisation_test(run.model(), build_plugin("explain", spec), images, store.targets[rows],
+    explainer = build_plugin("explain", spec)
+    if spec.get("target"):  # a class score (binary stores are not scored): the test's class indices mean it
+        explainer.default_target = type(make_target(spec["target"], classes, {}))
+    result = randomisation_test(run.model(), explainer, images, store.targets[rows],
                                 store.labels[rows], classes, layer=store.layer,
                                 train_seed=run.cfg["train"]["seed"], draw=opts["randomisation_draw"],
                                 seed=opts["seed"])

@@ -24,12 +24,14 @@ import h5py
 import keras
 import numpy as np
 
+from ..analysis.metrics import default_binary_tasks
 from ..config import build_plugin
 from ..errors import ConfigError, LayerNotFoundError
 from ..io import atomic
 from ..io.h5rows import create_rows, read_rows
 from ..io.imagecache import ImageCache, build_image_cache
 from ..io.modelfile import save_model, weights_digest
+from ..plugins.targets import make_target
 from ..progress import console, progress_bar
 from ..rundir import RunDir
 from . import Run
@@ -77,13 +79,18 @@ def run(run: Run) -> dict[str, Any]:
 def check_later_stages(cfg: dict[str, Any], model: keras.Model, classes: list[str],
                        default_layer: str | None) -> None:
     """What the stages after training would fail on, found before the training is spent: the
-    ``[binary]`` classes against the dataset's, every explainer and aggregator made with its
-    options, and every explain layer looked up in the model about to be trained."""
+    ``[binary]`` classes against the dataset's, every ``[[explain]]`` target against the classes
+    and tasks, every explainer and aggregator made with its options, and every explain layer
+    looked up in the model about to be trained."""
     for task, spec in cfg["binary"].items():
         missing = [c for c in spec["positive"] if c not in classes]
         if missing:
             raise ConfigError(f"[binary] {task!r}: class {missing[0]!r} is not one of the dataset's "
                               f"classes {classes}")
+    tasks = cfg["binary"] or default_binary_tasks(classes)
+    for spec in cfg["explain"]:
+        if spec.get("target"):
+            make_target(spec["target"], classes, tasks)
     for table in ("explain", "aggregate"):
         for spec in cfg[table]:
             try:

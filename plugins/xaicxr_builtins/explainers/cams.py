@@ -44,7 +44,10 @@ class EigenCAM(CAMExplainer):
     centred over positions, projected on its first right singular vector (pytorch-grad-cam's
     ``get_2d_projection``). An SVD's sign is arbitrary: the map is flipped where needed to
     correlate positively with the channel sum of the activations. No gradient and no class:
-    no backward pass, and all-class mode repeats the one map (``every_class_maps``)."""
+    no backward pass, and all-class mode repeats the one map (``every_class_maps``). It reads
+    no score, so it explains class indices only (another target is refused, not ignored)."""
+
+    reads_score = False
 
     def class_maps(self, graph: Any, images: Any, targets: Any) -> Any:
         acts, _ = graph(images, training=False)

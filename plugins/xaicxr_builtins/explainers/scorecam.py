@@ -49,8 +49,9 @@ def corner_aligned_resize(source: int, target: int) -> np.ndarray:
 
 
 class ScoreCAM(CAMExplainer):
-    """Score-CAM (Wang et al. 2020): w_k = softmax probability of the explained class for the
-    image masked with channel k (upsampled, min-max scaled); map = ReLU(sum_k w_k A_k).
+    """Score-CAM (Wang et al. 2020): w_k = the target's score of the image masked with channel k
+    (upsampled, min-max scaled), by default the softmax probability of the explained class as in
+    the paper; map = ReLU(sum_k w_k A_k).
     One forward pass per channel and image (512 for VGG19's ``block5_conv4``); ``max_n`` keeps
     the ``max_n`` channels of highest spatial variance (Faster Score-CAM); ``channel_batch``
     masked images per forward pass. Gradient-free. See the module docstring."""

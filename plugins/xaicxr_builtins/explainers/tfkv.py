@@ -137,8 +137,9 @@ class LayercamTfkv(_TfkvCAM):
 
 class ScorecamTfkv(_TfkvCAM):
     """Score-CAM (Wang et al. 2020) by ``tf_keras_vis.scorecam.Scorecam``: gradient-free, each
-    channel weighted by the softmax score of the image masked with that (upsampled, min-max
-    scaled) channel: the reference of the native ``scorecam``. Costs one forward pass per channel and image (512 for VGG19's
+    channel weighted by the score of the image masked with that (upsampled, min-max scaled)
+    channel (the softmax probability of the class unless another probability-based target is
+    given): the reference of the native ``scorecam``. One forward pass per channel and image (512 for VGG19's
     ``block5_conv4``); ``max_n`` keeps only the ``max_n`` channels of highest spatial variance
     (Faster Score-CAM), ``batch_size`` is the batch of masked images per forward pass."""
 

@@ -405,7 +405,7 @@ def explain_cmd(run_dir: Path = typer.Argument(..., help="Run directory with a t
                 as_json: bool = JsonOpt, unsafe_load: bool = UnsafeOpt) -> dict[str, Any]:
     """Write heatmaps/<explainer>.h5 (<explainer>.<target>.h5 with --target) for a split of a run
     (resumes an interrupted one)."""
-    from .config import DEFAULT_BINARY_TASKS, check_target, resolve_entry
+    from .config import check_target, resolve_entry
     from .executors import make_executor
     from .io.imagecache import open_image_cache
     from .io.modelfile import load_model, model_sha256
@@ -417,7 +417,7 @@ def explain_cmd(run_dir: Path = typer.Argument(..., help="Run directory with a t
                                      "batch_size": batch_size, **({"layer": layer} if layer else {}),
                                      **({"target": target} if target else {})},
                          "the command line")
-    check_target(spec, list(cfg["binary"]) or list(DEFAULT_BINARY_TASKS), "the command line")
+    check_target(spec, cfg, "the command line")
     part = Shard.parse(shard) if shard is not None else Shard.from_slurm(os.environ)
     if shard is None and part is not None:
         console.print(f"shard {part.k}/{part.n} from the SLURM job array (SLURM_ARRAY_TASK_ID="

@@ -118,18 +118,17 @@ def resolve(raw: dict[str, Any], source: str = "<config>") -> dict[str, Any]:
 
 def _check_targets(cfg: dict[str, Any], source: str) -> None:
     """Each ``[[explain]]`` ``target`` names a known score (a binary task of ``[binary]``, else
-    a default task; whether the classes have it is checked when the explain stage runs)."""
-    tasks = list(cfg["binary"]) or list(DEFAULT_BINARY_TASKS)
+    a default task; whether the classes have it is checked before training)."""
     for i, entry in enumerate(cfg["explain"]):
-        check_target(entry, tasks, f"[[explain]] in {source} (entry {i + 1})")
+        check_target(entry, cfg, f"[[explain]] in {source} (entry {i + 1})")
 
 
-def check_target(entry: dict[str, Any], tasks: list[str], where: str) -> None:
-    """An ``[[explain]]`` entry's ``target``: known, and one score per class where every class
-    is explained (``targets = "all"``)."""
+def check_target(entry: dict[str, Any], cfg: dict[str, Any], where: str) -> None:
+    """An ``[[explain]]`` entry's ``target``: a task of ``cfg``'s ``[binary]`` (else a default
+    task), and one score per class where every class is explained (``targets = "all"``)."""
     if "target" not in entry:
         return
-    parse_target(entry["target"], tasks, where)
+    parse_target(entry["target"], list(cfg["binary"]) or list(DEFAULT_BINARY_TASKS), where)
     if entry["target"].startswith(BINARY_PREFIX) and entry["targets"] == "all":
         raise ConfigError(f"'targets' in {where} is \"all\" (every class), but target "
                           f"{entry['target']!r} has one score per image; use targets = \"true\"")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from xaicxr import plugins
-from xaicxr.errors import WeightsNotFoundError
+from xaicxr.errors import WeightsNotFoundError, XaicxrError
 
 FAMILIES = ["resnet50", "densenet121", "efficientnetb0", "mobilenetv3small", "convnexttiny"]
 CLASSES = ["normal", "covid"]
@@ -23,7 +23,8 @@ def test_registered_with_their_options():
         assert rows[name]["module"] == "xaicxr_builtins.backbones", name
         assert option_spec(plugins.get("backbone", name)) == {
             "weights": (str, "imagenet"), "input_size": (int, 224),
-            "freeze_until": (str, "auto"), "dense": (list[int], []), "dropout": (float, 0.0)}
+            "freeze_until": (str, "auto"), "dense": (list[int], []), "dropout": (float, 0.0),
+            "bn_momentum": (float, 0.0)}
         assert plugins.get("backbone", name)(weights="none").freeze_until is None
         assert plugins.get("backbone", name)(weights="x.h5").freeze_until
 
@@ -96,3 +97,20 @@ def test_a_file_of_another_network_is_a_clear_error(tmp_path):
     path.write_bytes(b"not an hdf5 file")
     with pytest.raises(WeightsNotFoundError, match="mobilenetv3small: could not load weights"):
         plugins.get("backbone", "mobilenetv3small")(weights=str(path), input_size=32).build(CLASSES)
+
+
+def test_bn_momentum_sets_every_batchnorm_and_survives_saving(tmp_path):
+    import keras
+
+    def momenta(model):
+        return {layer.momentum for layer in model.layers
+                if isinstance(layer, keras.layers.BatchNormalization)}
+
+    cls = plugins.get("backbone", "mobilenetv3small")
+    assert momenta(cls(weights="none", input_size=32).build(CLASSES)) == {0.999}  # the family's
+    model = cls(weights="none", input_size=32, bn_momentum=0.9).build(CLASSES)
+    assert momenta(model) == {0.9}
+    model.save(tmp_path / "model.keras")
+    assert momenta(keras.saving.load_model(tmp_path / "model.keras", compile=False)) == {0.9}
+    with pytest.raises(XaicxrError, match="bn_momentum must be in"):
+        cls(weights="none", bn_momentum=1.0)

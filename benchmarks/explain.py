@@ -12,7 +12,10 @@ VGG19 (full width, random weights: ImageNet weights cannot be downloaded here), 
   the forward pass in the same interleaved rounds, the ratio to the forward pass and, for the
   methods with a natural count of forward passes per image (Score-CAM: one per channel plus the
   activations; Integrated Gradients: one per step; occlusion, RISE: one per mask), the ratio to
-  that many forward passes ("own limit"); native Score-CAM against tf-keras-vis at the same
+  that many forward passes ("own limit"); for Integrated Gradients also the ratio to that many
+  *gradient* passes ("gradient limit": the compiled gradient of the class logit with respect to
+  the image, one forward and one backward pass through every layer, timed in the same rounds),
+  since each of its steps needs one; native Score-CAM against tf-keras-vis at the same
   ``max_n`` (speed and largest map difference). The pass counts are options, so a run stays
   short on a CPU (the ratios, not the counts, are what the targets are about);
 * resident memory while ``--rss-images`` random images (made on the fly) are explained into a
@@ -148,6 +151,7 @@ def explainer_cost(model, args) -> dict[str, object]:
     import tensorflow as tf
 
     from xaicxr import plugins
+    from xaicxr_builtins.explainers.tfkv import logits_model
 
     rng = np.random.default_rng(0)
     images = rng.random((args.images, args.size, args.size, 1), dtype=np.float32)
@@ -181,7 +185,17 @@ def explainer_cost(model, args) -> dict[str, object]:
             return n
         return run
 
-    tasks = {"forward": batched(lambda b, t: forward(b).numpy(), len(images))}
+    @tf.function(input_signature=[spec, tf.TensorSpec((None,), tf.int64)], autograph=False)
+    def input_gradient(x, t):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            logits = graph([x], training=False)
+            score = tf.gather(logits, t, axis=1, batch_dims=1)
+        return tape.gradient(score, x)
+
+    graph = logits_model(model)
+    tasks = {"forward": batched(lambda b, t: forward(b).numpy(), len(images)),
+             "input-gradient": batched(lambda b, t: input_gradient(b, t).numpy(), len(images))}
     for name, (explainer, n, _) in made.items():
         tasks[name] = batched(lambda b, t, e=explainer: e.explain(model, b, t), n)
     for task in tasks.values():  # trace and warm up
@@ -207,6 +221,9 @@ def explainer_cost(model, args) -> dict[str, object]:
     a = native.explain(model, images[:heavy], targets[:heavy])
     b = reference.explain(model, images[:heavy], targets[:heavy])
     return {"forward_img_s": med["forward"], "explainers": rows,
+            "input_gradient_img_s": med["input-gradient"],
+            "integrated_gradients_vs_gradient_limit": round(
+                med["integrated-gradients"] * args.ig_steps / med["input-gradient"], 4),
             "scorecam_max_n": max_n, "layer_channels": channels,
             "scorecam_vs_tfkv": med["scorecam"] / med["scorecam-tfkv"],
             "scorecam_max_abs_diff": float(np.abs(a - b).max()),

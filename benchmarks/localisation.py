@@ -14,6 +14,7 @@ the validation split to choose; report the test split once, for the chosen setti
 
     .venv/bin/xaicxr study examples/phantom-localisation-study.toml --out runs/loc-val
     .venv/bin/python benchmarks/localisation.py runs/loc-val [--markdown tables.md]
+    .venv/bin/python benchmarks/localisation.py runs/backbones-val --variant '^vgg19$'
 
 ``--markdown`` also writes the per-class tables and the cascade table as docs/results.md shows them.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,15 @@ def settings(out: Path) -> list[dict[str, Any]]:
         spec = next(e for e in config["explain"] if e["name"] == row["explainer"])
         found.append({"variant": row["variant"], "explainer": row["explainer"], "layer": row["layer"],
                       "split": spec["split"], "metrics": metrics})
+    labels = [_label(f) for f in found]
+    for f, label in zip(found, labels):
+        # a study over backbones runs the same explainer in several models: name the variant
+        f["setting"] = f"{f['variant']}/{label}" if labels.count(label) > 1 else label
     return found
+
+
+def _label(found: dict[str, Any]) -> str:
+    return f"{found['explainer']}@{found['layer']}" if found["layer"] else found["explainer"]
 
 
 def _cell(estimate: Any) -> str:
@@ -91,8 +101,13 @@ def main() -> None:
     ap.add_argument("study_out", type=Path)
     ap.add_argument("--fill", default="road")
     ap.add_argument("--markdown", type=Path, help="also write the tables as Markdown here")
+    ap.add_argument("--variant", default="", help="only the variants whose name matches this "
+                    "regular expression: one model at a time in a study over backbones, since "
+                    "the class prior's deletion AUC and the reliance figures belong to a model")
     args = ap.parse_args()
-    found = settings(args.study_out)
+    found = [f for f in settings(args.study_out) if re.search(args.variant, f["variant"])]
+    if not found:
+        raise SystemExit(f"no variant of {args.study_out} matches {args.variant!r}")
     chosen: dict[str, Any] = {}
     report: dict[str, Any] = {"study": str(args.study_out), "split": sorted({f["split"] for f in found}),
                               "classes": {}}
@@ -116,7 +131,7 @@ def main() -> None:
             faith = m.get("faithfulness", {}).get(e, {}).get(cls, {}).get(args.fill, {})
             rand = m.get("randomisation", {}).get(e, {})
             sanity = m.get("sanity", {}).get(e, {})
-            row = {"setting": f"{e}@{f['layer']}", "pointing_game": q.get("pointing_game"),
+            row = {"setting": f["setting"], "pointing_game": q.get("pointing_game"),
                    "pointing_game_tolerance": q.get("pointing_game_tolerance"),
                    "skill": q.get("skill", {}).get("pointing_game"), "energy_lift": q.get("energy_lift"),
                    "energy_lift_lungs": q.get("energy_lift_lungs"),

@@ -87,6 +87,9 @@ def test_run_writes_every_contract_file(finished_run):
     assert summary["stages_run"] == ["dataset", "split", "train", "evaluate", "explain", "templates", "quality",
                                      "probe", "report"]
     metrics = json.loads((out / "metrics.json").read_text())
+    lo, hi = metrics["accuracy_ci95"]
+    assert 0.0 <= lo <= metrics["accuracy"] <= hi <= 1.0 and hi - lo > 0.05  # Wilson, n_test small
+    assert "95 % Wilson" in (out / "report" / "index.html").read_text()
     probe = metrics["probe"]
     assert probe == json.loads((out / "probe.json").read_text())
     assert {"class:covid", "binary:covid-vs-rest"} <= set(probe["targets"]) and probe["grouped"]

@@ -63,6 +63,14 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return html.escape(str(value))
 
 
+def _ci(bounds: list[float | None] | None) -> str:
+    """`` [lo, hi]`` after a figure whose interval is stored beside it (run directories written
+    before the interval was stored have none)."""
+    if not bounds or None in bounds:
+        return ""
+    return f" [{bounds[0]:.2f}, {bounds[1]:.2f}] (95 % Wilson)"
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
@@ -128,7 +136,8 @@ def _examples(store: HeatmapStore, cache: ImageCache, classes: list[str]) -> lis
 
 def _classification(metrics: dict[str, Any], classes: list[str], out: Path) -> list[str]:
     parts = ["<h2>Classification</h2>",
-             f"<p>Accuracy <b>{_fmt(metrics['accuracy'])}</b>, macro F1 {_fmt(metrics.get('macro_f1'))}.</p>",
+             f"<p>Accuracy <b>{_fmt(metrics['accuracy'])}</b>{_ci(metrics.get('accuracy_ci95'))}, "
+             f"macro F1 {_fmt(metrics.get('macro_f1'))}.</p>",
              _table(["class", "precision", "recall", "F1", "support"],
                     [[c, v["precision"], v["recall"], v["f1"], v["support"]] for c, v in metrics["per_class"].items()]),
              '<div class="row">' + _img(figures.confusion_figure(metrics["confusion"], classes, out / "confusion.png"),

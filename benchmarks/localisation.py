@@ -50,11 +50,15 @@ def settings(out: Path) -> list[dict[str, Any]]:
         spec = next(e for e in config["explain"] if e["name"] == row["explainer"])
         found.append({"variant": row["variant"], "explainer": row["explainer"], "layer": row["layer"],
                       "split": spec["split"], "metrics": metrics})
+    return found
+
+
+def name_settings(found: list[dict[str, Any]]) -> None:
+    """``explainer@layer`` (or the explainer of a layer-free method); prefixed by the variant
+    where one label names several settings (the same explainer in several models)."""
     labels = [_label(f) for f in found]
     for f, label in zip(found, labels):
-        # a study over backbones runs the same explainer in several models: name the variant
         f["setting"] = f"{f['variant']}/{label}" if labels.count(label) > 1 else label
-    return found
 
 
 def _label(found: dict[str, Any]) -> str:
@@ -108,6 +112,7 @@ def main() -> None:
     found = [f for f in settings(args.study_out) if re.search(args.variant, f["variant"])]
     if not found:
         raise SystemExit(f"no variant of {args.study_out} matches {args.variant!r}")
+    name_settings(found)
     chosen: dict[str, Any] = {}
     report: dict[str, Any] = {"study": str(args.study_out), "split": sorted({f["split"] for f in found}),
                               "classes": {}}

@@ -114,3 +114,26 @@ def test_bn_momentum_sets_every_batchnorm_and_survives_saving(tmp_path):
     assert momenta(keras.saving.load_model(tmp_path / "model.keras", compile=False)) == {0.9}
     with pytest.raises(XaicxrError, match="bn_momentum must be in"):
         cls(weights="none", bn_momentum=1.0)
+    with pytest.raises(XaicxrError, match="no BatchNormalization layer"):
+        plugins.get("backbone", "convnexttiny")(weights="none", input_size=32,
+                                                bn_momentum=0.9).build(CLASSES)
+
+
+def test_bn_momentum_is_what_one_training_step_uses():
+    """From zero, one step moves a moving mean by (1 - momentum) x the batch mean: the first
+    BatchNorm sees the same batch in both models (same seed, same input), so 0.1 / 0.001."""
+    import keras
+
+    images = np.random.default_rng(0).random((4, 32, 32, 1), dtype=np.float32)
+    moved = {}
+    for momentum in (0.0, 0.9):
+        keras.utils.set_random_seed(0)
+        model = plugins.get("backbone", "mobilenetv3small")(
+            weights="none", input_size=32, bn_momentum=momentum).build(CLASSES)
+        first = next(layer for layer in model.layers
+                     if isinstance(layer, keras.layers.BatchNormalization))
+        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+        model.train_on_batch(images, np.array([0, 1, 0, 1]))
+        moved[momentum] = keras.ops.convert_to_numpy(first.moving_mean)
+    assert np.abs(moved[0.9]).max() > 0
+    np.testing.assert_allclose(moved[0.9], 100 * moved[0.0], rtol=1e-3, atol=1e-7)

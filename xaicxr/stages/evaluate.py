@@ -72,7 +72,8 @@ def evaluation(classes: list[str], labels: np.ndarray, splits: np.ndarray, probs
     report = classification_report(labels[test], probs[test], classes)
     tasks = binary or default_binary_tasks(classes)
     out = {"classes": list(classes), **report,
-           "accuracy_ci95": wilson(report["accuracy"] * int(test.sum()), int(test.sum()))["ci95"],
+           "accuracy_ci95": wilson(int((probs[test].argmax(1) == labels[test]).sum()),
+                                   int(test.sum()))["ci95"],
            "test_set": test_set,
            "n_test": int(test.sum()), "n_val": int(val.sum()),
            "val": {k: v for k, v in classification_report(labels[val], probs[val], classes).items()

@@ -96,9 +96,13 @@ class KerasApplication(Backbone):
                 f"keras.applications.{self.application}(include_top=False), such as "
                 f"{self.weights_filename} or a file written by save_weights") from None
         if self.bn_momentum:
-            for layer in base.layers:
-                if isinstance(layer, keras.layers.BatchNormalization):
-                    layer.momentum = self.bn_momentum
+            norms = [layer for layer in base.layers
+                     if isinstance(layer, keras.layers.BatchNormalization)]
+            if not norms:
+                raise XaicxrError(f"{name}: bn_momentum is set but the network has no "
+                                  "BatchNormalization layer; leave it out")
+            for layer in norms:
+                layer.momentum = self.bn_momentum
         x = base.output
         for i, units in enumerate(self.dense, start=1):
             x = keras.layers.Dense(units, activation="relu", kernel_initializer="he_normal",

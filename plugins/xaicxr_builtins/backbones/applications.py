@@ -32,7 +32,8 @@ class KerasApplication(Backbone):
     name. ``dense``: hidden layers of the head; ``dropout`` after each of them.
 
     ``bn_momentum``: the momentum of every BatchNormalization layer's moving statistics, or
-    ``0`` to keep the family's (0.99; 0.999 in MobileNetV3; ConvNeXt has none). Trained from
+    ``0`` to keep the family's (0.99; 0.999 in MobileNetV3; ConvNeXt has no BatchNorm, so setting
+    it there is an error). Trained from
     scratch on a small set, 0.99 leaves a quarter of the moving statistics' initial values in
     place after 130 steps (0.99 ** 130), 0.999 nearly all of them, so the model can evaluate
     near chance while it trains well; 0.9 (what ``vgg19`` uses) settles in tens of steps."""

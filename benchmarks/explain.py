@@ -185,6 +185,8 @@ def explainer_cost(model, args) -> dict[str, object]:
             return n
         return run
 
+    graph = logits_model(model)
+
     @tf.function(input_signature=[spec, tf.TensorSpec((None,), tf.int64)], autograph=False)
     def input_gradient(x, t):
         with tf.GradientTape() as tape:
@@ -193,7 +195,6 @@ def explainer_cost(model, args) -> dict[str, object]:
             score = tf.gather(logits, t, axis=1, batch_dims=1)
         return tape.gradient(score, x)
 
-    graph = logits_model(model)
     tasks = {"forward": batched(lambda b, t: forward(b).numpy(), len(images)),
              "input-gradient": batched(lambda b, t: input_gradient(b, t).numpy(), len(images))}
     for name, (explainer, n, _) in made.items():

@@ -11,7 +11,7 @@ import h5py
 import keras
 import numpy as np
 
-from ..analysis.intervals import wilson
+from ..analysis.intervals import proportion
 from ..analysis.metrics import binary_task, classification_report, default_binary_tasks
 from ..errors import DataError
 from ..io.imagecache import SPLITS, ImageCache
@@ -72,8 +72,7 @@ def evaluation(classes: list[str], labels: np.ndarray, splits: np.ndarray, probs
     report = classification_report(labels[test], probs[test], classes)
     tasks = binary or default_binary_tasks(classes)
     out = {"classes": list(classes), **report,
-           "accuracy_ci95": wilson(int((probs[test].argmax(1) == labels[test]).sum()),
-                                   int(test.sum()))["ci95"],
+           "accuracy_ci95": proportion(probs[test].argmax(1) == labels[test])["ci95"],
            "test_set": test_set,
            "n_test": int(test.sum()), "n_val": int(val.sum()),
            "val": {k: v for k, v in classification_report(labels[val], probs[val], classes).items()

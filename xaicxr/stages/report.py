@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..analysis.intervals import describe
+from ..analysis.intervals import describe, estimate
 from ..config import store_name
 from ..io import atomic, figures
 from ..io.heatmap_store import HeatmapStore
@@ -61,14 +61,6 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         return "nan" if not np.isfinite(value) else f"{value:.{digits}f}"
     return html.escape(str(value))
-
-
-def _ci(bounds: list[float | None] | None) -> str:
-    """`` [lo, hi]`` after a figure whose interval is stored beside it (run directories written
-    before the interval was stored have none)."""
-    if not bounds or None in bounds:
-        return ""
-    return f" [{bounds[0]:.2f}, {bounds[1]:.2f}] (95 % Wilson)"
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -134,10 +126,17 @@ def _examples(store: HeatmapStore, cache: ImageCache, classes: list[str]) -> lis
 # --------------------------------------------------------------------------- sections
 
 
+def _accuracy(metrics: dict[str, Any]) -> str:
+    """With its Wilson interval (run directories written before it was stored have none)."""
+    bounds = metrics.get("accuracy_ci95")
+    if not bounds or None in bounds:
+        return _fmt(metrics["accuracy"])
+    return describe(estimate(metrics["accuracy"], *bounds, metrics.get("n_test", 0))) + " (95 % Wilson)"
+
+
 def _classification(metrics: dict[str, Any], classes: list[str], out: Path) -> list[str]:
     parts = ["<h2>Classification</h2>",
-             f"<p>Accuracy <b>{_fmt(metrics['accuracy'])}</b>{_ci(metrics.get('accuracy_ci95'))}, "
-             f"macro F1 {_fmt(metrics.get('macro_f1'))}.</p>",
+             f"<p>Accuracy <b>{_accuracy(metrics)}</b>, macro F1 {_fmt(metrics.get('macro_f1'))}.</p>",
              _table(["class", "precision", "recall", "F1", "support"],
                     [[c, v["precision"], v["recall"], v["f1"], v["support"]] for c, v in metrics["per_class"].items()]),
              '<div class="row">' + _img(figures.confusion_figure(metrics["confusion"], classes, out / "confusion.png"),

@@ -51,3 +51,7 @@ class ModelMismatchError(StoreError):
 
 class RunLockedError(XaicxrError):
     """Another process works in the run directory (``RUN_DIR/xaicxr.lock`` names it)."""
+
+
+class MetricInputError(XaicxrError):
+    """A metric was asked for figures without an input it needs (lesion masks, the model...)."""

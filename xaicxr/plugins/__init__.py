@@ -3,17 +3,18 @@
 This is the one namespace a plugin author imports::
 
     from xaicxr.plugins import hookimpl, Dataset, Record, Scan, Skipped, Backbone, \
-        Explainer, CAMExplainer, Aggregator, Target, ClassLogit, ClassProbability, BinaryScore
+        Explainer, CAMExplainer, Aggregator, Metric, MapMetric, Fill, Target, ClassLogit, \
+        ClassProbability, BinaryScore
 
 and the Python API (contract) for finding plugins: :func:`get`, :func:`available`,
 :func:`register`, :func:`reset`. Nothing here imports TensorFlow, so listing plugins is fast.
 
-- :mod:`.hookspecs`: the four hooks, one per plugin kind;
+- :mod:`.hookspecs`: the hooks, one per plugin kind;
 - :mod:`.registry`: discovery through the ``xaicxr`` entry-point group, failures pinned on
   the plugin at fault, name conflicts;
 - :mod:`.options`: a plugin's options are the typed keyword arguments of its ``__init__``;
-- :mod:`.dataset`, :mod:`.backbone`, :mod:`.explainer`, :mod:`.aggregator`: the base class of
-  each kind (and :mod:`.layers`, the Keras preprocessing layer backbones put in their models);
+- :mod:`.dataset`, :mod:`.backbone`, :mod:`.explainer`, :mod:`.aggregator`, :mod:`.metric`,
+  :mod:`.fill`: the base class of each kind (and :mod:`.layers`, the Keras preprocessing layer backbones put in their models);
 - :mod:`.targets`: what an explanation explains (class logit, class probability, a binary
   task's score, any callable of the logits).
 """
@@ -28,12 +29,14 @@ from .aggregator import Aggregator, State
 from .backbone import LOGITS, PROBS, Backbone, weights_file
 from .dataset import Dataset, Progress, Record, Scan, Skipped, require_dir, walk_images
 from .explainer import CAMExplainer, Explainer
+from .fill import Fill
+from .metric import MapMetric, Metric, ReportPart
 from .registry import Registry
 from .targets import BinaryScore, ClassLogit, ClassProbability, ScoreFunction, Target
 
 __all__ = ["hookimpl", "Aggregator", "State", "Backbone", "LOGITS", "PROBS", "weights_file",
            "Dataset", "Progress", "Record", "Scan", "Skipped", "require_dir", "walk_images",
-           "Explainer", "CAMExplainer", "Target", "ClassLogit", "ClassProbability", "BinaryScore",
+           "Explainer", "CAMExplainer", "Metric", "MapMetric", "ReportPart", "Fill", "Target", "ClassLogit", "ClassProbability", "BinaryScore",
            "ScoreFunction", "Registry", "registry", "reset", "get", "available",
            "register"]
 
@@ -58,7 +61,8 @@ def reset() -> None:
 
 
 def get(kind: str, name: str) -> type:
-    """The class registered as ``name`` for ``kind`` (backbone, dataset, explainer, aggregator)."""
+    """The class registered as ``name`` for ``kind`` (backbone, dataset, explainer, aggregator,
+    metric, fill)."""
     return registry().get(kind, name)
 
 

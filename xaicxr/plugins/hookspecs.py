@@ -1,4 +1,6 @@
-"""The hooks a plugin may implement. Each returns ``{name: class}`` for one plugin kind.
+"""The hooks a plugin may implement. Each returns ``{name: class}`` for one plugin kind, and
+every class subclasses that kind's base class in :mod:`xaicxr.plugins` (a class that does not
+is reported against its plugin and left out).
 
 A plugin is a module (or object) registered through the ``xaicxr`` entry-point group and
 decorated with ``@xaicxr.hookimpl``. It implements any subset of these hooks. Classes take
@@ -38,10 +40,28 @@ def xaicxr_aggregators() -> dict[str, type]:
     ``merge(a, b)``, ``finalize(state)``; memory independent of the number of heatmaps."""
 
 
+@hookspec
+def xaicxr_metric() -> dict[str, type]:
+    """Quality figures. A metric class subclasses ``xaicxr.plugins.Metric``: its options are
+    typed keyword arguments; the parameters of ``evaluate`` say what it needs (maps, masks,
+    images, the model, counterfactual twins...); it returns ``{"value", "ci95", "n"}`` records
+    under its ``metrics.json`` key and renders its own report section. Chosen in
+    ``[quality] metrics = [...]``."""
+
+
+@hookspec
+def xaicxr_fills() -> dict[str, type]:
+    """How a perturbation metric fills the pixels it removes (deletion/insertion, template and
+    region reliance). A fill class subclasses ``xaicxr.plugins.Fill``. Chosen in
+    ``[quality] fills = [...]``."""
+
+
 KINDS: dict[str, str] = {
     "backbone": "xaicxr_backbones",
     "dataset": "xaicxr_datasets",
     "explainer": "xaicxr_explainers",
     "aggregator": "xaicxr_aggregators",
+    "metric": "xaicxr_metric",
+    "fill": "xaicxr_fills",
 }
 """Plugin kind -> the hook that registers it."""

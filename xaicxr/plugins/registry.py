@@ -124,6 +124,11 @@ class Registry:
                         seen.add((failure.module, failure.error))
                     continue
                 for name, cls in found.items():
+                    wrong = _wrong_base(kind, name, cls)
+                    if wrong:
+                        self.failures.append(PluginFailure(source.module, source.distribution,
+                                                           f"{hook_name}(): {wrong}"))
+                        continue
                     info = PluginInfo(kind, name, cls, source.module, source.distribution,
                                       source.version)
                     self._by_kind[kind].setdefault(name, []).append(info)
@@ -170,6 +175,24 @@ def _check_hook_result(hook_name: str, found: Any) -> None:
             raise TypeError(f"plugin name {name!r} is not a non-empty string")
         if not isinstance(cls, type):
             raise TypeError(f"{name!r} maps to {cls!r}, expected a class")
+
+
+def base_class(kind: str) -> type:
+    """The class every plugin of ``kind`` subclasses (the contract of that kind)."""
+    from . import aggregator, backbone, dataset, explainer, fill, metric
+
+    return {"backbone": backbone.Backbone, "dataset": dataset.Dataset, "explainer": explainer.Explainer,
+            "aggregator": aggregator.Aggregator, "metric": metric.Metric, "fill": fill.Fill}[kind]
+
+
+def _wrong_base(kind: str, name: str, cls: type) -> str | None:
+    """Why ``cls`` cannot be the ``kind`` plugin ``name`` (None when it can): it must subclass the
+    kind's base class, so every plugin of a kind keeps one contract."""
+    base = base_class(kind)
+    if issubclass(cls, base):
+        return None
+    return (f"{kind} {name!r} is {cls.__module__}.{cls.__qualname__}, which does not subclass "
+            f"xaicxr.plugins.{base.__name__}; it was not loaded")
 
 
 def _unknown_message(kind: str, name: str, known: list[str]) -> str:

@@ -1,0 +1,8 @@
+"""Built-in quality metrics."""
+
+from xaicxr import hookimpl
+
+
+@hookimpl
+def xaicxr_metric():
+    return {}

@@ -112,7 +112,7 @@ def test_ig_blur_baseline_and_exact_on_a_linear_model(images):
     ig = _explainer("integrated-gradients", steps=3, baseline="black")
     a = ig.attributions(model, images, np.zeros(3, int))
     np.testing.assert_allclose(a[..., 0], weights * images[..., 0], rtol=1e-4, atol=1e-6)
-    raw = ig.raw_maps(model, images, np.zeros(3, int), None)
+    raw = ig.raw_maps(model, images, np.zeros(3, int), None, ig.default_target())
     np.testing.assert_allclose(raw, np.abs(a.sum(-1)))
     blurred = _explainer("integrated-gradients", baseline="blur", blur_sigma=28.0).baselines(images)
     assert blurred.shape == images.shape and not np.allclose(blurred, images)
@@ -165,7 +165,7 @@ def test_occlusion_is_the_analytic_drop(fill, images):
     model = _pixel_sum_model(weights)
     occlusion = _explainer("occlusion", fill=fill, patch=5, stride=4)  # + a square flush right
     expected = _occlusion_reference(images, weights, 5, 4, fill)
-    raw = occlusion.raw_maps(model, images, np.zeros(3, int), None)
+    raw = occlusion.raw_maps(model, images, np.zeros(3, int), None, occlusion.default_target())
     np.testing.assert_allclose(raw, expected, rtol=1e-4, atol=1e-5)
     maps, flags = occlusion.explain_with_info(model, images, np.zeros(3, int))
     reference, reference_flags = (x.numpy() for x in finish_maps(expected, (SIZE, SIZE)))
@@ -212,10 +212,10 @@ def test_rise_follows_the_weights_of_a_pixel_sum_model():
     model = _pixel_sum_model(weights, scale=0.2)  # p_0 = sigmoid(0.2 w.x): monotone in w.x
     ones = np.ones((1, SIZE, SIZE, 1), np.float32)
     rise = plugins.get("explainer", "rise")(masks=2000)  # 7 x 7 cells
-    raw = rise.raw_maps(model, ones, np.zeros(1, int), None)[0]
+    raw = rise.raw_maps(model, ones, np.zeros(1, int), None, rise.default_target())[0]
     assert np.corrcoef(raw.ravel(), weights.ravel())[0, 1] > 0.9
     # class 1's probability is 1 - p_0: its map is the mirror image
-    other = rise.raw_maps(model, ones, np.ones(1, int), None)[0]
+    other = rise.raw_maps(model, ones, np.ones(1, int), None, rise.default_target())[0]
     assert np.corrcoef(other.ravel(), weights.ravel())[0, 1] < -0.9
 
 
@@ -247,15 +247,16 @@ def test_public_api_and_all_classes(name, conv_model, images):
     assert type(explainer)(**explainer.options()).options() == explainer.options()
     assert explainer.resolve_layer(conv_model) == ""
     targets = _logits(conv_model, images).argmax(1)  # occluding other classes may only raise them
-    maps = explainer.explain(conv_model, images, targets)
+    maps, degenerate = explainer.explain_with_info(conv_model, images, targets)
     assert maps.shape == (3, SIZE, SIZE) and maps.dtype == np.float32
     assert np.isfinite(maps).all() and maps.min() >= 0.0 and maps.max() <= 1.0
-    assert explainer.last_degenerate.shape == (3,) and not explainer.last_degenerate.any()
+    assert degenerate.shape == (3,) and not degenerate.any()
     np.testing.assert_allclose(maps.max(axis=(1, 2)), 1.0)
     gray = explainer.explain(conv_model, images[..., 0], targets)
     np.testing.assert_allclose(gray, maps, atol=1e-6)
-    every = explainer.explain(conv_model, images, "all")
-    assert every.shape == (3, 3, SIZE, SIZE) and explainer.last_degenerate.shape == (3, 3)
+    every, every_degenerate = explainer.explain_with_info(conv_model, images, "all")
+    assert every.shape == (3, 3, SIZE, SIZE) and every_degenerate.shape == (3, 3)
+    np.testing.assert_array_equal(explainer.explain(conv_model, images, "all"), every)
     np.testing.assert_allclose(every[np.arange(3), targets], maps, atol=1e-5)
     for c in range(3):
         one_class = explainer.explain(conv_model, images, np.full(3, c))

@@ -174,7 +174,7 @@ def test_registered_with_their_options():
 def test_agrees_with_numpy_reference(name, model, images, targets):
     ref = reference(name, model, images, targets)
     explainer = _explainer(name, **({"ablation_batch": 5} if name == "ablationcam" else {}))
-    raw = np.asarray(explainer.raw_maps(model, images, targets, LAYER))
+    raw = np.asarray(explainer.raw_maps(model, images, targets, LAYER, explainer.default_target()))
     if name != "eigencam":  # Eigen-CAM's raw map is the signed projection; the others ReLU'd
         ref = np.maximum(ref, 0.0)
     scale = np.abs(ref).max(axis=(1, 2), keepdims=True)
@@ -245,7 +245,7 @@ def test_eigencam_sign_points_at_the_strongest_activation():
 def test_eigencam_is_deterministic_and_class_independent(model, images, targets):
     eigen = _explainer("eigencam")
     acts, _, _ = _acts_grads(model, images, targets)
-    raw = np.asarray(eigen.raw_maps(model, images, targets, LAYER))
+    raw = np.asarray(eigen.raw_maps(model, images, targets, LAYER, eigen.default_target()))
     total = acts.sum(-1)
     agreement = ((raw - raw.mean((1, 2), keepdims=True))
                  * (total - total.mean((1, 2), keepdims=True))).sum((1, 2))

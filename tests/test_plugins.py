@@ -117,7 +117,7 @@ def test_runtime_registration(fresh_plugins):
 
     from xaicxr import hookimpl
 
-    class Mean:
+    class Mean(plugins.Aggregator):
         pass
 
     module = types.SimpleNamespace(__name__="notebook_plugin",

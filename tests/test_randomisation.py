@@ -74,7 +74,7 @@ def trained():
     return model
 
 
-class Recording:
+class Recording(plugins.Explainer):
     """An explainer that passes every call on and remembers the models and targets it got."""
 
     def __init__(self, inner):
@@ -83,9 +83,12 @@ class Recording:
     def resolve_layer(self, model, layer=None):
         return self.inner.resolve_layer(model, layer)
 
-    def explain(self, model, images, targets, layer=None):
+    def explain_with_info(self, model, images, targets, layer=None):
         self.calls.append((model, np.asarray(targets).copy()))
-        return self.inner.explain(model, images, targets, layer=layer)
+        return self.inner.explain_with_info(model, images, targets, layer=layer)
+
+    def raw_maps(self, model, images, classes, layer, target):
+        raise AssertionError("every call is passed on to the inner explainer")
 
 
 def test_vgg19_steps_top_down_with_batchnorm_grouped(plain):

@@ -77,14 +77,14 @@ class _PreTargetGradCAM(CAMExplainer):
 
         return tf.reduce_mean(gradients, axis=[1, 2])
 
-    def class_maps(self, graph, images, targets):
+    def class_maps(self, graph, images, classes, target):
         import tensorflow as tf
 
         images = tf.convert_to_tensor(images, tf.float32)
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(images)
             acts, logits = graph(images, training=False)
-            score = tf.gather(logits, tf.cast(targets, tf.int32), axis=1, batch_dims=1)
+            score = tf.gather(logits, tf.cast(classes, tf.int32), axis=1, batch_dims=1)
         grads = tape.gradient(score, acts, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return self.cam(acts, grads)
 
@@ -121,7 +121,7 @@ def test_targets_that_cannot_work_are_refused(model, images):
         _explainer("scorecam-tfkv").explain(model, images, ClassLogit([0, 1, 2, 3]), layer="conv2")
 
     class OwnGather(plugins.Explainer):
-        def raw_maps(self, model, images, targets, layer):
+        def raw_maps(self, model, images, classes, layer, target):
             return np.ones(images.shape[:3], np.float32)
 
     with pytest.raises(ExplainerInputError, match="explains class indices only"):

@@ -6,6 +6,8 @@ task's score under ``binary``."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from .io.imaging import ImageDecodeError, read_image
 from .io.modelfile import load_model
 from .io.resize import fit_square
 from .io.template_store import is_multi_component, read_template_file
-from .plugins.targets import BINARY_PREFIX, explained, side_names
+from .plugins.targets import BINARY_PREFIX, side_names
 from .rundir import RunDir
 from .stages.explain import ExplainJob
 
@@ -50,7 +52,7 @@ def _at_store_layer(rundir: RunDir, job: ExplainJob) -> ExplainJob:
     store = rundir.heatmaps(job.store)
     if store.exists():
         with HeatmapStore(store) as s:
-            return ExplainJob(**{**job.__dict__, "layer": s.layer or None})
+            return dataclasses.replace(job, layer=s.layer or None)
     return job
 
 
@@ -82,9 +84,7 @@ def detect(run_dir: Path, images: list[Path], *, explainer: str | None = None, o
     aggregator, templates = _templates(rundir, cfg, job.store)
     binary_jobs = [_at_store_layer(rundir, ExplainJob.from_spec(spec, rundir))
                    for spec in cfg["explain"] if _is_binary(spec)]
-    target = job.score(classes, metrics.get("binary", {}))
-    binary_jobs = [(j, j.score(classes, metrics.get("binary", {})),
-                    *_templates(rundir, cfg, j.store, side_names(j.target or ""))) for j in binary_jobs]
+    binary_jobs = [(j, *_templates(rundir, cfg, j.store, side_names(j.target.label))) for j in binary_jobs]
     out = Path(out) if out else rundir / "detect"
     names = overlay_names(images)
     results = []
@@ -98,7 +98,7 @@ def detect(run_dir: Path, images: list[Path], *, explainer: str | None = None, o
         x = image[None, ..., None].astype(np.float32)
         probs = np.asarray(model(x, training=False))[0]
         pred = int(probs.argmax())
-        heat = job.explainer.explain(model, x, explained(target, np.array([pred])), layer=job.layer)[0]
+        heat = job.explainer.explain(model, x, job.explained(np.array([pred])), layer=job.layer)[0]
         lungs = segment_lungs(image)
         match, best = _match(heat, templates)
         binary = {}
@@ -107,11 +107,11 @@ def detect(run_dir: Path, images: list[Path], *, explainer: str | None = None, o
             binary[task] = {"score": score, "threshold": b["threshold"], "positive": score >= b["threshold"]}
         picture = _overlay(image, heat, job.store, f"{classes[pred]} ({probs[pred]:.2f})", templates, match,
                            best, Path(path), stem, out)
-        for bjob, target, side_aggregator, sides in binary_jobs:
-            bheat = bjob.explainer.explain(model, x, target, layer=bjob.layer)[0]
+        for bjob, side_aggregator, sides in binary_jobs:
+            bheat = bjob.explainer.explain(model, x, bjob.target, layer=bjob.layer)[0]
             side_match, side = _match(bheat, sides)
-            score = binary[target.task]["score"]
-            binary[target.task].setdefault("explained", {})[bjob.store] = {
+            score = binary[bjob.target.task]["score"]
+            binary[bjob.target.task].setdefault("explained", {})[bjob.store] = {
                 "explainer": bjob.name, "layer": bjob.layer, "template_aggregator": side_aggregator,
                 "template_match": side_match, "best_template": side,
                 "lung_energy": float(energy_share(bheat[None], lungs[None])[0]) if lungs.any() else None,

@@ -207,9 +207,12 @@ def cascade(model: Any, seed: int, steps: list[Step] | None = None) -> Iterator[
 
 
 def explain_batches(explainer: Any, model: Any, images: np.ndarray, targets: np.ndarray,
-                    layer: str | None) -> np.ndarray:
-    """``explainer``'s maps of ``images``, :data:`BATCH` at a time."""
-    return np.concatenate([explainer.explain(model, images[i:i + BATCH], targets[i:i + BATCH],
+                    layer: str | None, target: Any = None) -> np.ndarray:
+    """``explainer``'s maps of ``images`` for the classes ``targets``, :data:`BATCH` at a time;
+    ``target``: the score explained (None: the explainer's default)."""
+    from ..plugins.targets import explained
+
+    return np.concatenate([explainer.explain(model, images[i:i + BATCH], explained(target, targets[i:i + BATCH]),
                                              layer=layer)
                            for i in range(0, len(images), BATCH)])
 
@@ -318,7 +321,7 @@ def _missing() -> dict[str, Any]:
 def randomisation_test(model: Any, explainer: Any, images: np.ndarray, targets: np.ndarray,
                        labels: np.ndarray, classes: list[str], *, layer: str | None,
                        train_seed: int, draw: int = 0, max_steps: int | None = None,
-                       seed: int = 0) -> dict[str, Any]:
+                       seed: int = 0, target: Any = None) -> dict[str, Any]:
     """The cascade, the reference level and the random-logit test of ``explainer`` on ``images``
     (see the module docstring); a JSON-ready dict.
 
@@ -327,13 +330,14 @@ def randomisation_test(model: Any, explainer: Any, images: np.ndarray, targets: 
     one-cut check, kept for continuity). The weights are re-drawn with
     ``randomisation_seed(train_seed, draw)``; ``seed`` draws the reference pairs, the random
     other classes and the bootstrap. ``max_steps`` stops the cascade early, but never before
-    the explained-layer step, which the pass rule needs.
+    the explained-layer step, which the pass rule needs. ``target``: the score the maps explain
+    (a :class:`~xaicxr.plugins.targets.Target`, bound to each batch's classes; None: the
+    explainer's default).
     """
     images = np.asarray(images, np.float32)
     targets = np.asarray(targets, np.int64)
     labels = np.asarray(labels, np.int64)
-    resolve = getattr(explainer, "resolve_layer", None)
-    path = resolve(model, layer or None) if resolve else (layer or "")
+    path = explainer.resolve_layer(model, layer or None)
     steps = cascade_steps(model)
     cut = explained_layer_step(model, steps, path)
     n_run = len(steps) if max_steps is None else min(len(steps), max(max_steps, (cut or 0) + 1))
@@ -350,11 +354,11 @@ def randomisation_test(model: Any, explainer: Any, images: np.ndarray, targets: 
     trained = other = at_cut = None
     others = other_classes(targets, n_classes, seed) if n_classes > 1 else None
     for i, working in cascade(model, randomisation_seed(train_seed, draw), steps[:n_run]):
-        maps = explain_batches(explainer, working, images, targets, explain_layer)
+        maps = explain_batches(explainer, working, images, targets, explain_layer, target)
         if i < 0:
             trained = RankedMaps.of(maps)
             if others is not None:
-                other = RankedMaps.of(explain_batches(explainer, working, images, others, explain_layer))
+                other = RankedMaps.of(explain_batches(explainer, working, images, others, explain_layer, target))
             continue
         result["steps"].append({"step": i, "name": steps[i].name, "randomised": list(steps[i].layers),
                                 "above_explained_layer": cut is not None and i <= cut,

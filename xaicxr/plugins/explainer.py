@@ -13,12 +13,13 @@ What is shared, so that every explainer is comparable:
 * **Layer and score**: found by :mod:`xaicxr.kerasgraph` (a layer by name or path, nested
   models included; the ``logits`` layer as the model's output: gradients of softmax
   probabilities saturate and mix in the other classes). What is explained is the target's score
-  of those logits, read in one place, :meth:`Explainer.score`.
+  of those logits (:mod:`xaicxr.plugins.targets`), handed to every method as an argument.
 * **Maps.** A raw map at layer resolution is upsampled bilinearly to the input size
   (``tf.image.resize``), then normalised per image: by its maximum after a ReLU for CAM-style
   maps, min-max for signed or offset maps (saliency). A map that is all zero, constant, or has
   a non-finite value is *degenerate*: it comes back as zeros and flagged, never as NaN
-  (``explain_with_info`` returns the flags; ``explain`` keeps them in ``last_degenerate``).
+  (``explain_with_info`` returns the flags). One rule for every explainer: every one subclasses
+  :class:`Explainer` and finishes its maps with :func:`finish_maps`.
 * **CAMs** (:class:`CAMExplainer`): forward pass, gradient, map, upsampling and normalisation
   compiled into one TensorFlow function; a CAM method overrides only how channels are weighted.
 
@@ -28,8 +29,8 @@ plugins must stay fast.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, ClassVar, Iterator, Literal
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -101,15 +102,22 @@ def _finish_fn(size: tuple[int, int], signed: bool) -> Any:
 # --------------------------------------------------------------------------- base classes
 
 
-class Explainer(Configurable):
-    """Base of explainer plugins. A subclass implements :meth:`raw_maps`; options are typed
-    keyword arguments of its ``__init__`` stored as attributes of the same name.
+class Explainer(Configurable, ABC):
+    """Base of explainer plugins: every explainer subclasses it (the registry refuses a class
+    that does not), so every explainer has the same public surface and the same degenerate rule.
 
-    Class attributes: ``uses_layer`` (False for input-gradient methods such as saliency),
-    ``signed`` (min-max normalisation instead of ReLU + max), ``default_target`` (what class
-    indices mean), ``reads_score`` (True where the method computes what it explains with
-    :meth:`score` / :meth:`class_scores`, so it honours any target; a subclass that picks the
-    class logit itself leaves it False and is refused other targets).
+    Public: :meth:`explain` and :meth:`explain_with_info` (one map per image), :meth:`explain_all`
+    and :meth:`explain_all_with_info` (every class), :meth:`resolve_layer`. An explainer object
+    holds only its options; what is explained (the target) is an argument of every call, never
+    state of the object, so one object can serve several jobs and threads.
+
+    A subclass implements :meth:`raw_maps`; one with a faster path for finished maps (a compiled
+    function, one forward pass for every class) overrides :meth:`compute_maps` or
+    :meth:`compute_all`. Class attributes: ``uses_layer`` (False for input-space methods such as
+    saliency), ``signed`` (min-max normalisation instead of ReLU + max), ``default_target`` (what
+    class indices mean), ``reads_score`` (True where the method computes what it explains with
+    the target's ``score`` / ``class_scores``, so it honours any target; False: it is refused
+    targets other than its default).
     """
 
     uses_layer: ClassVar[bool] = True
@@ -117,138 +125,128 @@ class Explainer(Configurable):
     default_target: ClassVar[type[Target]] = ClassLogit
     reads_score: ClassVar[bool] = False
 
-    last_degenerate: np.ndarray | None = None
-    _active_target: Target | None = None
+    # ---- public API
 
     def resolve_layer(self, model: Any, layer: str | None = None) -> str:
         """The path of the layer that ``explain(..., layer)`` will use ("" if none is used)."""
         return resolve_layer(model, layer).path if self.uses_layer else ""
-
-    # ---- the score: what is explained
-
-    @property
-    def target(self) -> Target:
-        """The target of the explanation under way (:meth:`scoring`), else the default."""
-        return self._active_target if self._active_target is not None else self.default_target()
-
-    @contextmanager
-    def scoring(self, target: Target) -> Iterator[Target]:
-        """Explain ``target`` inside the block (all-class mode of a probability, say)."""
-        previous, self._active_target = self._active_target, target
-        try:
-            yield target
-        finally:
-            self._active_target = previous
-
-    def score(self, logits: Any, classes: Any) -> Any:
-        """(N,) the explained score from the logits (N, C) and class indices (N,) (TF ops): the
-        one place an explainer turns the model's outputs into what it explains."""
-        return self.target.score(logits, classes)
-
-    def class_scores(self, logits: Any) -> Any:
-        """(N, C) every class's score, for all-class modes (classwise targets only)."""
-        return self.target.class_scores(logits)
-
-    def bind_target(self, targets: Any, n: int, n_classes: int) -> tuple[Target, np.ndarray]:
-        """``targets`` of :meth:`explain` as a target and the (N,) class indices fed to it."""
-        target = as_target(targets, self.default_target)
-        if not self.reads_score and not isinstance(target, self.default_target):
-            raise ExplainerInputError(f"{type(self).__name__} explains class indices only (it does not read "
-                                      f"Explainer.score); target {target.label!r} needs an explainer that does")
-        target.check(n_classes)
-        return target, target.indices(n, n_classes)
-
-    # ---- public API
 
     def explain(self, model: Any, images: Any, targets: Any,
                 layer: str | None = None) -> np.ndarray:
         """(N, H, W) float32 maps in [0, 1] of ``targets`` (N,); see the module docstring.
         ``targets="all"`` (or a classwise target bound to ``"all"``) is :meth:`explain_all`:
         (N, C, H, W), every class."""
-        if isinstance(targets, str) and targets == "all":
-            return self.explain_all(model, images, layer)
-        if isinstance(targets, Target) and targets.every_class:
-            with self.scoring(targets):
-                return self.explain_all(model, images, layer)
         maps, _ = self.explain_with_info(model, images, targets, layer)
         return maps
 
     def explain_with_info(self, model: Any, images: Any, targets: Any,
                           layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(maps (N, H, W), degenerate (N,) bool)``."""
+        """``(maps (N, H, W), degenerate (N,) bool)``; for ``targets="all"``, those of
+        :meth:`explain_all_with_info`."""
+        if isinstance(targets, str) and targets == "all":
+            return self.explain_all_with_info(model, images, layer)
+        if isinstance(targets, Target) and targets.every_class:
+            return self.explain_all_with_info(model, images, layer, target=targets)
         images = check_images(model, images)
-        n_classes = self._n_classes(model, layer)
-        target, targets = self.bind_target(targets, len(images), n_classes)
+        target, classes = self.bind_target(targets, len(images), self.n_classes(model, layer))
         if len(images) == 0:
-            return self._empty(images, ())
-        with self.scoring(target):
-            raw = self.raw_maps(model, images, targets, layer)
-        return self._finish(raw, images)
+            return _empty(images, ())
+        return self.compute_maps(model, images, classes, layer, target)
 
-    def explain_all(self, model: Any, images: Any, layer: str | None = None) -> np.ndarray:
-        """(N, C, H, W) maps of every class."""
-        maps, _ = self.explain_all_with_info(model, images, layer)
+    def explain_all(self, model: Any, images: Any, layer: str | None = None,
+                    target: Target | None = None) -> np.ndarray:
+        """(N, C, H, W) maps of every class's score of ``target`` (a classwise target; None: the
+        explainer's default)."""
+        maps, _ = self.explain_all_with_info(model, images, layer, target)
         return maps
 
-    def explain_all_with_info(self, model: Any, images: Any,
-                              layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(maps (N, C, H, W), degenerate (N, C))`` of :attr:`target`'s class scores; here one
-        ``explain`` per class, subclasses that can share the forward pass override it."""
+    def explain_all_with_info(self, model: Any, images: Any, layer: str | None = None,
+                              target: Target | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(maps (N, C, H, W), degenerate (N, C))``."""
         images = check_images(model, images)
-        n_classes = self._n_classes(model, layer)
-        target = self.every_class_target()
-        runs = [self.explain_with_info(model, images, target.bind(np.full(len(images), c)), layer)
-                for c in range(n_classes)]
-        return self._store_flags(np.stack([m for m, _ in runs], axis=1),
-                                 np.stack([d for _, d in runs], axis=1))
+        target = self.every_class_target(target)
+        n_classes = self.n_classes(model, layer)
+        if len(images) == 0:
+            return _empty(images, (n_classes,))
+        return self.compute_all(model, images, layer, target)
 
-    # ---- for subclasses
+    def bind_target(self, targets: Any, n: int, n_classes: int) -> tuple[Target, np.ndarray]:
+        """``targets`` of :meth:`explain` as a target and the (N,) class indices fed to it;
+        refuses a target this explainer does not read."""
+        target = as_target(targets, self.default_target)
+        self.check_target(target)
+        target.check(n_classes)
+        return target, target.indices(n, n_classes)
 
-    def every_class_target(self) -> Target:
-        """:attr:`target`, checked to have a score per class (all-class mode)."""
-        target = self.target
+    def check_target(self, target: Target) -> None:
+        """Raise unless this explainer explains ``target`` (any, where it reads the score)."""
+        if not self.reads_score and not isinstance(target, self.default_target):
+            raise ExplainerInputError(f"{type(self).__name__} explains class indices only (it does not read "
+                                      f"the target's score); target {target.label!r} needs an explainer that does")
+
+    def every_class_target(self, target: Target | None = None) -> Target:
+        """``target`` (None: the default) checked to have a score per class (all-class mode)."""
+        target = self.default_target() if target is None else target
+        self.check_target(target)
         if not target.classwise:
             raise ExplainerInputError(f"target {target.label!r} has one score per image, not one per class; "
                                       "all-class mode (targets = \"all\") needs a class logit or probability")
         return target
 
-    def raw_maps(self, model: Any, images: np.ndarray, targets: np.ndarray,
-                 layer: str | None) -> Any:
-        """Raw (N, h, w) maps at layer (or input) resolution, before upsampling/normalising."""
-        raise NotImplementedError
-
-    def explainable(self, model: Any, layer: str | None) -> ExplainableModel:
-        return explainable_model(model, layer)
-
-    def _n_classes(self, model: Any, layer: str | None) -> int:
+    def n_classes(self, model: Any, layer: str | None = None) -> int:
+        """The number of scores the model's ``logits`` give."""
         if self.uses_layer:
             return self.explainable(model, layer).n_classes
         ref = score_layer(model)
         return int((ref.layer.output if ref is not None else model.outputs[0]).shape[-1])
 
-    def _finish(self, raw: Any, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        maps, flags = _finish_fn(tuple(images.shape[1:3]), self.signed)(raw)
-        return self._store_flags(maps.numpy(), flags.numpy())
+    # ---- for subclasses
 
-    def _store_flags(self, maps: np.ndarray, flags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        self.last_degenerate = flags.astype(bool)
-        return maps.astype(np.float32, copy=False), self.last_degenerate
+    @abstractmethod
+    def raw_maps(self, model: Any, images: np.ndarray, classes: np.ndarray, layer: str | None,
+                 target: Target) -> Any:
+        """Raw (N, h, w) maps of ``target``'s score at layer (or input) resolution, before
+        upsampling and normalising; ``classes`` (N,) are the indices ``target.score`` takes."""
 
-    def _empty(self, images: np.ndarray, lead: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-        return self._store_flags(np.zeros((0, *lead, *images.shape[1:3]), np.float32),
-                                 np.zeros((0, *lead), bool))
+    def compute_maps(self, model: Any, images: np.ndarray, classes: np.ndarray, layer: str | None,
+                     target: Target) -> tuple[np.ndarray, np.ndarray]:
+        """Finished maps and degenerate flags of checked, non-empty inputs: :meth:`raw_maps`
+        upsampled and normalised by :func:`finish_maps`."""
+        return finish_batch(self.raw_maps(model, images, classes, layer, target), images, self.signed)
+
+    def compute_all(self, model: Any, images: np.ndarray, layer: str | None,
+                    target: Target) -> tuple[np.ndarray, np.ndarray]:
+        """(N, C, H, W) maps and (N, C) flags of every class's score: here one
+        :meth:`compute_maps` per class; subclasses that share the forward pass override it."""
+        runs = [self.compute_maps(model, images, np.full(len(images), c), layer, target)
+                for c in range(self.n_classes(model, layer))]
+        return np.stack([m for m, _ in runs], axis=1), np.stack([d for _, d in runs], axis=1)
+
+    def explainable(self, model: Any, layer: str | None) -> ExplainableModel:
+        return explainable_model(model, layer)
+
+
+def finish_batch(raw: Any, images: np.ndarray, signed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`finish_maps` of raw (N, h, w) maps to the size of ``images`` (N, H, W, C), compiled
+    once per size: finished maps as NumPy, and their degenerate flags."""
+    maps, flags = _finish_fn(tuple(images.shape[1:3]), signed)(raw)
+    return maps.numpy().astype(np.float32, copy=False), flags.numpy().astype(bool)
+
+
+def _empty(images: np.ndarray, lead: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros((0, *lead, *images.shape[1:3]), np.float32), np.zeros((0, *lead), bool)
 
 
 class CAMExplainer(Explainer):
     """The class-activation-map family as one compiled TensorFlow function per
     (model, layer, mode, input shape, options, target): forward pass to [activations, logits],
-    gradient of the target's :meth:`score` with respect to the activations, :meth:`cam`,
-    upsampling and normalisation.
+    gradient of the target's score with respect to the activations, :meth:`cam`, upsampling
+    and normalisation.
 
     A variant overrides :meth:`channel_weights` (Grad-CAM: spatial mean of the gradients), or
     :meth:`cam` when its weights are per position (LayerCAM). All-class mode shares one
-    forward pass between the classes (:meth:`explain_all_with_info`). The differentiated score
-    is :meth:`score` of the logits (the target's), so every variant honours every target.
+    forward pass between the classes (:meth:`compute_all`). The differentiated score is the
+    target's score of the logits, so every variant honours every target.
     """
 
     reads_score = True
@@ -262,7 +260,7 @@ class CAMExplainer(Explainer):
 
     def channel_weights(self, activations: Any, gradients: Any) -> Any:
         """(N, h, w, k) activations and gradients -> (N, k) channel weights (TF ops)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} overrides neither channel_weights nor cam")
 
     def cam(self, activations: Any, gradients: Any) -> Any:
         """(N, h, w) raw map: ReLU of the weighted sum of the activation channels."""
@@ -273,58 +271,48 @@ class CAMExplainer(Explainer):
 
     # ---- compiled mechanism
 
-    def explain_with_info(self, model: Any, images: Any, targets: Any,
-                          layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        images = check_images(model, images)
-        exp = self.explainable(model, layer)
-        target, targets = self.bind_target(targets, len(images), exp.n_classes)
-        if len(images) == 0:
-            return self._empty(images, ())
-        with self.scoring(target):
-            fn = self._compiled(model, exp, "single", images.shape[1:])
-            maps, flags = fn(images, targets.astype(np.int32))
-        return self._store_flags(maps.numpy(), flags.numpy())
+    def compute_maps(self, model: Any, images: np.ndarray, classes: np.ndarray, layer: str | None,
+                     target: Target) -> tuple[np.ndarray, np.ndarray]:
+        fn = self._compiled(model, self.explainable(model, layer), "single", images.shape[1:], target)
+        maps, flags = fn(images, classes.astype(np.int32))
+        return maps.numpy(), flags.numpy().astype(bool)
 
-    def explain_all_with_info(self, model: Any, images: Any,
-                              layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        images = check_images(model, images)
+    def compute_all(self, model: Any, images: np.ndarray, layer: str | None,
+                    target: Target) -> tuple[np.ndarray, np.ndarray]:
         exp = self.explainable(model, layer)
-        self.every_class_target()
-        if len(images) == 0:
-            return self._empty(images, (exp.n_classes,))
-        maps, flags = self._compiled(model, exp, self.allclass_method, images.shape[1:])(images)
-        return self._store_flags(maps.numpy(), flags.numpy())
+        maps, flags = self._compiled(model, exp, self.allclass_method, images.shape[1:], target)(images)
+        return maps.numpy(), flags.numpy().astype(bool)
 
-    def raw_maps(self, model: Any, images: np.ndarray, targets: np.ndarray,
-                 layer: str | None) -> Any:
+    def raw_maps(self, model: Any, images: np.ndarray, classes: np.ndarray, layer: str | None,
+                 target: Target) -> Any:
         """Uncompiled raw maps (for subclasses and checks; ``explain`` uses the compiled path)."""
-        return self.class_maps(self.explainable(model, layer).model, images, targets)
+        return self.class_maps(self.explainable(model, layer).model, images, classes, target)
 
-    def class_maps(self, graph: Any, images: Any, targets: Any) -> Any:
-        """(N, h, w) raw maps of :meth:`score` (``targets``: the class indices it is given), traced
-        inside the compiled function; ``graph`` maps images to [activations, logits].
-        Gradient-based methods leave it alone;
-        a method that needs no gradient (Eigen-CAM) or other forward passes (Ablation-CAM)
-        overrides it, and :meth:`every_class_maps` for all-class mode."""
+    def class_maps(self, graph: Any, images: Any, classes: Any, target: Target) -> Any:
+        """(N, h, w) raw maps of ``target``'s score (``classes``: the class indices it is
+        given), traced inside the compiled function; ``graph`` maps images to [activations,
+        logits]. Gradient-based methods leave it alone; a method that needs no gradient
+        (Eigen-CAM) or other forward passes (Ablation-CAM) overrides it, and
+        :meth:`every_class_maps` for all-class mode."""
         import tensorflow as tf
 
         images = tf.convert_to_tensor(images, tf.float32)
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(images)  # frozen layers would otherwise break the chain to the activations
             acts, logits = graph(images, training=False)
-            score = self.score(logits, targets)
+            score = target.score(logits, classes)
         grads = tape.gradient(score, acts, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return self.cam(acts, grads)
 
-    def every_class_maps(self, graph: Any, images: Any, method: str) -> Any:
-        """(N, C, h, w) raw maps of every class's score (:meth:`class_scores`) from one forward
-        pass (``allclass_method``)."""
+    def every_class_maps(self, graph: Any, images: Any, method: str, target: Target) -> Any:
+        """(N, C, h, w) raw maps of every class's score (``target.class_scores``) from one
+        forward pass (``allclass_method``)."""
         import tensorflow as tf
 
         with tf.GradientTape(persistent=method == "loop", watch_accessed_variables=False) as tape:
             tape.watch(images)
             acts, logits = graph(images, training=False)
-            table = self.class_scores(logits)
+            table = target.class_scores(logits)
             n_classes = int(logits.shape[-1])
             scores = [table[:, c] for c in range(n_classes)] if method == "loop" else None
         zero = tf.UnconnectedGradients.ZERO
@@ -340,30 +328,28 @@ class CAMExplainer(Explainer):
         raw = self.cam(flat_acts, flat_grads)
         return tf.reshape(raw, tf.concat([shape[:2], tf.shape(raw)[1:]], axis=0))
 
-    def _compiled(self, model: Any, exp: ExplainableModel, mode: str, image_shape: tuple) -> Any:
+    def _compiled(self, model: Any, exp: ExplainableModel, mode: str, image_shape: tuple,
+                  target: Target) -> Any:
         cache = model_cache(model)
         key = ("cam", type(self), repr(sorted(self.options().items())), exp.layer, mode,
-               tuple(image_shape), self.target.key)
+               tuple(image_shape), target.key)
         fn = cache.get(key)
         if fn is None:
-            fn = cache[key] = self._compile(exp.model, mode, tuple(image_shape))
+            fn = cache[key] = self._compile(exp.model, mode, tuple(image_shape), target)
         return fn
 
-    def _compile(self, graph: Any, mode: str, image_shape: tuple) -> Any:
-        """The compiled function of :attr:`target` (bound now, so a later trace scores the same)."""
+    def _compile(self, graph: Any, mode: str, image_shape: tuple, target: Target) -> Any:
         import tensorflow as tf
 
-        size, target = image_shape[:2], self.target
+        size = image_shape[:2]
         spec = tf.TensorSpec((None, *image_shape), tf.float32)
         if mode == "single":
-            def single(images, targets):
-                with self.scoring(target):
-                    return finish_maps(self.class_maps(graph, images, targets), size, self.signed)
+            def single(images, classes):
+                return finish_maps(self.class_maps(graph, images, classes, target), size, self.signed)
             return compile_once(single, spec, tf.TensorSpec((None,), tf.int32))
 
         def every_class(images):
-            with self.scoring(target):
-                return finish_maps(self.every_class_maps(graph, images, mode), size, self.signed)
+            return finish_maps(self.every_class_maps(graph, images, mode, target), size, self.signed)
         return compile_once(every_class, spec)
 
 
@@ -381,17 +367,3 @@ def check_images(model: Any, images: Any) -> np.ndarray:
         raise ExplainerInputError(f"images have shape {images.shape}; model {model.name!r} takes "
                                   f"(N, {', '.join(str(e) for e in expected)})")
     return np.ascontiguousarray(images)
-
-
-def check_targets(targets: Any, n: int, n_classes: int) -> np.ndarray:
-    """``targets`` as int (N,) class indices in [0, n_classes)."""
-    targets = np.asarray(targets)
-    if targets.ndim == 0:
-        targets = np.full(n, targets)
-    if targets.shape != (n,) or (n and not np.issubdtype(targets.dtype, np.integer)):
-        raise ExplainerInputError(f"targets must be {n} class indices (one per image), got "
-                                  f"shape {targets.shape} dtype {targets.dtype}")
-    if n and (targets.min() < 0 or targets.max() >= n_classes):
-        raise ExplainerInputError(f"targets must be class indices in [0, {n_classes}), got "
-                                  f"{targets.min()}..{targets.max()}")
-    return targets.astype(np.int64)

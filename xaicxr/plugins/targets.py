@@ -14,7 +14,8 @@ needs nothing else. Built in:
 In the Python API ``Explainer.explain(model, images, targets)`` takes, besides (N,) class
 indices and ``"all"``, a :class:`Target` (``ClassProbability([2, 0, 1])``,
 ``BinaryScore([0], "covid-vs-rest")``) or any callable ``logits -> (N,) score`` (TF ops).
-Explainers read the score in one place, :meth:`xaicxr.plugins.Explainer.score`.
+Every explainer method is handed the target and reads the score through it (:meth:`Target.score`,
+:meth:`Target.class_scores`).
 
 ``targets`` in ``[[explain]]`` still chooses each image's class (the label or the prediction);
 a binary target ignores it. :func:`binary_sides` gives the two sides of a binary task (positive,
@@ -86,8 +87,6 @@ class Target:
 
     def indices(self, n: int, n_classes: int) -> np.ndarray:
         """The (N,) int64 class indices fed to :meth:`score` (zeros where the score ignores them)."""
-        from .explainer import check_targets
-
         if not self.classwise:
             return np.zeros(n, np.int64)
         if self.classes is None:
@@ -181,6 +180,20 @@ class ScoreFunction(Target):
 
     def score(self, logits: Any, classes: Any) -> Any:
         return self.fn(logits)
+
+
+def check_targets(targets: Any, n: int, n_classes: int) -> np.ndarray:
+    """``targets`` as int (N,) class indices in [0, n_classes)."""
+    targets = np.asarray(targets)
+    if targets.ndim == 0:
+        targets = np.full(n, targets)
+    if targets.shape != (n,) or (n and not np.issubdtype(targets.dtype, np.integer)):
+        raise ExplainerInputError(f"targets must be {n} class indices (one per image), got "
+                                  f"shape {targets.shape} dtype {targets.dtype}")
+    if n and (targets.min() < 0 or targets.max() >= n_classes):
+        raise ExplainerInputError(f"targets must be class indices in [0, {n_classes}), got "
+                                  f"{targets.min()}..{targets.max()}")
+    return targets.astype(np.int64)
 
 
 def _pick(table: Any, classes: Any) -> Any:

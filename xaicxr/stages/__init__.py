@@ -29,6 +29,7 @@ class Run:
     _model: Any = None
     _model_sha256: str | None = None
     _executor: Any = None
+    _jobs: list[Any] | None = None
 
     def model(self) -> Any:
         if self._model is None:
@@ -60,7 +61,17 @@ class Run:
 
     def forget_model(self) -> None:
         """After training wrote a new ``model.keras``."""
-        self._model = self._model_sha256 = None
+        self._model = self._model_sha256 = self._jobs = None
+
+    def jobs(self) -> list[Any]:
+        """The ``[[explain]]`` entries, each resolved once into an
+        :class:`~xaicxr.stages.explain.ExplainJob` for this run's classes, binary tasks (with
+        their thresholds: made after the evaluate stage) and default layer."""
+        if self._jobs is None:
+            from .explain import ExplainJob
+
+            self._jobs = [ExplainJob.from_spec(spec, self.dir) for spec in self.cfg["explain"]]
+        return self._jobs
 
     def image_cache(self) -> Any:
         """The decoded images at the model's input size (``train.json``)."""

@@ -1,10 +1,9 @@
 """The explain stage: heatmaps of the configured split into ``heatmaps/<explainer>.h5``.
 
 An ``[[explain]]`` entry is resolved once into an :class:`ExplainJob` (the explainer made with
-its options, the layer, which targets, which score, which rows, the parameters that identify
-the store), and that one object is passed down. The score (``target``: class logit, class
-probability, ``binary:<task>``) is made for the run's classes from the binary tasks
-``metrics.json`` reports, whose threshold a binary store keeps (its predicted side). Images
+its options, the layer, which targets, the score made for the run's classes and a binary
+score's threshold, which rows, the parameters that identify the store), and that one object is
+passed down. Images
 come from the run's image cache (the exact pixels the model was evaluated on); labels,
 predictions and probabilities from ``predictions.h5``.
 The store is resumable (:class:`~xaicxr.io.heatmap_store.HeatmapWriter`): an interrupted
@@ -23,14 +22,16 @@ import h5py
 import numpy as np
 
 from .. import __version__
+from ..analysis.metrics import default_binary_tasks
 from ..config import build_plugin, plugin_options, store_name
-from ..errors import ConfigError, ModelMismatchError, StoreError
+from ..errors import ConfigError, ExplainerInputError, ModelMismatchError, StoreError
 from ..executors import Executor, LocalExecutor, worker_cached
 from ..io.h5rows import read_rows
 from ..io.heatmap_store import Columns, HeatmapWriter
 from ..io.imagecache import ImageCache
 from ..io.predictions import read_predictions
-from ..plugins.targets import BinaryScore, ClassLogit, Target, explained, make_target
+from ..plugins.explainer import Explainer
+from ..plugins.targets import BinaryScore, Target, explained, make_target
 from ..progress import progress_bar
 from ..rundir import RunDir, Shard
 from . import Run
@@ -46,8 +47,7 @@ def outputs(cfg: dict, rundir: RunDir) -> list[Path]:
 def run(run: Run) -> dict[str, Any]:
     model, cache = run.model(), run.image_cache()
     written = {}
-    for spec in run.cfg["explain"]:
-        job = ExplainJob.from_spec(spec, run.dir)
+    for job in run.jobs():
         try:  # resumes a partial store of this job
             path = explain_split(run.dir, job, model, run.model_sha256(), cache,
                                  executor=run.executor(), unsafe_load=run.unsafe_load)
@@ -60,11 +60,13 @@ def run(run: Run) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ExplainJob:
-    """One ``[[explain]]`` entry, resolved: everything that decides what a store holds."""
+    """One ``[[explain]]`` entry, resolved once: everything that decides what a store holds.
+    The train stage checks it before training, the explain stage writes its store, the quality
+    stage re-runs it (randomisation), ``detect`` applies it: all from this one object."""
 
     name: str
     """The explainer plugin's name."""
-    explainer: Any
+    explainer: Explainer
     layer: str | None
     """The requested layer (configured, else the backbone's default); None: the explainer's own."""
     targets: str
@@ -73,50 +75,79 @@ class ExplainJob:
     batch_size: int
     params: dict[str, Any]
     """The explainer's options plus ``targets`` and ``split``: the store's ``params``."""
-    target: str | None = None
-    """The configured score (``logit``, ``probability``, ``binary:<task>``); None: the
-    explainer's default (the class logit; RISE and Score-CAM: the class probability)."""
+    target: Target | None = None
+    """The configured score (class logit, class probability, a binary task's score), made for
+    the run's classes; None: the explainer's default (the class logit; RISE and Score-CAM: the
+    class probability)."""
+    threshold: float | None = None
+    """A binary target's decision threshold (from validation, ``metrics.json``): the store
+    keeps it for its predicted side."""
     store: str = ""
     """The store's name (:func:`xaicxr.config.store_name`); empty: the explainer's name."""
 
     def __post_init__(self) -> None:
         if not self.store:
             object.__setattr__(self, "store", self.name)
+        if self.target is not None:
+            self.explainer.check_target(self.target)
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any], rundir: RunDir | None = None) -> "ExplainJob":
-        layer = spec.get("layer")
-        if not layer and rundir is not None and rundir.train_info.exists():
-            layer = rundir.read_train_info().get("default_layer") or None
-        return cls(name=spec["name"], explainer=build_plugin("explain", spec), layer=layer,
-                   targets=spec["targets"], split=spec["split"], batch_size=spec["batch_size"],
-                   params={**plugin_options(spec, "explain"), "targets": spec["targets"],
-                           "split": spec["split"]},
-                   target=spec.get("target"), store=store_name(spec))
+    def from_spec(cls, spec: dict[str, Any], rundir: RunDir | None = None, *,
+                  classes: list[str] | None = None, tasks: dict[str, dict[str, Any]] | None = None,
+                  default_layer: str | None = None) -> "ExplainJob":
+        """The job of a resolved ``[[explain]]`` entry. ``classes``, ``tasks`` (binary tasks,
+        with their thresholds where known) and ``default_layer`` default to the run's
+        (``split.json``, ``metrics.json``, ``train.json``) when ``rundir`` is given."""
+        if rundir is not None:
+            if classes is None and rundir.split.exists():
+                classes = rundir.read_split()["classes"]
+            if tasks is None and spec.get("target") and rundir.metrics.exists():
+                tasks = rundir.read_metrics().get("binary")
+            if default_layer is None and rundir.train_info.exists():
+                default_layer = rundir.read_train_info().get("default_layer") or None
+        target, threshold = None, None
+        if spec.get("target"):
+            if classes is None:
+                raise ConfigError(f"[[explain]] {spec['name']!r}: target = {spec['target']!r} needs the run's "
+                                  "classes (run the split stage first)")
+            target = make_target(spec["target"], classes, tasks or default_binary_tasks(classes))
+            if isinstance(target, BinaryScore):
+                threshold = (tasks or {}).get(target.task, {}).get("threshold")
+        try:
+            return cls(name=spec["name"], explainer=build_plugin("explain", spec),
+                       layer=spec.get("layer") or default_layer,
+                       targets=spec["targets"], split=spec["split"], batch_size=spec["batch_size"],
+                       params={**plugin_options(spec, "explain"), "targets": spec["targets"],
+                               "split": spec["split"]},
+                       target=target, threshold=threshold, store=store_name(spec))
+        except ExplainerInputError as exc:
+            raise ConfigError(f"[[explain]] {spec['name']!r}: {exc}") from None
 
-    def score(self, classes: list[str], binary: dict[str, dict[str, Any]]) -> Target | None:
-        """The configured target for a model of ``classes`` (None: the explainer's default);
-        ``binary``: the run's binary tasks as ``metrics.json`` reports them."""
-        if self.target is None:
-            return None
-        if not hasattr(self.explainer, "scoring"):
-            raise ConfigError(f"[[explain]] {self.name!r}: target = {self.target!r} needs an explainer built on "
-                              "xaicxr.plugins.Explainer (it reads the score through Explainer.score)")
-        return make_target(self.target, classes, binary)
+    def explained(self, classes: np.ndarray) -> Any:
+        """What ``explain`` is given for rows of ``classes`` (N,): the class indices alone (the
+        explainer's default score), the target bound to them (a class score), or the target
+        itself (one score per image, whatever the class)."""
+        return explained(self.target, classes)
 
-    def identity(self, model: Any, model_sha256: str, classes: list[str], target: Target | None = None,
-                 threshold: float | None = None) -> dict[str, Any]:
+    def explain_batch(self, model: Any, images: np.ndarray, classes: np.ndarray) -> tuple:
+        """``(maps, degenerate)`` of one batch, plus every class's maps and flags when
+        ``targets == "all"``."""
+        if self.targets != "all":
+            return self.explainer.explain_with_info(model, images, self.explained(classes), self.layer)
+        maps_all, flags_all = self.explainer.explain_all_with_info(model, images, self.layer, self.target)
+        rows = np.arange(len(images))
+        return maps_all[rows, classes], flags_all[rows, classes], maps_all, flags_all
+
+    def identity(self, model: Any, model_sha256: str, classes: list[str]) -> dict[str, Any]:
         """The root attributes of the store, but the rows' digest."""
-        resolve = getattr(self.explainer, "resolve_layer", None)
-        default = getattr(self.explainer, "default_target", ClassLogit)
         out: dict[str, Any] = {
-            "explainer": self.name, "layer": resolve(model, self.layer) if resolve else (self.layer or ""),
+            "explainer": self.name, "layer": self.explainer.resolve_layer(model, self.layer),
             "classes": json.dumps(list(classes)), "model_sha256": model_sha256,
             "xaicxr_version": __version__, "params": json.dumps(self.params, sort_keys=True, default=str),
-            "target": target.label if target is not None else default.name}
-        if isinstance(target, BinaryScore):
-            out["target_positive"] = json.dumps(target.positive_names)
-            out["target_threshold"] = float(threshold if threshold is not None else 0.5)
+            "target": self.target.label if self.target is not None else self.explainer.default_target.name}
+        if isinstance(self.target, BinaryScore):
+            out["target_positive"] = json.dumps(self.target.positive_names)
+            out["target_threshold"] = float(self.threshold if self.threshold is not None else 0.5)
         return out
 
 
@@ -133,9 +164,6 @@ def explain_split(rundir: RunDir, job: ExplainJob, model: Any, model_sha256: str
     rows = cache.rows(job.split)
     if len(rows) == 0:
         raise ConfigError(f"[[explain]] split = {job.split!r} has no images in this run")
-    binary = rundir.read_metrics().get("binary", {}) if job.target else {}
-    target = job.score(preds["classes"], binary)
-    threshold = binary[target.task]["threshold"] if isinstance(target, BinaryScore) else None
     path = rundir.heatmaps(job.store)
     if shard is not None:
         rows = rows[slice(*shard.bounds(len(rows)))]
@@ -151,10 +179,9 @@ def explain_split(rundir: RunDir, job: ExplainJob, model: Any, model_sha256: str
         worker = None
         if executor is not None and not executor.local:
             worker = ExplainRows(job, str(rundir.model), model_sha256, unsafe_load, str(cache.path),
-                                 np.asarray(rows), columns.targets, target)
+                                 np.asarray(rows), columns.targets)
         return explain_to_store(path, job, model, model_sha256, preds["classes"], columns, images,
-                                overwrite=overwrite, target=target, threshold=threshold,
-                                executor=executor, worker=worker)
+                                overwrite=overwrite, executor=executor, worker=worker)
 
 
 @dataclass(frozen=True)
@@ -171,7 +198,6 @@ class ExplainRows:
     rows: np.ndarray
     """Image-cache rows of the store's rows."""
     targets: np.ndarray
-    target: Target | None = None
 
     def __call__(self, span: tuple[int, int]) -> tuple:
         start, stop = span
@@ -179,7 +205,7 @@ class ExplainRows:
                               self._load_model)
         with h5py.File(self.cache_path, "r") as h5:
             images = read_rows(h5["images"], self.rows[start:stop]).astype(np.float32)[..., None]
-        return _explain_batch(self.job, model, images, self.targets[start:stop], self.target)
+        return self.job.explain_batch(model, images, self.targets[start:stop])
 
     def _load_model(self) -> Any:
         from ..io.modelfile import load_model, model_sha256
@@ -193,22 +219,20 @@ class ExplainRows:
 def explain_to_store(path: str | Path, job: ExplainJob, model: Any, model_sha256: str,
                      classes: list[str], columns: Columns, images: Callable[[int, int], np.ndarray],
                      *, overwrite: bool = False, dtype: str = "float16", progress: bool = True,
-                     target: Target | None = None, threshold: float | None = None,
                      executor: Executor | None = None,
                      worker: Callable[[tuple[int, int]], tuple] | None = None) -> Path:
     """Explain every row of ``columns`` into the store at ``path`` (resuming a partial one).
 
     ``images(start, stop)`` returns rows [start, stop) as the model takes them, e.g.
-    (n, S, S, 1) float32. ``target``: the score explained (None: the explainer's default), bound
-    to each batch's ``columns.targets`` when it is a class score; ``threshold``: a binary
-    target's decision threshold (the store keeps it for its predicted side). The batches are
+    (n, S, S, 1) float32; the score explained is ``job.target``, bound to each batch's
+    ``columns.targets`` when it is a class score. The batches are
     computed by ``executor.map`` (here by default), by ``worker`` when given (a picklable function
     of a span, for a cluster); either way they are the same spans and are written in row order,
     so the store does not depend on the executor."""
     n = len(columns)
     size = _image_size(model, images, n)
     all_classes = job.targets == "all"
-    identity = job.identity(model, model_sha256, classes, target, threshold)
+    identity = job.identity(model, model_sha256, classes)
     with HeatmapWriter(path, identity, columns, size,
                        all_classes=all_classes, dtype=dtype, overwrite=overwrite) as writer:
         if writer.complete:
@@ -217,7 +241,7 @@ def explain_to_store(path: str | Path, job: ExplainJob, model: Any, model_sha256
         resumed = f" (resuming at {done}/{n})" if done else ""
         bar = progress_bar(f"explain {job.name}{resumed}", n - done) if progress else nullcontext(None)
         spans = [(start, min(start + job.batch_size, n)) for start in range(done, n, job.batch_size)]
-        explain = worker or (lambda span: _explain_span(job, model, images, columns.targets, span, target))
+        explain = worker or (lambda span: _explain_span(job, model, images, columns.targets, span))
         with bar as advance:
             for (start, stop), result in zip(spans, (executor or LocalExecutor()).map(explain, spans)):
                 writer.write(start, *result)
@@ -227,40 +251,12 @@ def explain_to_store(path: str | Path, job: ExplainJob, model: Any, model_sha256
 
 
 def _explain_span(job: ExplainJob, model: Any, images: Callable[[int, int], np.ndarray],
-                  targets: np.ndarray, span: tuple[int, int], target: Target | None = None) -> tuple:
+                  targets: np.ndarray, span: tuple[int, int]) -> tuple:
     start, stop = span
     batch = np.asarray(images(start, stop), dtype=np.float32)
     if len(batch) != stop - start:
         raise StoreError(f"images({start}, {stop}) returned {len(batch)} rows, expected {stop - start}")
-    return _explain_batch(job, model, batch, targets[start:stop], target)
-
-
-def _explain_batch(job: ExplainJob, model: Any, images: np.ndarray, targets: np.ndarray,
-                   target: Target | None = None) -> tuple:
-    """``(maps, degenerate)``, plus every class's maps and flags when ``job.targets == "all"``."""
-    if job.targets != "all":
-        return _explain(job.explainer, model, images, explained(target, targets), job.layer)
-    if target is not None:
-        with job.explainer.scoring(target.bind("all")):
-            maps_all, flags_all = job.explainer.explain_all_with_info(model, images, job.layer)
-    elif hasattr(job.explainer, "explain_all_with_info"):
-        maps_all, flags_all = job.explainer.explain_all_with_info(model, images, job.layer)
-    else:
-        runs = [_explain(job.explainer, model, images, np.full(len(images), c), job.layer)
-                for c in range(int(model.outputs[0].shape[-1]))]
-        maps_all, flags_all = np.stack([m for m, _ in runs], axis=1), np.stack([d for _, d in runs], axis=1)
-    rows = np.arange(len(images))
-    return maps_all[rows, targets], flags_all[rows, targets], maps_all, flags_all
-
-
-def _explain(explainer: Any, model: Any, images: np.ndarray, targets: np.ndarray,
-             layer: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """Maps and degenerate flags, from any object with ``explain`` (a plugin need not subclass
-    :class:`~xaicxr.plugins.Explainer`)."""
-    if hasattr(explainer, "explain_with_info"):
-        return explainer.explain_with_info(model, images, targets, layer)
-    maps = np.asarray(explainer.explain(model, images, targets, layer=layer), dtype=np.float32)
-    return maps, ~np.any(maps > 0, axis=(1, 2))
+    return job.explain_batch(model, batch, targets[start:stop])
 
 
 def _image_size(model: Any, images: Callable[[int, int], np.ndarray], n: int) -> tuple[int, int]:

@@ -31,7 +31,6 @@ from ..io import atomic
 from ..io.h5rows import create_rows, read_rows
 from ..io.imagecache import ImageCache, build_image_cache
 from ..io.modelfile import save_model, weights_digest
-from ..plugins.targets import make_target
 from ..progress import console, progress_bar
 from ..rundir import RunDir
 from . import Run
@@ -87,21 +86,22 @@ def check_later_stages(cfg: dict[str, Any], model: keras.Model, classes: list[st
         if missing:
             raise ConfigError(f"[binary] {task!r}: class {missing[0]!r} is not one of the dataset's "
                               f"classes {classes}")
+    from .explain import ExplainJob
+
     tasks = cfg["binary"] or default_binary_tasks(classes)
     for spec in cfg["explain"]:
-        if spec.get("target"):
-            make_target(spec["target"], classes, tasks)
-    for table in ("explain", "aggregate"):
-        for spec in cfg[table]:
-            try:
-                plugin = build_plugin(table, spec)
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"[[{table}]] {spec['name']!r}: {exc}") from None
-            if table == "explain" and getattr(plugin, "resolve_layer", None) is not None:
-                try:
-                    plugin.resolve_layer(model, spec.get("layer") or default_layer)
-                except LayerNotFoundError as exc:
-                    raise ConfigError(f"[[explain]] {spec['name']!r}: {exc}") from None
+        try:
+            job = ExplainJob.from_spec(spec, classes=classes, tasks=tasks, default_layer=default_layer)
+            job.explainer.resolve_layer(model, job.layer)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"[[explain]] {spec['name']!r}: {exc}") from None
+        except LayerNotFoundError as exc:
+            raise ConfigError(f"[[explain]] {spec['name']!r}: {exc}") from None
+    for spec in cfg["aggregate"]:
+        try:
+            build_plugin("aggregate", spec)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"[[aggregate]] {spec['name']!r}: {exc}") from None
 
 
 def _preprocess_config(model: keras.Model) -> Any:

@@ -49,7 +49,7 @@ class EigenCAM(CAMExplainer):
 
     reads_score = False
 
-    def class_maps(self, graph: Any, images: Any, targets: Any) -> Any:
+    def class_maps(self, graph: Any, images: Any, classes: Any, target: Any) -> Any:
         acts, _ = graph(images, training=False)
         return self.cam(acts, None)
 
@@ -65,10 +65,10 @@ class EigenCAM(CAMExplainer):
         agree = tf.reduce_sum(proj * (total - tf.reduce_mean(total, axis=1, keepdims=True)), 1)
         return tf.reshape(proj * tf.where(agree < 0, -1.0, 1.0)[:, None], shape[:3])
 
-    def every_class_maps(self, graph: Any, images: Any, method: str) -> Any:
+    def every_class_maps(self, graph: Any, images: Any, method: str, target: Any) -> Any:
         import tensorflow as tf
 
-        maps = self.class_maps(graph, images, None)
+        maps = self.class_maps(graph, images, None, target)
         return tf.repeat(maps[:, None], int(graph.outputs[1].shape[-1]), axis=1)
 
 
@@ -87,23 +87,23 @@ class AblationCAM(CAMExplainer):
         acts, logits = graph(images, training=False)
         return acts, logits, ablated_scores(model_above(graph), acts, self.ablation_batch)
 
-    def class_maps(self, graph: Any, images: Any, targets: Any) -> Any:
+    def class_maps(self, graph: Any, images: Any, classes: Any, target: Any) -> Any:
         import tensorflow as tf
 
         acts, logits, ablated = self._ablate(graph, images)
         k = int(acts.shape[-1])
-        y = self.score(logits, targets)[:, None]
-        y_k = tf.reshape(self.score(tf.reshape(ablated, (-1, tf.shape(ablated)[-1])),
-                                    tf.repeat(tf.cast(targets, tf.int32), k)), (-1, k))
+        y = target.score(logits, classes)[:, None]
+        y_k = tf.reshape(target.score(tf.reshape(ablated, (-1, tf.shape(ablated)[-1])),
+                                      tf.repeat(tf.cast(classes, tf.int32), k)), (-1, k))
         weights = tf.math.divide_no_nan(y - y_k, y)
         return tf.nn.relu(tf.einsum("nhwk,nk->nhw", acts, weights))
 
-    def every_class_maps(self, graph: Any, images: Any, method: str) -> Any:
+    def every_class_maps(self, graph: Any, images: Any, method: str, target: Any) -> Any:
         import tensorflow as tf
 
         acts, logits, ablated = self._ablate(graph, images)
-        y = self.class_scores(logits)[:, None, :]
-        y_k = tf.reshape(self.class_scores(tf.reshape(ablated, (-1, tf.shape(ablated)[-1]))), tf.shape(ablated))
+        y = target.class_scores(logits)[:, None, :]
+        y_k = tf.reshape(target.class_scores(tf.reshape(ablated, (-1, tf.shape(ablated)[-1]))), tf.shape(ablated))
         weights = tf.transpose(tf.math.divide_no_nan(y - y_k, y), [0, 2, 1])
         return tf.nn.relu(tf.einsum("nhwk,nck->nchw", acts, weights))
 

@@ -2,7 +2,7 @@
 ``occlusion``, ``rise``.
 
 No target layer: they differentiate or perturb the input and read the ``logits`` layer (as
-``saliency``), turned into the explained score by :meth:`xaicxr.plugins.Explainer.score`. What they share (:class:`_Batched`): every perturbed or interpolated input of a
+``saliency``), turned into the explained score by the target each call is given. What they share (:class:`_Batched`): every perturbed or interpolated input of a
 group of images goes through the model inside one compiled TensorFlow function per group, in
 chunks of at most ``batch`` model inputs per pass (a ``tf.foldl`` that adds each chunk's
 contribution to the maps, so memory does not grow with the number of passes). A group holds
@@ -23,8 +23,8 @@ import numpy as np
 
 from xaicxr.kerasgraph import model_cache
 from xaicxr.plugins import Explainer
-from xaicxr.plugins.explainer import check_images, compile_once
-from xaicxr.plugins.targets import ClassProbability
+from xaicxr.plugins.explainer import check_images, compile_once, finish_batch
+from xaicxr.plugins.targets import ClassProbability, Target
 
 from .tfkv import logits_model
 
@@ -41,16 +41,17 @@ class _Batched(Explainer):
     def passes(self, size: tuple[int, int]) -> int:
         raise NotImplementedError
 
-    def build(self, graph: Any, shape: tuple[int, ...]) -> Any:
+    def build(self, graph: Any, shape: tuple[int, ...], target: Target) -> Any:
         raise NotImplementedError
 
-    def run(self, model: Any, images: np.ndarray, *per_image: np.ndarray) -> np.ndarray:
-        """The compiled function on groups of ``images`` (and per-image arrays), concatenated."""
+    def run(self, model: Any, images: np.ndarray, target: Target, *per_image: np.ndarray) -> np.ndarray:
+        """The compiled function of ``target`` on groups of ``images`` (and per-image arrays),
+        concatenated."""
         key = ("input-space", type(self), repr(sorted(self.options().items())), images.shape[1:],
-               self.target.key)
+               target.key)
         cache = model_cache(model)
         if key not in cache:
-            cache[key] = self.build(logits_model(model), tuple(images.shape[1:]))
+            cache[key] = self.build(logits_model(model), tuple(images.shape[1:]), target)
         group = max(1, self.batch // self.passes(images.shape[1:3]))
         return np.concatenate([cache[key](*(a[i:i + group] for a in (images, *per_image))).numpy()
                                for i in range(0, len(images), group)])
@@ -101,18 +102,17 @@ class IntegratedGradients(_Batched):
         """Raw (N, H, W, C) attributions a of ``targets`` (class indices (N,) or a target),
         before any map step."""
         images = check_images(model, images)
-        target, targets = self.bind_target(targets, len(images), self._n_classes(model, None))
-        with self.scoring(target):
-            return self._attributions(model, images, targets)
+        target, classes = self.bind_target(targets, len(images), self.n_classes(model, None))
+        return self._attributions(model, images, classes, target)
 
-    def _attributions(self, model: Any, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        return self.run(model, images, self.baselines(images), targets.astype(np.int32))
+    def _attributions(self, model: Any, images: np.ndarray, classes: np.ndarray, target: Target) -> np.ndarray:
+        return self.run(model, images, target, self.baselines(images), classes.astype(np.int32))
 
-    def raw_maps(self, model: Any, images: np.ndarray, targets: np.ndarray,
-                 layer: str | None) -> Any:
-        return np.abs(self._attributions(model, images, targets).sum(-1))
+    def raw_maps(self, model: Any, images: np.ndarray, classes: np.ndarray, layer: str | None,
+                 target: Target) -> Any:
+        return np.abs(self._attributions(model, images, classes, target).sum(-1))
 
-    def build(self, graph: Any, shape: tuple[int, ...]) -> Any:
+    def build(self, graph: Any, shape: tuple[int, ...], target: Target) -> Any:
         import tensorflow as tf
 
         spec = tf.TensorSpec((None, *shape), tf.float32)
@@ -127,7 +127,7 @@ class IntegratedGradients(_Batched):
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
                     tape.watch(x)
                     logits = graph([x], training=False)
-                    score = self.score(logits, tf.repeat(targets, k))
+                    score = target.score(logits, tf.repeat(targets, k))
                 grads = tape.gradient(score, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
                 return tf.einsum("gkhwc,k->ghwc", tf.reshape(grads, (-1, k, *shape)), valid)
 
@@ -147,47 +147,45 @@ class _Masked(_Batched):
 
     uses_clean: ClassVar[bool] = True
 
-    def score_table(self, logits: Any, classes: Any) -> Any:
+    @staticmethod
+    def score_table(logits: Any, classes: Any, target: Target) -> Any:
         """(N, S): every class's score (S = C) for a classwise target, else the score (S = 1)."""
-        if self.target.classwise:
-            return self.class_scores(logits)
-        return self.score(logits, classes)[:, None]
+        if target.classwise:
+            return target.class_scores(logits)
+        return target.score(logits, classes)[:, None]
 
-    def every_class(self, model: Any, images: np.ndarray) -> np.ndarray:
-        """Raw (N, C, H, W) maps of every class."""
-        return self.run(model, images, np.zeros(len(images), np.int32))
+    def raw_maps(self, model: Any, images: np.ndarray, classes: np.ndarray, layer: str | None,
+                 target: Target) -> Any:
+        raw = self.run(model, images, target, classes.astype(np.int32))
+        return raw[np.arange(len(images)), classes] if target.classwise else raw[:, 0]
 
-    def raw_maps(self, model: Any, images: np.ndarray, targets: np.ndarray,
-                 layer: str | None) -> Any:
-        raw = self.run(model, images, targets.astype(np.int32))
-        return raw[np.arange(len(images)), targets] if self.target.classwise else raw[:, 0]
+    def every_class(self, model: Any, images: np.ndarray, target: Target | None = None) -> np.ndarray:
+        """Raw (N, C, H, W) maps of every class's score of ``target`` (None: the default)."""
+        target = self.default_target() if target is None else target
+        return self.run(model, images, target, np.zeros(len(images), np.int32))
 
-    def explain_all_with_info(self, model: Any, images: Any,
-                              layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        images = check_images(model, images)
-        self.every_class_target()
-        if len(images) == 0:
-            return self._empty(images, (self._n_classes(model, layer),))
-        raw = self.every_class(model, images)
-        maps, flags = self._finish(raw.reshape(-1, *raw.shape[2:]), images)
-        return self._store_flags(maps.reshape(raw.shape), flags.reshape(raw.shape[:2]))
+    def compute_all(self, model: Any, images: np.ndarray, layer: str | None,
+                    target: Target) -> tuple[np.ndarray, np.ndarray]:
+        raw = self.every_class(model, images, target)
+        maps, flags = finish_batch(raw.reshape(-1, *raw.shape[2:]), images, self.signed)
+        return maps.reshape(raw.shape), flags.reshape(raw.shape[:2])
 
-    def build(self, graph: Any, shape: tuple[int, ...]) -> Any:
+    def build(self, graph: Any, shape: tuple[int, ...], target: Target) -> Any:
         import tensorflow as tf
 
         size = shape[:2]
         n = self.passes(size)
-        scores_per_image = int(graph.outputs[0].shape[-1]) if self.target.classwise else 1
+        scores_per_image = int(graph.outputs[0].shape[-1]) if target.classwise else 1
 
         def masked(images, classes):
-            clean = (self.score_table(graph([images], training=False), classes)[:, None]
+            clean = (self.score_table(graph([images], training=False), classes, target)[:, None]
                      if self.uses_clean else None)
 
             def body(j, valid):
                 k = valid.shape[0]
                 m = self.make_masks(j, size)
                 x = tf.reshape(self.perturb(images[:, None], m[None, ..., None]), (-1, *shape))
-                scores = tf.reshape(self.score_table(graph([x], training=False), tf.repeat(classes, k)),
+                scores = tf.reshape(self.score_table(graph([x], training=False), tf.repeat(classes, k), target),
                                     (-1, k, scores_per_image))
                 weights = self.weigh(scores, clean) * valid[:, None]
                 return tf.einsum("gkc,khw->gchw", weights, m)

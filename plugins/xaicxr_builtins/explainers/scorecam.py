@@ -9,8 +9,8 @@ What tf-keras-vis 0.8 does, step by step, and what is done here in one compiled 
   1e-7), min and max of the upsampled channel (its grid need not pass through the maximum);
 * the image times each scaled channel goes through the model; the weight w_k is the softmax
   probability of the explained class (not the logit, and no baseline subtracted): here the
-  explainer's target, :class:`~xaicxr.plugins.targets.ClassProbability` by default, read
-  through ``Explainer.score`` (a binary task's score works the same way);
+  explainer's target, :class:`~xaicxr.plugins.targets.ClassProbability` by default (a binary
+  task's score works the same way);
 * map = ReLU(sum_k w_k A_k) on the raw (unscaled) activations.
 
 ``max_n`` (Faster Score-CAM) keeps the ``max_n`` channels of largest spatial standard deviation,
@@ -88,17 +88,17 @@ class ScoreCAM(CAMExplainer):
         n_classes = int(graph.outputs[1].shape[-1])
         return acts, in_chunks(logits, tf.shape(images)[0] * m, self.channel_batch, n_classes)
 
-    def class_maps(self, graph: Any, images: Any, targets: Any) -> Any:
+    def class_maps(self, graph: Any, images: Any, classes: Any, target: Any) -> Any:
         import tensorflow as tf
 
         acts, logits = self.masked_scores(graph, images)
-        weights = tf.reshape(self.score(logits, tf.repeat(targets, int(acts.shape[-1]))),
+        weights = tf.reshape(target.score(logits, tf.repeat(classes, int(acts.shape[-1]))),
                              (-1, int(acts.shape[-1])))
         return tf.nn.relu(tf.einsum("nhwk,nk->nhw", acts, weights))
 
-    def every_class_maps(self, graph: Any, images: Any, method: str) -> Any:
+    def every_class_maps(self, graph: Any, images: Any, method: str, target: Any) -> Any:
         import tensorflow as tf
 
         acts, logits = self.masked_scores(graph, images)
-        table = tf.reshape(self.class_scores(logits), (-1, int(acts.shape[-1]), int(logits.shape[-1])))
+        table = tf.reshape(target.class_scores(logits), (-1, int(acts.shape[-1]), int(logits.shape[-1])))
         return tf.nn.relu(tf.einsum("nhwk,nkc->nchw", acts, table))

@@ -22,8 +22,7 @@ Adaptations to tf-keras-vis 0.8.7 on Keras 3 / TF 2.21 (it works, with these):
   make a map depend on its batch mates, and tiles channels x batch inputs in memory.
 * SmoothGrad draws its noise from NumPy's global generator; it is seeded from ``seed`` and the
   global state restored afterwards, so maps are reproducible.
-* The score function handed to tf-keras-vis is the explainer's target
-  (:meth:`xaicxr.plugins.Explainer.score` of the logits). Score-CAM hands it softmax
+* The score function handed to tf-keras-vis is the target's score of the logits. Score-CAM hands it softmax
   probabilities, not logits: there it is the target's ``score_of_probabilities``, and its
   default target is the class probability (what tf-keras-vis always weighed by).
 """
@@ -38,17 +37,17 @@ import numpy as np
 from xaicxr.kerasgraph import explainable_model, model_cache, score_layer
 from xaicxr.plugins import Explainer
 from xaicxr.plugins.explainer import compile_once
-from xaicxr.plugins.targets import ClassProbability
+from xaicxr.plugins.targets import ClassProbability, Target
 
 
-def _score(explainer: Explainer, targets: np.ndarray, centred: bool = False) -> Any:
-    """tf-keras-vis's score function: the explainer's score of the logits tf-keras-vis passes."""
+def _score(target: Target, classes: np.ndarray, centred: bool = False) -> Any:
+    """tf-keras-vis's score function: the target's score of the logits tf-keras-vis passes."""
     import tensorflow as tf
 
-    classes = tf.constant(targets, tf.int32)
+    classes = tf.constant(classes, tf.int32)
 
     def score(output: Any) -> Any:
-        value = explainer.score(output, classes)
+        value = target.score(output, classes)
         return value - tf.stop_gradient(value) if centred else value
 
     return score
@@ -94,23 +93,22 @@ class _TfkvCAM(Explainer):
     centred_score: ClassVar[bool] = False
     reads_score = True
 
-    def raw_maps(self, model: Any, images: np.ndarray, targets: np.ndarray,
-                 layer: str | None) -> Any:
-        exp = self.explainable(model, layer)
-        return self._call(exp, images, targets)
+    def raw_maps(self, model: Any, images: np.ndarray, classes: np.ndarray, layer: str | None,
+                 target: Target) -> Any:
+        return self._call(self.explainable(model, layer), images, classes, target)
 
-    def _call(self, exp: Any, images: np.ndarray, targets: np.ndarray) -> Any:
+    def _call(self, exp: Any, images: np.ndarray, classes: np.ndarray, target: Target) -> Any:
         cls = _import(self.visualizer)
         cache = model_cache(exp.model)
         if "tfkv_logits" not in cache:
             cache["tfkv_logits"] = _with_silent_predict(exp.logits_model())
         vis = cls(cache["tfkv_logits"], clone=False)
-        return vis(self._score_function(targets), images, penultimate_layer=exp.target_name,
+        return vis(self._score_function(classes, target), images, penultimate_layer=exp.target_name,
                    seek_penultimate_conv_layer=False, expand_cam=False, normalize_cam=False,
                    **self._call_options(exp))
 
-    def _score_function(self, targets: np.ndarray) -> Any:
-        return _score(self, targets, self.centred_score)
+    def _score_function(self, classes: np.ndarray, target: Target) -> Any:
+        return _score(target, classes, self.centred_score)
 
     def _call_options(self, exp: Any) -> dict[str, Any]:
         return {}
@@ -150,16 +148,16 @@ class ScorecamTfkv(_TfkvCAM):
         self.batch_size = batch_size
         self.max_n = max_n
 
-    def _call(self, exp: Any, images: np.ndarray, targets: np.ndarray) -> Any:
+    def _call(self, exp: Any, images: np.ndarray, classes: np.ndarray, target: Target) -> Any:
         import tensorflow as tf
 
-        return tf.concat([super(ScorecamTfkv, self)._call(exp, images[i:i + 1], targets[i:i + 1])
+        return tf.concat([super(ScorecamTfkv, self)._call(exp, images[i:i + 1], classes[i:i + 1], target)
                           for i in range(len(images))], axis=0)
 
-    def _score_function(self, targets: np.ndarray) -> Any:
+    def _score_function(self, classes: np.ndarray, target: Target) -> Any:
         import tensorflow as tf
 
-        classes, target = tf.constant(targets, tf.int32), self.target
+        classes = tf.constant(classes, tf.int32)
         return lambda probs: target.score_of_probabilities(probs, classes)
 
     def _call_options(self, exp: Any) -> dict[str, Any]:
@@ -176,11 +174,11 @@ class Saliency(Explainer):
     signed = True
     reads_score = True
 
-    def raw_maps(self, model: Any, images: np.ndarray, targets: np.ndarray,
-                 layer: str | None) -> Any:
+    def raw_maps(self, model: Any, images: np.ndarray, classes: np.ndarray, layer: str | None,
+                 target: Target) -> Any:
         vis = _import("tf_keras_vis.saliency.Saliency")(logits_model(model), clone=False)
         with self._noise():
-            return vis(_score(self, targets), images, keepdims=False, normalize_map=False,
+            return vis(_score(target, classes), images, keepdims=False, normalize_map=False,
                        **self._smoothing())
 
     def _smoothing(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ plugin class's keyword parameters (:mod:`xaicxr.options`). Errors name the key a
 from __future__ import annotations
 
 import copy
+import inspect
 import tomllib
 from importlib.resources import files
 from pathlib import Path
@@ -17,7 +18,7 @@ import tomli_w
 from . import plugins
 from .errors import ConfigError, PluginError
 from .executors import DEFAULT_PARTITION_ROWS
-from .plugins.options import check_options, describe, matches
+from .plugins.options import check_options, describe, matches, option_spec
 from .plugins.targets import BINARY_PREFIX, parse_target
 
 DEFAULT_SOURCE = "the embedded default configuration"
@@ -42,14 +43,9 @@ CORE_KEYS: dict[str, dict[str, tuple[Any, Any]]] = {
     "aggregate": {"name": (str, "mean")},
     "templates": {"by": (Literal["true", "predicted"], "true"), "correct_only": (bool, False)},
     "probe": {"enabled": (bool, True), "folds": (int, 5), "flag": (float, 0.8)},
-    "quality": {"tolerance": (float, 15.0), "max_images": (int, 1000), "partitions": (int, 20),
-                "faithfulness": (bool, True), "fills": (list[Literal["road", "blur"]], ["road", "blur"]),
-                "fractions": (int, 11), "faithfulness_images": (int, 100),
-                "faithfulness_baselines": (list[Literal["uniform", "lungs", "lungs_blurred", "class_prior", "random"]],
-                                           ["uniform", "lungs", "class_prior"]),
-                "template_q": (float, 0.05), "template_draws": (int, 3),
-                "randomisation": (bool, True), "randomisation_images": (int, 48),
-                "randomisation_draw": (int, 0), "reliance": (bool, True), "seed": (int, 0)},
+    "quality": {"metrics": (list[str], None), "max_images": (int, 1000), "faithfulness_images": (int, 100),
+                "faithfulness": (bool, True), "randomisation": (bool, True), "reliance": (bool, True),
+                "seed": (int, 0)},
     "run": {"executor": (Literal["local", "dask"], "local"), "address": (str | None, None),
             "workers": (int | None, None), "partition_rows": (int, DEFAULT_PARTITION_ROWS)},
 }
@@ -62,6 +58,13 @@ ARRAY_TABLES = {"explain", "aggregate"}
 """Arrays of tables (``[[explain]]``): one entry per explainer / aggregator."""
 FREE_TABLES = {"binary"}
 """Tables whose keys are user-chosen names (binary tasks)."""
+DEFAULT_METRICS = ("reliance", "localisation", "reliability", "template", "template-faithfulness", "faithfulness",
+                   "randomisation", "distinctiveness")
+"""``[quality] metrics`` when not given: every built-in metric, in report order."""
+METRIC_SWITCHES = {"faithfulness": ("faithfulness", "template-faithfulness"), "randomisation": ("randomisation",),
+                   "reliance": ("reliance",)}
+"""``[quality]`` booleans that leave metrics out (``faithfulness = false`` drops the two that
+perturb images); the same name given a table sets that metric's options instead."""
 DEFAULT_BINARY_TASKS = ("covid-vs-rest", "abnormal-vs-normal")
 """The tasks ``analysis.metrics.default_binary_tasks`` defines when ``[binary]`` is empty (where
 the classes allow: a class named like covid; one named normal)."""
@@ -101,12 +104,13 @@ def resolve(raw: dict[str, Any], source: str = "<config>") -> dict[str, Any]:
             raise ConfigError(f"[{table}] in {source} must be a table")
         if table in FREE_TABLES:
             cfg[table] = _resolve_binary(given, source)
+        elif table == "quality":
+            cfg[table] = _resolve_quality(given, source)
         elif table in ARRAY_TABLES:
             cfg[table] = _resolve_array(table, given, keys, source)
         else:
             cfg[table] = _resolve_table(table, given, keys, source)
     _check_test_set_choice(raw, cfg, source)
-    _check_quality(cfg["quality"], source)
     _check_targets(cfg, source)
     if cfg["dataset"].get("mode") == "as-decoded":  # the default spelled out (a study axis): same run
         del cfg["dataset"]["mode"]
@@ -171,18 +175,78 @@ def _check_positive(cfg: dict[str, Any], source: str) -> None:
                               f"got {spec['batch_size']}")
 
 
-def _check_quality(quality: dict[str, Any], source: str) -> None:
-    """Values that type-check but cannot work."""
+def _resolve_quality(given: dict[str, Any], source: str) -> dict[str, Any]:
+    """``[quality]``: the core keys, the options of the chosen metrics and per-metric tables.
+
+    A metric's options are the keyword arguments of its class (like every plugin's). Given at
+    the top level of ``[quality]`` (``fills = ["road"]``), an option goes to every chosen metric
+    that takes an option of that name (``tolerance`` sets the localisation of the maps and of
+    the templates alike); given in the metric's own table (``[quality.faithfulness]``), to that
+    metric only. The defaults of every chosen metric's options are filled in, so ``config.toml``
+    shows what was used. Every metric is made with its options here, so a value that cannot
+    work is an error before anything runs."""
     where = f"[quality] in {source}"
-    if not quality["fills"]:
-        raise ConfigError(f"'fills' in {where} is empty; use \"road\", \"blur\" or both, or faithfulness = false")
-    if quality["fractions"] < 2:
-        raise ConfigError(f"'fractions' in {where} must be at least 2 (0 and 1 of the pixels), got {quality['fractions']}")
-    if not 0 < quality["template_q"] <= 1:
-        raise ConfigError(f"'template_q' in {where} must be in (0, 1], got {quality['template_q']}")
-    for key in ("max_images", "faithfulness_images", "randomisation_images", "partitions", "template_draws"):
-        if quality[key] < 0 or (key in ("randomisation_images", "partitions", "template_draws") and quality[key] < 1):
-            raise ConfigError(f"'{key}' in {where} must be positive, got {quality[key]}")
+    core = CORE_KEYS["quality"]
+    tables = {k: v for k, v in given.items() if isinstance(v, dict)}
+    flat = {k: v for k, v in given.items() if k not in tables}
+    out = _resolve_table("quality", {k: v for k, v in flat.items() if k in core}, core, source)
+    names = list(out.get("metrics", DEFAULT_METRICS))
+    out["metrics"] = names
+    classes = {}
+    for name in names:
+        try:
+            classes[name] = plugins.get("metric", name)
+        except PluginError as exc:
+            raise ConfigError(f"'metrics' in {where}: {exc}") from None
+    if len(set(names)) != len(names):
+        raise ConfigError(f"'metrics' in {where} names a metric twice: {names}")
+    takes = {opt: [n for n, cls in classes.items() if opt in option_spec(cls)]
+             for cls in classes.values() for opt in option_spec(cls)}
+    for key, value in flat.items():
+        if key in core:
+            continue
+        if key not in takes:
+            known = sorted(set(core) | set(takes))
+            raise ConfigError(f"unknown key {key!r} in {where}; known keys: {', '.join(known)} "
+                              f"(and a table per metric: {', '.join(names)})")
+        for name in takes[key]:
+            check_options(classes[name], {key: value}, f"{where} (an option of metric {name!r})")
+        hint = option_spec(classes[takes[key][0]])[key][0]
+        out[key] = float(value) if hint is float else value
+    for name, table in tables.items():
+        if name not in classes:
+            raise ConfigError(f"[quality.{name}] in {source}: {name!r} is not one of the chosen metrics "
+                              f"({', '.join(names)})")
+        check_options(classes[name], table, f"[quality.{name}] in {source}")
+        out[name] = copy.deepcopy(table)
+    for opt, owners in takes.items():
+        default = option_spec(classes[owners[0]])[opt][1]
+        if opt not in out and default is not inspect.Parameter.empty and default is not None:
+            out[opt] = copy.deepcopy(default)
+    for name in names:
+        try:
+            make_metric(name, out)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where} (metric {name!r}): {exc}") from None
+    for key in ("max_images", "faithfulness_images"):
+        if out[key] < 0:
+            raise ConfigError(f"'{key}' in {where} must be 0 or more, got {out[key]}")
+    return out
+
+
+def chosen_metrics(quality: dict[str, Any]) -> list[str]:
+    """The metrics a resolved ``[quality]`` runs: ``metrics`` without those a switch leaves out."""
+    off = {name for switch, names in METRIC_SWITCHES.items() if quality.get(switch) is False for name in names}
+    return [name for name in quality["metrics"] if name not in off]
+
+
+def make_metric(name: str, quality: dict[str, Any]) -> Any:
+    """Metric ``name`` made with its options from a resolved ``[quality]`` (its own table over
+    the shared top-level keys)."""
+    cls = plugins.get("metric", name)
+    own = quality.get(name) if isinstance(quality.get(name), dict) else {}
+    shared = {opt: quality[opt] for opt in option_spec(cls) if opt in quality and not isinstance(quality[opt], dict)}
+    return cls(**{**shared, **own})
 
 
 def _check_probe(probe: dict[str, Any], source: str) -> None:

@@ -38,7 +38,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .compare import compare_runs, comparison_rows
-from .config import resolve
+from .config import chosen_metrics, make_metric, resolve, store_name
 from .errors import ConfigError
 from .io import atomic
 from .pipeline import run_pipeline, stage_hashes
@@ -202,47 +202,30 @@ def _compare_variants(out: Path, names: list[str]) -> dict[str, Any] | None:
 
 def _rows(name: str, run_dir: RunDir, cfg: dict[str, Any], summary: dict[str, Any],
           seconds: float) -> list[dict[str, Any]]:
-    """One row per explainer and class of the variant (long format): classification figures,
-    then that class's per-image localisation with intervals next to the best uninformed
-    baseline (``skill``), lung energy, deletion/insertion AUCs, whether the model relies on the
-    class's lesion, and whether the explainer passes the cascading randomisation test."""
+    """One row per explainer store and class of the variant (long format): classification
+    figures, then each chosen metric's columns for that store and class
+    (:meth:`xaicxr.plugins.Metric.row`: localisation next to the best uninformed baseline, lung
+    energy, reliability, deletion/insertion AUCs, whether the model relies on the class's lesion,
+    whether the explainer passes the cascading randomisation test)."""
     metrics = run_dir.read_metrics()
     common: dict[str, Any] = {"variant": name, "run_dir": str(run_dir.root), "seconds": round(seconds, 1),
                               "stages_run": summary["stages_run"], "test_set": metrics.get("test_set"),
                               "n_test": metrics.get("n_test"), "accuracy": metrics.get("accuracy")}
     for task, b in metrics.get("binary", {}).items():
         common[f"auc:{task}"] = b["auc"]
+    chosen = [make_metric(m, cfg["quality"]) for m in chosen_metrics(cfg["quality"])]
     rows = []
     for spec in cfg["explain"]:
-        sanity = metrics.get("sanity", {}).get(spec["name"], {})
-        for cls, q in metrics.get("per_image", {}).get(spec["name"], {}).items():
-            row = {**common, "explainer": spec["name"], "layer": sanity.get("layer") or spec.get("layer"),
-                   "class": cls, "n": q.get("n")}
-            for key in ("pointing_game", "pointing_game_tolerance", "energy_lift", "energy_lift_lungs",
-                        "lung_energy", "consistency", "split_half"):
-                row.update(_flat(key, q.get(key)))
-            skill = q.get("skill", {}).get("pointing_game")
-            if skill:
-                row["pointing_baseline"] = skill["baseline"]
-                row.update(_flat("pointing_skill", skill))
-            faith = metrics.get("faithfulness", {}).get(spec["name"], {}).get(cls, {})
-            for fill, f in faith.items():
-                row.update(_flat(f"deletion_auc:{fill}", f["deletion_auc"]))
-                row.update(_flat(f"insertion_auc:{fill}", f["insertion_auc"]))
-            reliance = metrics.get("reliance", {}).get(cls)
-            if reliance is not None:
-                row["relies_on_lesion"] = reliance["relies_on_lesion"]
-            row["randomisation_passes"] = sanity.get("passes")
+        store = store_name(spec)
+        sanity = metrics.get("sanity", {}).get(store, {})
+        for cls, q in metrics.get("per_image", {}).get(store, {}).items():
+            row = {**common, "explainer": spec["name"], "store": store,
+                   "layer": sanity.get("layer") or spec.get("layer"), "class": cls, "n": q.get("n")}
+            for metric in chosen:
+                figures = metrics.get(metric.key, {})
+                row.update(metric.row(figures if metric.scope == "run" else figures.get(store), cls))
             rows.append(row)
     return rows
-
-
-def _flat(key: str, est: dict[str, Any] | None) -> dict[str, Any]:
-    """An estimate as three columns: ``key``, ``key_lo``, ``key_hi``."""
-    if not est:
-        return {}
-    lo, hi = est.get("ci95", [None, None])
-    return {key: est.get("value"), f"{key}_lo": lo, f"{key}_hi": hi}
 
 
 def _write_tables(out: Path, rows: list[dict[str, Any]], comparison: dict[str, Any] | None = None) -> None:

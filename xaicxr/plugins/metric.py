@@ -68,6 +68,7 @@ INPUTS: dict[str, str] = {
     "templates": "{class name: (H, W)}: one aggregator's templates of every class",
     "twins": "{change: (N, H, W)}: counterfactual images (the dataset's counterfactual(); phantoms)",
     "train_seed": "int: the seed the model was trained with",
+    "split": "str: the split the images come from ('test'; 'val' in a study that chooses on validation)",
     "seed": "int: [quality] seed, for every random draw and bootstrap",
 }
 """The inputs the quality stage gives, by parameter name."""
@@ -109,6 +110,11 @@ class Metric(Configurable, ABC):
         """The figures, each estimate a ``{"value", "ci95", "n"}`` record. The parameters of an
         implementation name the :data:`INPUTS` it needs."""
 
+    def select(self, labels: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
+        """Scope ``explainer``: the rows of the store (by their ``labels``) to re-explain; all of
+        them by default."""
+        return np.arange(len(labels))
+
     def also(self, figures: dict[str, Any]) -> dict[str, Any]:
         """Other ``metrics.json`` keys derived from the figures, ``{key: value}`` at the same
         nesting (the randomisation test's one-line ``sanity``); none by default."""
@@ -133,11 +139,13 @@ class Metric(Configurable, ABC):
             return []
         return [f"<h3>{html.escape(self.title or self.key)}</h3>", html.table(["class", *names], rows)]
 
-    def row(self, figures: dict[str, Any]) -> dict[str, Any]:
-        """Columns of the study table (``xaicxr study``) from one class's figures (scope
-        ``maps``): each top-level estimate as ``name``, ``name_lo``, ``name_hi``."""
+    def row(self, figures: Any, cls: str) -> dict[str, Any]:
+        """Columns of the study table (``xaicxr study``, one row per store and class) from the
+        metric's figures of the store (scope ``run``: of the run): by default each top-level
+        estimate of ``figures[cls]`` as ``name``, ``name_lo``, ``name_hi``."""
+        own = figures.get(cls) if isinstance(figures, dict) else None
         out: dict[str, Any] = {}
-        for name, value in figures.items():
+        for name, value in (own or {}).items():
             if isinstance(value, dict) and "value" in value and "ci95" in value:
                 out.update(flat_estimate(name, value))
         return out
@@ -152,6 +160,16 @@ class MapMetric(Metric):
     scope: ClassVar[Scope] = "maps"
     baselines: tuple[str, ...] = ()
     """The uninformed maps this metric also scores, and measures the explainer against."""
+    group: ClassVar[str] = "scores"
+    """Where :meth:`kept` arrays go in ``quality.h5``: ``<group>/<store>/<class>/<name>``."""
+
+    def kept(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The per-image arrays ``quality.h5`` keeps (all of :meth:`scores` by default)."""
+        return scores
+
+    def kept_attrs(self) -> dict[str, Any]:
+        """Attributes of ``<group>/<store>`` in ``quality.h5`` (the curves' fractions, say)."""
+        return {}
 
     @abstractmethod
     def scores(self, **inputs: Any) -> dict[str, np.ndarray]:
@@ -198,6 +216,16 @@ def call_with_inputs(fn: Callable[..., Any], inputs: Mapping[str, Any], metric: 
         raise MetricInputError(f"{who} needs {', '.join(repr(m) for m in missing)}, which "
                                f"{'is' if len(missing) == 1 else 'are'} not given here")
     return fn(**{name: inputs[name] for name in params if name in inputs})
+
+
+def predict_probabilities(model: Any, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """(N, C) class probabilities of gray images (N, H, W) in [0, 1], ``batch_size`` at a time."""
+    import keras
+
+    images = np.asarray(images, np.float32)
+    return np.concatenate([keras.ops.convert_to_numpy(model(images[i:i + batch_size, ..., None], training=False))
+                           for i in range(0, len(images), batch_size)]
+                          or [np.zeros((0, model.output_shape[-1]), np.float32)])
 
 
 def flat_estimate(name: str, estimate: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from ..analysis.metrics import binary_task, classification_report, default_binar
 from ..errors import DataError
 from ..io.imagecache import SPLITS, ImageCache
 from ..io.predictions import write_predictions
+from ..plugins.metric import predict_probabilities
 from ..progress import progress_bar
 from ..rundir import RunDir
 from . import Run
@@ -54,15 +55,9 @@ def predict_cache(model: keras.Model, cache: ImageCache, batch_size: int = 64) -
         images = h5["images"]
         for start in range(0, n, batch_size):
             x = images[start:start + batch_size].astype(np.float32)
-            probs[start:start + len(x)] = predict_images(model, x, batch_size)
+            probs[start:start + len(x)] = predict_probabilities(model, x, batch_size)
             advance(len(x))
     return probs
-
-
-def predict_images(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Class probabilities of gray images (N, S, S) in [0, 1]."""
-    return np.concatenate([keras.ops.convert_to_numpy(model(images[i:i + batch_size, ..., None], training=False))
-                           for i in range(0, len(images), batch_size)] or [np.zeros((0, model.output_shape[-1]))])
 
 
 def evaluation(classes: list[str], labels: np.ndarray, splits: np.ndarray, probs: np.ndarray,

@@ -1,25 +1,25 @@
-"""The quality stage: can these heatmaps and templates be trusted? Every figure next to what a
-map that knows nothing earns, with its 95 % interval (docs/quality.md).
+"""The quality stage: can these heatmaps and templates be trusted? Every chosen metric
+(``[quality] metrics``, :mod:`xaicxr.plugins.metric`) on every explainer's store, each figure
+next to what a map that knows nothing earns, with its 95 % interval (docs/quality.md).
 
-For each explainer of the run, on the images it explained, grouped by true class (only maps that
-explain the image's own class are scored against its lesion: with ``targets = "predicted"``, a
-misclassified image's map explains another class and is counted in ``n_other_target``):
+The stage knows no metric by name. It gathers the inputs a metric's parameters ask for and hands
+them over by scope:
 
-- ``per_image``: localisation against the lesion masks (pointing game at tolerance 0 and at the
-  default tolerance, lesion energy, lifts, Otsu mIoU), lung energy, consistency and split-half
-  reliability, and the ``skill`` over the best uninformed baseline;
-- ``baselines``: the same figures for maps that ignore the lesion, on the same images, plus
-  their deletion/insertion AUCs (the first set of explained images; an explainer that explained
-  other images carries its own under ``per_image[explainer][class]["baselines"]``);
-- ``templates``: each aggregator's template scored as a map, and template faithfulness;
-- ``faithfulness``: deletion and insertion AUCs with a blur and a ROAD imputation fill;
-- ``randomisation``: the cascading model-parameter randomisation test, its reference level and
-  the random-logit test; ``sanity``: its one-line summary;
-- ``reliance`` (datasets that can make counterfactual twins; ``{}`` otherwise): whether the model
-  relies on the lesion at all, per class: where it does not, a localisation figure tests nothing.
+- ``maps``: per explainer and true class, the maps that explain the image's own class (with
+  ``targets = "predicted"`` a misclassified image's map explains another class and is counted in
+  ``n_other_target``), with the images, masks (lungs segmented where the dataset has none) and
+  the class prior; also the uninformed maps a metric names (``baselines``), scored once per set
+  of images: their figures go to ``metrics.json`` ``baselines`` (those of the first set of
+  explained images; an explainer that explained other images carries its own under
+  ``per_image[store][class]["baselines"]``);
+- ``template`` / ``templates``: each aggregator's template of a class / of every class;
+- ``explainer``: the store's explainer, layer and target, on the rows the metric selects;
+- ``run``: the explained images of the run, their labels and masks, and counterfactual twins
+  where the dataset plugin can make them.
 
-``quality.h5`` keeps the per-image scores of every explainer and baseline and the explainers'
-deletion/insertion curves, for re-analysis.
+A metric whose required input the run cannot give is listed with the reason under
+``metrics.json`` ``not_measured``. ``quality.h5`` keeps the per-image arrays each map metric keeps
+(``scores/<store>/<class>/...``, ``curves/...``) and the baselines' (``baselines/...``).
 
 A store of a binary task's score (``target = "binary:<task>"``) is not scored: its reason is
 under ``quality_skipped`` (see :data:`BINARY_SKIP_REASON`).
@@ -27,31 +27,27 @@ under ``quality_skipped`` (see :data:`BINARY_SKIP_REASON`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import h5py
 import numpy as np
 
 from ..analysis import baselines as base
-from ..analysis.intervals import bootstrap_mean, describe, paired_difference
-from ..analysis.localisation import Targets, class_figures, default_tolerance
 from ..analysis.lungs import segment_lungs
-from ..analysis.reliability import consistency, split_half
-from ..analysis.reliance import reliance_figures
-from ..analysis.template_quality import distinctiveness, template_figures
-from ..config import build_plugin, store_name
+from ..config import build_plugin, chosen_metrics, make_metric
+from ..errors import MetricInputError
 from ..io import atomic
 from ..io.heatmap_store import HeatmapStore
 from ..io.imagecache import SPLITS, ImageCache
 from ..io.resize import fit_square
 from ..io.template_store import is_multi_component, read_template_file
-from ..plugins.targets import make_target
+from ..plugins.metric import MapMetric, Metric, call_with_inputs
 from ..progress import console, progress_bar
 from ..rundir import RunDir
 from . import Run
-from .evaluate import predict_images
 
 NAME = "quality"
 TABLES = ("quality",)
@@ -65,6 +61,12 @@ BINARY_SKIP_REASON = (
     "compare the class stores' figures instead, and the side templates in the report.")
 """Why a binary store gets no quality figures (``metrics.json`` ``quality_skipped``)."""
 
+MISSING_INPUT = {
+    "twins": "the dataset plugin makes no counterfactual twins (the phantoms do)",
+    "lesion": "the dataset has no lesion masks",
+}
+"""Why the run cannot give an input, where the reason is not the input's name itself."""
+
 
 def outputs(cfg: dict, rundir: RunDir) -> list[Path]:
     return [rundir.quality]
@@ -72,64 +74,88 @@ def outputs(cfg: dict, rundir: RunDir) -> list[Path]:
 
 def run(run: Run) -> dict[str, Any]:
     opts = run.cfg["quality"]
+    metrics = [(name, make_metric(name, opts)) for name in chosen_metrics(opts)]
     cache = run.image_cache()
     classes = run.dir.read_split()["classes"]
-    figures: dict[str, Any] = {"per_image": {}, "baselines": {}, "templates": {}, "faithfulness": {},
-                               "randomisation": {}, "sanity": {}, "distinctiveness": {}, "reliance": {},
-                               "quality_skipped": {}}
-    sets: dict[tuple, _ImageSet] = {}
+    figures = Figures(metrics)
+    sets: dict[tuple, ImageSet] = {}
+    aggregators = [agg["name"] for agg in run.cfg["aggregate"]]
     with atomic.atomic_path(run.dir.quality) as tmp, h5py.File(tmp, "w") as out:
-        for spec in run.cfg["explain"]:
-            name = store_name(spec)
-            with HeatmapStore(run.dir.heatmaps(name)) as store:
+        for job in run.jobs():
+            with HeatmapStore(run.dir.heatmaps(job.store)) as store:
                 if store.is_binary:
-                    figures["quality_skipped"][name] = {"target": store.target, "reason": BINARY_SKIP_REASON}
+                    figures.out["quality_skipped"][job.store] = {"target": store.target, "reason": BINARY_SKIP_REASON}
                     continue
                 key = (tuple(store.ids), store.targets.tobytes())
                 if key not in sets:
-                    sets[key] = _ImageSet(store, cache, classes, opts, out.require_group(f"baselines/{name}"))
+                    sets[key] = ImageSet(store, cache, classes, opts, run.model, out.require_group(f"baselines/{job.store}"))
                 images, first = sets[key], next(iter(sets.values()))
-                figures["baselines"] = first.baseline_figures
-                figures["per_image"][name] = _per_image(images, store, opts, out.require_group(f"scores/{name}"),
-                                                        own_baselines=images is not first)
-                if opts["faithfulness"]:
-                    figures["faithfulness"][name] = _faithfulness(run, images, store, opts,
-                                                                  out.require_group(f"curves/{name}"))
-                for agg in run.cfg["aggregate"]:
-                    key_t = f"{name}-{agg['name']}"
-                    figures["templates"][key_t], distinct = _templates(run, images, opts, name, agg["name"])
-                    if distinct is not None:
-                        figures["distinctiveness"][key_t] = distinct
-                if opts["randomisation"]:
-                    result = _randomisation(run, store, cache, classes, opts, spec)
-                    figures["randomisation"][name] = result
-                    figures["sanity"][name] = _sanity_line(result)
-        if opts["reliance"]:
-            figures["reliance"] = _reliance(run, cache, classes, opts) or {}
+                figures.out["baselines"] = first.baseline_figures
+                _map_metrics(figures, images, store, job.store, out, own_baselines=images is not first)
+                for aggregator in aggregators:
+                    _template_metrics(figures, images, run.dir.template(job.store, aggregator), f"{job.store}-{aggregator}")
+                _explainer_metrics(figures, run, job, store, cache, classes)
+        _run_metrics(figures, run, cache, classes)
         out.attrs["classes"] = list(classes)
-    run.dir.update_metrics(figures)
-    return {"explainers": list(figures["per_image"]),
-            "sanity": {k: v["passes"] for k, v in figures["sanity"].items()},
-            "reliance": {c: v["relies_on_lesion"] for c, v in figures["reliance"].items()}}
+    run.dir.update_metrics(figures.out)
+    return {"explainers": list(figures.out["per_image"]),
+            "sanity": {k: v["passes"] for k, v in figures.out.get("sanity", {}).items()},
+            "reliance": {c: v["relies_on_lesion"] for c, v in figures.out.get("reliance", {}).items()},
+            "not_measured": figures.out["not_measured"]}
+
+
+class Figures:
+    """What the stage writes to ``metrics.json``: each metric's figures under its key, nested by
+    scope, the derived keys (:meth:`Metric.also`), and what could not be measured and why."""
+
+    def __init__(self, metrics: list[tuple[str, Metric]]) -> None:
+        self.metrics = metrics
+        self.out: dict[str, Any] = {"per_image": {}, "baselines": {}, "quality_skipped": {}, "not_measured": {}}
+        for _, metric in metrics:
+            self.out.setdefault(metric.key, {})
+
+    def of(self, scope: str) -> list[tuple[str, Metric]]:
+        return [(name, m) for name, m in self.metrics if m.scope == scope]
+
+    def merge(self, metric: Metric, path: tuple[str, ...], values: dict[str, Any]) -> None:
+        """Merge ``values`` into ``metrics[metric.key][path...]``, and the metric's derived keys
+        at the same path."""
+        for key, value in ((metric.key, values), *metric.also(values).items()):
+            node = self.out.setdefault(key, {})
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            if isinstance(value, dict) and isinstance(node.get(path[-1]), dict):
+                node[path[-1]].update(value)
+            else:
+                node[path[-1]] = value
+
+    def evaluate(self, name: str, metric: Metric, fn: Callable[..., Any], inputs: Mapping[str, Any]) -> Any:
+        """``fn`` with its inputs, or None (and the reason kept) where one is missing."""
+        try:
+            return call_with_inputs(fn, inputs, metric)
+        except MetricInputError as exc:
+            missing = [n for n in MISSING_INPUT if f"'{n}'" in str(exc)]
+            self.out["not_measured"][name] = str(exc) + "".join(f" ({MISSING_INPUT[n]})" for n in missing)
+            return None
 
 
 # --------------------------------------------------------------------------- the images explained
 
 
-class _ImageSet:
-    """The images an explainer explained, per true class: images, masks, scoring targets, the
-    uninformed baselines and their deletion/insertion curves. Built once for every explainer
-    that explained the same images for the same targets."""
+class ImageSet:
+    """The images an explainer explained, per true class: images, masks, class priors, the
+    sample the costly metrics see, and the uninformed maps' scores and figures. Built once for
+    every explainer that explained the same images for the same targets."""
 
     def __init__(self, store: HeatmapStore, cache: ImageCache, classes: list[str], opts: dict[str, Any],
-                 out: h5py.Group) -> None:
-        self.classes, self.opts = classes, opts
+                 model: Callable[[], Any], out: h5py.Group) -> None:
+        self.classes, self.opts, self.model, self.out = classes, opts, model, out
+        self.seed = opts["seed"]
         self.size = store.shape[1]
-        self.tolerance = default_tolerance(self.size, opts["tolerance"])
         self.segmented: set[int] = set()
-        rng = np.random.default_rng(opts["seed"])
+        rng = np.random.default_rng(self.seed)
         cache_rows = cache.rows_of(store.ids)
-        self.priors = _class_priors(cache, len(classes), exclude=set(cache_rows.tolist()))
+        self.priors = class_priors(cache, len(classes), exclude=set(cache_rows.tolist()))
         self.data: dict[int, dict[str, Any]] = {}
         self.other_target: dict[int, int] = {}
         for k in range(len(classes)):
@@ -141,23 +167,13 @@ class _ImageSet:
             if not len(rows):
                 continue
             block = cache.read(cache_rows[rows])
-            lung = self._lungs(block, k)
-            targets = Targets(block["lesion"], lung, self.tolerance)
             sample = np.arange(len(rows))
             if opts["faithfulness_images"] and len(rows) > opts["faithfulness_images"]:
                 sample = np.sort(rng.choice(len(rows), opts["faithfulness_images"], replace=False))
-            self.data[k] = {"rows": rows, "images": block["images"], "targets": targets, "sample": sample}
-        self.baseline_scores, self.baseline_figures = {}, {}
-        for k, data in self.data.items():
-            scores = base.baseline_scores(data["targets"], self.priors.get(k), (self.size, self.size),
-                                          seed=opts["seed"] + k)
-            self.baseline_scores[k] = scores
-            self.baseline_figures[classes[k]] = {b: class_figures(s, data["targets"], seed=opts["seed"])
-                                                 for b, s in scores.items()}
-            for b, s in scores.items():
-                for fig, values in s.items():
-                    out.create_dataset(f"{classes[k]}/{b}/{fig}", data=values)
-        self.baseline_curves: dict[tuple[int, str], dict[str, dict[str, np.ndarray]]] = {}
+            self.data[k] = {"rows": rows, "images": block["images"], "lesion": block["lesion"],
+                            "lung": self._lungs(block, k), "sample": sample}
+        self.baseline_figures: dict[str, dict[str, Any]] = {classes[k]: {} for k in self.data}
+        self._baseline_scores: dict[tuple[str, int], dict[str, dict[str, np.ndarray]]] = {}
 
     def _lungs(self, block: dict[str, Any], k: int) -> np.ndarray:
         """The lung masks of a block, segmented from the image where a row has none."""
@@ -170,34 +186,67 @@ class _ImageSet:
             self.segmented.add(k)
         return lung
 
-    def curves_of_baselines(self, model: Any, k: int, fill: str) -> dict[str, dict[str, np.ndarray]]:
-        """Deletion/insertion curves of the uninformed orders on class ``k``'s sample (once)."""
-        from ..analysis.faithfulness import perturbation_curves
+    def inputs(self, k: int, sampled: bool = False, **given: Any) -> "Inputs":
+        """The inputs of class ``k``'s images (its sample with ``sampled``), plus ``given``."""
+        data = self.data[k]
+        pick = data["sample"] if sampled else slice(None)
+        n = len(data["rows"][pick])
+        return Inputs({"images": data["images"][pick], "lung": data["lung"][pick],
+                       "lesion": None if data["lesion"] is None else data["lesion"][pick],
+                       "prior": self.priors.get(k), "targets": np.full(n, k), "labels": np.full(n, k),
+                       "class_names": self.classes, "seed": self.seed, **given}, model=self.model)
 
-        if (k, fill) not in self.baseline_curves:
-            data, opts = self.data[k], self.opts
-            pick = data["sample"]
-            targets = data["targets"].take(pick)
-            curves = {}
-            for name in opts["faithfulness_baselines"]:
-                maps = base.baseline_maps(name, targets.lung, self.priors.get(k), (self.size, self.size),
-                                          len(pick), seed=opts["seed"])
-                if maps is None:
-                    continue
-                maps = np.broadcast_to(maps, (len(pick), self.size, self.size)) if maps.ndim == 2 else maps
-                curves[name] = perturbation_curves(model, data["images"][pick], np.ascontiguousarray(maps),
-                                                   np.full(len(pick), k), fill=fill,
-                                                   fractions=np.linspace(0, 1, opts["fractions"]), seed=opts["seed"])
-                self.baseline_figures[self.classes[k]][name].setdefault("faithfulness", {})[fill] = {
-                    "deletion_auc": bootstrap_mean(curves[name]["deletion_auc"], seed=opts["seed"]),
-                    "insertion_auc": bootstrap_mean(curves[name]["insertion_auc"], seed=opts["seed"]),
-                    "deletion_curve": np.nanmean(curves[name]["deletion"], axis=0).round(5).tolist(),
-                    "insertion_curve": np.nanmean(curves[name]["insertion"], axis=0).round(5).tolist()}
-            self.baseline_curves[(k, fill)] = curves
-        return self.baseline_curves[(k, fill)]
+    def baselines(self, name: str, metric: MapMetric, k: int) -> dict[str, dict[str, np.ndarray]]:
+        """The per-image scores of the uninformed maps ``metric`` names, on class ``k``'s images
+        (scored once); their figures go to :attr:`baseline_figures`, their kept arrays to
+        ``quality.h5``."""
+        if (name, k) in self._baseline_scores:
+            return self._baseline_scores[(name, k)]
+        cls, scored = self.classes[k], {}
+        inputs = self.inputs(k, metric.sampled)
+        shape = (self.size, self.size)
+        for b in metric.baselines:
+            maps = base.baseline_maps(b, inputs["lung"], self.priors.get(k), shape, len(inputs["targets"]),
+                                      seed=self.seed + k)
+            if maps is None:
+                continue
+            maps = np.ascontiguousarray(np.broadcast_to(maps, (len(inputs["targets"]), *shape)))
+            scores = call_with_inputs(metric.scores, inputs.with_(maps=maps, degenerate=None), metric)
+            scored[b] = scores
+            values = call_with_inputs(metric.figures, inputs.with_(maps=maps, scores=scores, baselines=None), metric)
+            entry = self.baseline_figures[cls].setdefault(b, {})
+            if metric.key != "per_image":
+                entry = entry.setdefault(metric.key, {})
+            entry.update(values)
+            for array, value in metric.kept(scores).items():
+                self.out.create_dataset(f"{cls}/{b}/{array}", data=value)
+        self._baseline_scores[(name, k)] = scored
+        return scored
 
 
-def _class_priors(cache: ImageCache, n_classes: int, exclude: set[int]) -> dict[int, np.ndarray]:
+class Inputs(Mapping):
+    """A metric's inputs by name; those given as makers (the model) are made on first use, so
+    nothing is loaded that no chosen metric asks for."""
+
+    def __init__(self, values: dict[str, Any], **makers: Callable[[], Any]) -> None:
+        self.values, self.makers = values, makers
+
+    def with_(self, **values: Any) -> "Inputs":
+        return Inputs({**self.values, **values}, **self.makers)
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.values and key in self.makers:
+            return self.makers[key]()
+        return self.values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({**dict.fromkeys(self.makers), **self.values})
+
+    def __len__(self) -> int:
+        return len(set(self.values) | set(self.makers))
+
+
+def class_priors(cache: ImageCache, n_classes: int, exclude: set[int]) -> dict[int, np.ndarray]:
     """The mean lesion mask of every class over training images that are not scored (a prior
     must not have seen the images it is scored on); where the training split is what is scored,
     over the other splits."""
@@ -210,200 +259,161 @@ def _class_priors(cache: ImageCache, n_classes: int, exclude: set[int]) -> dict[
     return {}
 
 
-# --------------------------------------------------------------------------- figures
+# --------------------------------------------------------------------------- by scope
 
 
-def _per_image(images: _ImageSet, store: HeatmapStore, opts: dict[str, Any], group: h5py.Group, *,
-               own_baselines: bool) -> dict[str, Any]:
-    out = {}
-    seed = opts["seed"]
-    for k, data in images.data.items():
-        cls = images.classes[k]
-        maps = store.read(data["rows"])
-        degenerate = store.degenerate[data["rows"]]
-        targets = data["targets"]
-        scores = targets.scores(maps, degenerate)
-        figures = class_figures(scores, targets, seed=seed)
-        figures["n"] = int(len(data["rows"]))
-        figures["n_degenerate"] = int(degenerate.sum())
-        figures["n_other_target"] = images.other_target[k]
-        figures["consistency"] = consistency(maps, seed=seed)
-        figures["split_half"] = split_half(maps, partitions=opts["partitions"], seed=seed)
-        skill = base.skill(figures, scores, images.baseline_figures[cls], images.baseline_scores[k], targets, seed=seed)
-        if skill:
-            figures["skill"] = skill
-        if own_baselines:
-            figures["baselines"] = images.baseline_figures[cls]
-        figures["lung_source"] = "segmented (scikit-image)" if k in images.segmented else "mask"
-        out[cls] = figures
-        group.create_dataset(f"{cls}/ids", data=np.array([store.ids[r] for r in data["rows"]], dtype=object),
-                             dtype=h5py.string_dtype())
-        for fig, values in scores.items():
-            group.create_dataset(f"{cls}/{fig}", data=values)
+def _map_metrics(figures: Figures, images: ImageSet, store: HeatmapStore, name: str, out: h5py.File, *,
+                 own_baselines: bool) -> None:
+    """Every ``maps`` metric on every class of the store, beside its baselines."""
+    metrics = figures.of("maps")
+    per_image = figures.out["per_image"].setdefault(name, {})
+    with progress_bar(f"quality {name}", len(images.data) * len(metrics), unit="step") as advance:
+        for k, data in images.data.items():
+            cls = images.classes[k]
+            maps = store.read(data["rows"])
+            degenerate = store.degenerate[data["rows"]]
+            per_image[cls] = {"n": int(len(data["rows"])), "n_degenerate": int(degenerate.sum()),
+                              "n_other_target": images.other_target[k]}
+            out.create_dataset(f"scores/{name}/{cls}/ids", data=np.array([store.ids[r] for r in data["rows"]],
+                                                                         dtype=object), dtype=h5py.string_dtype())
+            for metric_name, metric in metrics:
+                pick = data["sample"] if metric.sampled else slice(None)
+                inputs = images.inputs(k, metric.sampled, maps=np.ascontiguousarray(maps[pick]),
+                                       degenerate=degenerate[pick])
+                scores = figures.evaluate(metric_name, metric, metric.scores, inputs)
+                if scores is not None:
+                    reference = images.baselines(metric_name, metric, k)
+                    values = figures.evaluate(metric_name, metric, metric.figures,
+                                              inputs.with_(scores=scores, baselines=reference))
+                    figures.merge(metric, (name, cls), values)
+                    group = out.require_group(f"{metric.group}/{name}/{cls}")
+                    for array, value in metric.kept(scores).items():
+                        group.create_dataset(array, data=value)
+                    for attr, value in metric.kept_attrs().items():
+                        out[f"{metric.group}/{name}"].attrs[attr] = value
+                advance(1)
+            if own_baselines:
+                per_image[cls]["baselines"] = images.baseline_figures[cls]
+            per_image[cls]["lung_source"] = "segmented (scikit-image)" if k in images.segmented else "mask"
     for k, other in images.other_target.items():
         if k not in images.data and other:
-            out[images.classes[k]] = {"n": 0, "n_other_target": other}
-    return out
+            per_image[images.classes[k]] = {"n": 0, "n_other_target": other}
 
 
-def _faithfulness(run: Run, images: _ImageSet, store: HeatmapStore, opts: dict[str, Any],
-                  group: h5py.Group) -> dict[str, Any]:
-    from ..analysis.faithfulness import perturbation_curves
-
-    model, out = run.model(), {}
-    total = sum(len(d["sample"]) for d in images.data.values()) * len(opts["fills"])
-    with progress_bar("deletion/insertion", total) as advance:
-        for k, data in images.data.items():
-            cls, pick = images.classes[k], data["sample"]
-            maps = store.read(data["rows"][pick])
-            per_fill: dict[str, Any] = {}
-            for fill in opts["fills"]:
-                curves = perturbation_curves(model, data["images"][pick], maps, np.full(len(pick), k), fill=fill,
-                                             fractions=np.linspace(0, 1, opts["fractions"]), seed=opts["seed"])
-                per_fill[fill] = _curve_figures(curves, images.curves_of_baselines(model, k, fill), opts["seed"])
-                for part in ("deletion", "insertion"):
-                    group.create_dataset(f"{cls}/{fill}/{part}", data=curves[part].astype(np.float32))
-                group.attrs["fractions"] = curves["fractions"]
-                advance(len(pick))
-            out[cls] = per_fill
-    return out
-
-
-def _curve_figures(curves: dict[str, np.ndarray], reference: dict[str, dict[str, np.ndarray]],
-                   seed: int) -> dict[str, Any]:
-    """AUCs with intervals, and the skill over the best uninformed order: for deletion the
-    lowest baseline AUC minus the explainer's (a faithful map deletes the evidence first), for
-    insertion the explainer's minus the highest baseline AUC."""
-    out: dict[str, Any] = {"fractions": [round(float(f), 4) for f in curves["fractions"]],
-                           "deletion_curve": np.nanmean(curves["deletion"], axis=0).round(5).tolist(),
-                           "insertion_curve": np.nanmean(curves["insertion"], axis=0).round(5).tolist()}
-    for part, better in (("deletion_auc", min), ("insertion_auc", max)):
-        out[part] = bootstrap_mean(curves[part], seed=seed)
-        if reference:
-            means = {b: float(np.nanmean(c[part])) for b, c in reference.items()}
-            best = better(means, key=means.get)
-            diff = (paired_difference(reference[best][part], curves[part], seed=seed) if part == "deletion_auc"
-                    else paired_difference(curves[part], reference[best][part], seed=seed))
-            out[f"{part}_skill"] = {"baseline": best, **diff}
-    return out
-
-
-def _templates(run: Run, images: _ImageSet, opts: dict[str, Any], explainer: str,
-               aggregator: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    loaded = read_template_file(run.dir.template(explainer, aggregator))
+def _template_metrics(figures: Figures, images: ImageSet, path: Path, name: str) -> None:
+    """Every ``template`` metric on each class's template of one aggregator, and every
+    ``templates`` metric on all of them."""
+    per_class, together = figures.of("template"), figures.of("templates")
+    if not (per_class or together) or not path.exists():
+        return
+    loaded = read_template_file(path)
     if is_multi_component(loaded):
-        return {cls: {"n": int(attrs.get("n", 0)),
+        for metric_name, metric in per_class:
+            figures.merge(metric, (name,), {
+                cls: {"n": int(attrs.get("n", 0)),
                       "explained_variance_ratio": np.asarray(attrs.get("explained_variance_ratio", [])).tolist(),
                       "note": "components, not one map: no localisation figures"}
-                for cls, (_, attrs) in loaded.items()}, None
-    out: dict[str, Any] = {}
-    for k, data in images.data.items():
+                for cls, (_, attrs) in loaded.items()})
+        return
+    for k in images.data:
         cls = images.classes[k]
         if cls not in loaded:
             continue
         template, attrs = loaded[cls]
         n = int(attrs.get("n", 0))
-        if n == 0:
-            out[cls] = {"n": 0, "note": "no heatmap of this class was aggregated"}
-            continue
-        figures = template_figures(template, data["targets"], n=n, seed=opts["seed"])
-        if opts["faithfulness"] and np.ptp(template) > 0:
-            figures["faithfulness"] = _template_faithfulness(run, data, k, template, opts)
-        out[cls] = figures
-    return out, distinctiveness({c: t for c, (t, _) in loaded.items()})
+        for metric_name, metric in per_class:
+            if n == 0:
+                figures.merge(metric, (name, cls), {"n": 0, "note": "no heatmap of this class was aggregated"})
+                continue
+            values = figures.evaluate(metric_name, metric, metric.evaluate,
+                                      images.inputs(k, metric.sampled, template=template, n=n))
+            if values is not None:
+                figures.merge(metric, (name, cls), values)
+    templates = {c: t for c, (t, _) in loaded.items()}
+    for metric_name, metric in together:
+        values = figures.evaluate(metric_name, metric, metric.evaluate, {"templates": templates})
+        if values is not None:
+            figures.merge(metric, (name,), values)
 
 
-def _template_faithfulness(run: Run, data: dict[str, Any], k: int, template: np.ndarray,
-                           opts: dict[str, Any]) -> dict[str, Any]:
-    """Occluding the class template's top region in the class's images, against random lung
-    regions of the same area: the drop of the template's own class probability."""
-    from ..analysis.faithfulness import template_faithfulness
-
-    pick, fill, seed = data["sample"], opts["fills"][0], opts["seed"]
-    result = template_faithfulness(run.model(), data["images"][pick], np.full(len(pick), k), template,
-                                   data["targets"].lung[pick], q=opts["template_q"], fill=fill,
-                                   draws=opts["template_draws"], seed=seed)
-    return {"q": opts["template_q"], "fill": fill,
-            "template_drop": bootstrap_mean(result["template_drop"], seed=seed),
-            "random_lung_region_drop": bootstrap_mean(result["random_drop"], seed=seed),
-            "difference": paired_difference(result["template_drop"], result["random_drop"], seed=seed)}
-
-
-def _randomisation(run: Run, store: HeatmapStore, cache: ImageCache, classes: list[str], opts: dict[str, Any],
-                   spec: dict[str, Any]) -> dict[str, Any]:
-    from ..analysis.randomisation import randomisation_test
-
-    rng = np.random.default_rng(opts["seed"])
-    per_class = max(1, opts["randomisation_images"] // max(len(classes), 1))
-    rows = np.sort(np.concatenate([rng.permutation(np.flatnonzero(store.labels == k))[:per_class]
-                                   for k in range(len(classes))])).astype(np.int64)
-    images = cache.read(cache.rows_of([store.ids[r] for r in rows]))["images"][..., None]
-    console.print(f"randomisation test: {spec['name']} on {len(rows)} images")
-    explainer = build_plugin("explain", spec)
-    if spec.get("target"):  # a class score (binary stores are not scored): the test's class indices mean it
-        explainer.default_target = type(make_target(spec["target"], classes, {}))
-    result = randomisation_test(run.model(), explainer, images, store.targets[rows],
-                                store.labels[rows], classes, layer=store.layer,
-                                train_seed=run.cfg["train"]["seed"], draw=opts["randomisation_draw"],
-                                seed=opts["seed"])
-    result["cascade"] = result.pop("steps")
-    return result
+def _explainer_metrics(figures: Figures, run: Run, job: Any, store: HeatmapStore, cache: ImageCache,
+                       classes: list[str]) -> None:
+    """Every ``explainer`` metric on the rows it selects of the store, with the store's own
+    explainer, layer and target."""
+    for metric_name, metric in figures.of("explainer"):
+        rows = metric.select(store.labels, len(classes), run.cfg["quality"]["seed"])
+        console.print(f"{metric_name}: {job.store} on {len(rows)} images")
+        inputs = Inputs({"images": cache.read(cache.rows_of([store.ids[r] for r in rows]))["images"],
+                         "targets": store.targets[rows], "labels": store.labels[rows], "class_names": classes,
+                         "explainer": job.explainer, "layer": store.layer, "target": job.target,
+                         "train_seed": run.cfg["train"]["seed"], "seed": run.cfg["quality"]["seed"]},
+                        model=run.model)
+        values = figures.evaluate(metric_name, metric, metric.evaluate, inputs)
+        if values is not None:
+            figures.merge(metric, (job.store,), values)
 
 
-def _sanity_line(result: dict[str, Any]) -> dict[str, Any]:
-    index = result.get("explained_layer_step")
-    step = result["cascade"][index] if index is not None else None
-    ref = result["reference"]["spearman"]
-    if step is None or step["spearman"]["value"] is None:
-        summary = "no cascade step above the explained layer could be scored"
-    else:
-        summary = (f"{'passes' if result['passes'] else 'fails'}: after randomising every layer above "
-                   f"{result.get('layer') or 'the input'}, maps keep Spearman {describe(step['spearman'])} with the "
-                   f"trained ones, against {describe(ref)} between two different images' trained maps")
-    return {"passes": bool(result["passes"]),
-            "spearman_above_layer_randomised": step["spearman"] if step else None,
-            "reference_spearman": ref, "random_logit_spearman": result["random_logit"]["spearman"],
-            "mean_template_r": result.get("mean_template_r"), "layer": result.get("layer"), "summary": summary}
-
-
-# --------------------------------------------------------------------------- counterfactual twins
-
-
-def _reliance(run: Run, cache: ImageCache, classes: list[str], opts: dict[str, Any]) -> dict[str, Any] | None:
-    """Counterfactual twins of the images of the explained splits (a study that chooses on the
-    validation split must not read the test split), if the dataset plugin can make them."""
-    dataset = build_plugin("dataset", run.cfg["dataset"])
-    changes = ("lesion_removed", "lesion_in_mask_only")
-    if not set(changes) <= set(getattr(dataset, "counterfactuals", ())):
-        return None
+def _run_metrics(figures: Figures, run: Run, cache: ImageCache, classes: list[str]) -> None:
+    """Every ``run`` metric on the images of the explained splits (a study that chooses on the
+    validation split must not read the test split)."""
+    metrics = figures.of("run")
+    if not metrics:
+        return
+    splits = _explained_splits(run.cfg["explain"])
     _, records, _ = run.dir.records()
     by_id = {r.id: r for r in records}
-    splits = _explained_splits(run.cfg["explain"])
     rows = np.array([r for split in splits for r in cache.rows(split) if cache.ids[r] in by_id], dtype=np.int64)
-    if not len(rows):
-        return None
-    train = run.dir.read_train_info()
-    size, resize, mode = int(train["input_size"]), train["resize"], train.get("mode")
-    model = run.model()
+    block = cache.read(rows) if len(rows) else None
+    dataset = build_plugin("dataset", run.cfg["dataset"])
+    for metric_name, metric in metrics:
+        if block is None:
+            figures.out["not_measured"][metric_name] = f"no explained image of the splits {', '.join(splits)}"
+            continue
+        changes = tuple(getattr(metric, "changes", ()))
+        twins = _Twins(run, dataset, [by_id[cache.ids[r]] for r in rows], changes) \
+            if changes and set(changes) <= set(dataset.counterfactuals) else None
+        inputs = Inputs({"images": block["images"], "labels": cache.labels[rows], "lesion": block["lesion"],
+                         "class_names": classes, "twins": twins, "split": "+".join(splits),
+                         "seed": run.cfg["quality"]["seed"]}, model=run.model)
+        values = figures.evaluate(metric_name, metric, metric.evaluate, inputs)
+        if values is not None:
+            figures.out[metric.key] = values
+            figures.out.update(metric.also(values))
 
-    def twin(job: tuple[str, str]) -> np.ndarray:
-        image = dataset.counterfactual(by_id[job[0]], job[1], run.dir.data_dir)
-        return fit_square(image, size, policy=resize, mode=mode).astype(np.float16).astype(np.float32)
 
-    block = cache.read(rows)
-    probs = {"original": predict_images(model, block["images"])}
-    with ThreadPoolExecutor() as pool, progress_bar("counterfactual twins", len(rows) * len(changes)) as advance:
-        for change in changes:
+class _Twins(Mapping):
+    """Counterfactual images of ``records`` made by the dataset plugin, per change, on first
+    use, resized as the model was trained (:meth:`xaicxr.plugins.Dataset.counterfactual`)."""
+
+    def __init__(self, run: Run, dataset: Any, records: list[Any], changes: tuple[str, ...]) -> None:
+        self.run, self.dataset, self.records, self.changes = run, dataset, records, changes
+        self.made: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, change: str) -> np.ndarray:
+        if change not in self.changes:
+            raise KeyError(change)
+        if change not in self.made:
+            train = self.run.dir.read_train_info()
+            size, resize, mode = int(train["input_size"]), train["resize"], train.get("mode")
+
+            def twin(record: Any) -> np.ndarray:
+                image = self.dataset.counterfactual(record, change, self.run.dir.data_dir)
+                return fit_square(image, size, policy=resize, mode=mode).astype(np.float16).astype(np.float32)
+
             images = []
-            for image in pool.map(twin, [(cache.ids[r], change) for r in rows]):
-                images.append(image)
-                advance(1)
-            probs[change] = predict_images(model, np.stack(images))
-    lesion = block["lesion"]
-    has_lesion = lesion.reshape(len(rows), -1).any(axis=1) if lesion is not None else np.zeros(len(rows), bool)
-    figures = reliance_figures(cache.labels[rows], probs["original"], probs["lesion_removed"],
-                               probs["lesion_in_mask_only"], classes, has_lesion, seed=opts["seed"])
-    return {cls: {**f, "split": "+".join(splits)} for cls, f in figures.items()}
+            with ThreadPoolExecutor() as pool, progress_bar(f"counterfactual twins ({change})",
+                                                            len(self.records)) as advance:
+                for image in pool.map(twin, self.records):
+                    images.append(image)
+                    advance(1)
+            self.made[change] = np.stack(images)
+        return self.made[change]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.changes)
+
+    def __len__(self) -> int:
+        return len(self.changes)
 
 
 def _explained_splits(specs: list[dict[str, Any]]) -> list[str]:

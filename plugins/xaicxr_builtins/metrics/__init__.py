@@ -1,8 +1,26 @@
-"""Built-in quality metrics."""
+"""Built-in quality metrics (``[quality] metrics``), registered like a third party's: each is
+one class in one module, on top of the figures of :mod:`xaicxr.analysis`. No TensorFlow import
+happens here."""
 
 from xaicxr import hookimpl
+
+from .faithfulness import Faithfulness
+from .localisation import Localisation
+from .randomisation import Randomisation
+from .reliability import Reliability
+from .reliance import Reliance
+from .templates import Distinctiveness, TemplateFaithfulness, TemplateLocalisation
 
 
 @hookimpl
 def xaicxr_metric():
-    return {}
+    return {
+        "localisation": Localisation,
+        "reliability": Reliability,
+        "template": TemplateLocalisation,
+        "template-faithfulness": TemplateFaithfulness,
+        "faithfulness": Faithfulness,
+        "randomisation": Randomisation,
+        "distinctiveness": Distinctiveness,
+        "reliance": Reliance,
+    }

@@ -1,0 +1,93 @@
+"""``randomisation``: do the maps change when what the model learned is destroyed?
+
+The cascading model-parameter randomisation test (Adebayo et al. 2018), its reference level (two
+different images' trained maps) and the random-logit test (Sixt et al. 2020), on a class-balanced
+sample of ``randomisation_images`` explained images, re-explained with the store's own explainer,
+layer and target (:mod:`xaicxr.analysis.randomisation`). Its one-line verdict goes to
+``metrics.json`` ``sanity``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from xaicxr.analysis.intervals import describe
+from xaicxr.analysis.randomisation import randomisation_test
+from xaicxr.io import figures as pictures
+from xaicxr.io import html
+from xaicxr.plugins import Metric, ReportPart
+
+
+class Randomisation(Metric):
+    """The cascade, reference level and random-logit test of one explainer; re-initialised
+    weights are draw ``randomisation_draw`` of the training seed's stream."""
+
+    key = "randomisation"
+    scope = "explainer"
+    title = "Cascading randomisation (Adebayo et al. 2018)"
+
+    def __init__(self, randomisation_images: int = 48, randomisation_draw: int = 0) -> None:
+        if randomisation_images < 1:
+            raise ValueError(f"'randomisation_images' must be at least 1, got {randomisation_images}")
+        if randomisation_draw < 0:
+            raise ValueError(f"'randomisation_draw' must be 0 or more, got {randomisation_draw}")
+        self.randomisation_images = randomisation_images
+        self.randomisation_draw = randomisation_draw
+
+    def select(self, labels: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
+        """A class-balanced sample of rows: ``randomisation_images / n_classes`` of each class."""
+        rng = np.random.default_rng(seed)
+        per_class = max(1, self.randomisation_images // max(n_classes, 1))
+        return np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == k))[:per_class]
+                                       for k in range(n_classes)])).astype(np.int64)
+
+    def evaluate(self, model: Any, explainer: Any, images: np.ndarray, targets: np.ndarray, labels: np.ndarray,
+                 class_names: list[str], layer: str, train_seed: int, target: Any = None,
+                 seed: int = 0) -> dict[str, Any]:
+        result = randomisation_test(model, explainer, images[..., None], targets, labels, class_names,
+                                    layer=layer, train_seed=train_seed, draw=self.randomisation_draw, seed=seed,
+                                    target=target)
+        result["cascade"] = result.pop("steps")
+        return result
+
+    def also(self, figures: dict[str, Any]) -> dict[str, Any]:
+        return {"sanity": sanity_line(figures)}
+
+    def section(self, part: ReportPart) -> list[str]:
+        result = part.figures
+        if part.store is None or not result:
+            return []
+        sanity = part.metrics.get("sanity", {}).get(part.store, {})
+        fig = pictures.cascade_figure(result, part.store, part.out / f"cascade-{part.store}.png")
+        rl = result["random_logit"]
+        return [f"<h3>{self.title}</h3>",
+                f"<p><b>{html.escape(sanity.get('summary', ''))}</b></p>",
+                html.figure(fig, f"{part.store}: similarity to the trained maps as layers are randomised from the top"),
+                f"<p>Random-logit test (Sixt et al. 2020): maps for a random other class keep Spearman "
+                f"{describe(rl['spearman'])}, SSIM {describe(rl['ssim'])} with the maps of the explained class.</p>",
+                html.note("Per image, Spearman rank correlation and SSIM between the trained model's map and the map "
+                          "after randomising every weighted layer from the top down to the named one; the grey band "
+                          "is the similarity of two different images' trained maps (what the shared layout alone "
+                          "gives).")]
+
+    def row(self, figures: Any, cls: str) -> dict[str, Any]:
+        return {"randomisation_passes": figures.get("passes")} if figures else {}
+
+
+def sanity_line(result: dict[str, Any]) -> dict[str, Any]:
+    """The verdict of the test in one line, with the figures it rests on."""
+    index = result.get("explained_layer_step")
+    step = result["cascade"][index] if index is not None else None
+    ref = result["reference"]["spearman"]
+    if step is None or step["spearman"]["value"] is None:
+        summary = "no cascade step above the explained layer could be scored"
+    else:
+        summary = (f"{'passes' if result['passes'] else 'fails'}: after randomising every layer above "
+                   f"{result.get('layer') or 'the input'}, maps keep Spearman {describe(step['spearman'])} with the "
+                   f"trained ones, against {describe(ref)} between two different images' trained maps")
+    return {"passes": bool(result["passes"]),
+            "spearman_above_layer_randomised": step["spearman"] if step else None,
+            "reference_spearman": ref, "random_logit_spearman": result["random_logit"]["spearman"],
+            "mean_template_r": result.get("mean_template_r"), "layer": result.get("layer"), "summary": summary}

@@ -235,3 +235,26 @@ def test_a_class_that_is_not_a_metric_is_reported_against_its_plugin(fake_distri
     assert "does not subclass xaicxr.plugins.Explainer" in errors
     assert "loose" not in plugins.registry().names("metric")
     assert plugins.get("metric", "localisation").__name__ == "Localisation"
+
+
+def test_the_extras_packages_border_metric_on_arrays():
+    """examples/xaicxr-extras' worked metric (its entry point is exercised by test_extras_package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "xaicxr-extras" / "xaicxr_extras" / "border.py"
+    spec = importlib.util.spec_from_file_location("_extras_border", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    metric = module.BorderEnergy(frame=28.0)  # 4 px at 32 px
+    maps = np.zeros((6, 32, 32), np.float32)
+    maps[:3, 0:2, :] = 1.0        # on the top edge
+    maps[3:, 14:18, 14:18] = 1.0  # in the middle
+    lung = np.zeros((6, 32, 32), bool)
+    lung[:, 6:26, 6:26] = True
+    figures = metric.evaluate(maps, lung=lung, baselines={"uniform": np.ones((32, 32), np.float32)})
+    assert figures["border_share"]["value"] == pytest.approx(0.5)
+    flat_share = 1 - (24 * 24) / (32 * 32)
+    assert figures["excess_over_flat"]["value"] == pytest.approx(0.5 - flat_share)
+    with pytest.raises(ValueError, match="'frame' must be a positive"):
+        module.BorderEnergy(frame=0)

@@ -115,9 +115,13 @@ class Metric(Configurable, ABC):
         them by default."""
         return np.arange(len(labels))
 
+    also_keys: ClassVar[tuple[str, ...]] = ()
+    """The keys :meth:`also` writes."""
+
     def also(self, figures: dict[str, Any]) -> dict[str, Any]:
-        """Other ``metrics.json`` keys derived from the figures, ``{key: value}`` at the same
-        nesting (the randomisation test's one-line ``sanity``); none by default."""
+        """Other ``metrics.json`` keys (:attr:`also_keys`) derived from the figures, ``{key:
+        value}`` at the same nesting (the randomisation test's one-line ``sanity``); none by
+        default."""
         return {}
 
     def section(self, part: ReportPart) -> list[str]:

@@ -44,6 +44,7 @@ from ..io.heatmap_store import HeatmapStore
 from ..io.imagecache import SPLITS, ImageCache
 from ..io.resize import fit_square
 from ..io.template_store import is_multi_component, read_template_file
+from ..plugins import registry
 from ..plugins.metric import MapMetric, Metric, call_with_inputs
 from ..progress import console, progress_bar
 from ..rundir import RunDir
@@ -111,8 +112,10 @@ class Figures:
     def __init__(self, metrics: list[tuple[str, Metric]]) -> None:
         self.metrics = metrics
         self.out: dict[str, Any] = {"per_image": {}, "baselines": {}, "quality_skipped": {}, "not_measured": {}}
-        for _, metric in metrics:
-            self.out.setdefault(metric.key, {})
+        for name in registry().names("metric"):  # a metric left out now leaves no figures of an earlier run
+            cls = registry().get("metric", name)
+            for key in (cls.key, *cls.also_keys):
+                self.out.setdefault(key, {})
 
     def of(self, scope: str) -> list[tuple[str, Metric]]:
         return [(name, m) for name, m in self.metrics if m.scope == scope]

@@ -27,6 +27,7 @@ class Randomisation(Metric):
     key = "randomisation"
     scope = "explainer"
     title = "Cascading randomisation (Adebayo et al. 2018)"
+    also_keys = ("sanity",)
 
     def __init__(self, randomisation_images: int = 48, randomisation_draw: int = 0) -> None:
         if randomisation_images < 1:

@@ -132,8 +132,8 @@ def test_one_trace_for_the_whole_cascade_and_json_ready_output(plain, monkeypatc
     compiled = []
     original_compile = CAMExplainer._compile
 
-    def counting(self, graph, mode, image_shape):
-        fn = original_compile(self, graph, mode, image_shape)
+    def counting(self, graph, mode, image_shape, target):
+        fn = original_compile(self, graph, mode, image_shape, target)
         compiled.append(fn)
         return fn
 

@@ -17,7 +17,7 @@ Grad-CAM), so the removed regions are large blobs, ROAD's hardest case. Per size
   the curves cost exactly their forward passes;
 * ``*_of_limit_cpu``: the same ratio from this process's CPU time, less sensitive to other
   processes on a shared machine;
-* ``road_alone``: seconds per image and step of ``fill_road`` on the masks of every interior
+* ``road_alone``: seconds per image and step of the ``road`` fill on the masks of every interior
   curve point (deletion and insertion), and the conjugate-gradient iterations per batch.
 
 Each timed task runs ``--rounds`` times, the tasks interleaved, and the medians are reported
@@ -75,9 +75,11 @@ def curve_masks(maps: np.ndarray) -> np.ndarray:
 
 def bench_size(size: int, n: int, batch: int, rounds: int, forward_n: int) -> dict[str, object]:
     import tensorflow as tf
+    from xaicxr_builtins.fills.road import Road, road_impute
 
     from xaicxr.analysis import faithfulness as fa
 
+    road = Road()
     model = build_model(size)
     rng = np.random.default_rng(0)
     images = rng.random((n, size, size), dtype=np.float32)
@@ -89,7 +91,7 @@ def bench_size(size: int, n: int, batch: int, rounds: int, forward_n: int) -> di
                               for i in range(0, n, batch)])
     masks = curve_masks(maps)
     iterations: list[int] = []
-    impute = tf.function(lambda x, m: fa.road_impute(x, m, return_iterations=True),
+    impute = tf.function(lambda x, m: road_impute(x, m, return_iterations=True),
                          input_signature=[tf.TensorSpec((None, size, size), tf.float32),
                                           tf.TensorSpec((None, size, size), tf.bool)],
                          autograph=False)
@@ -106,13 +108,13 @@ def bench_size(size: int, n: int, batch: int, rounds: int, forward_n: int) -> di
 
     def run_road_alone() -> None:
         for i in range(0, len(masks), batch):
-            fa.fill_road(mask_images[i:i + batch], masks[i:i + batch])
+            road.fill(mask_images[i:i + batch], masks[i:i + batch])
 
     for fill in ("blur", "road"):  # trace, on two images and the two end points only
         fa.perturbation_curves(model, images[:2], maps[:2], targets[:2], fill=fill,
                                batch_size=batch, fractions=np.array([0.0, 1.0]))
     run_forward()
-    fa.fill_road(mask_images[:2], masks[:2])
+    road.fill(mask_images[:2], masks[:2])
     for i in range(0, len(masks), batch):
         iterations.append(int(impute(mask_images[i:i + batch], masks[i:i + batch])[1]))
 

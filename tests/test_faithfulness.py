@@ -9,7 +9,9 @@ import pytest
 from scipy import sparse
 from scipy.sparse.linalg import spsolve
 
+from xaicxr import plugins
 from xaicxr.analysis import faithfulness as fa
+from xaicxr.plugins.fill import compiled_apply
 
 SIZE = 32
 SQUARE = (slice(8, 16), slice(8, 16))     # 64 of 1024 pixels
@@ -48,6 +50,10 @@ def square_images(n: int = 4, size: int = SIZE, seed: int = 0) -> np.ndarray:
 
 def model_probs(model, images: np.ndarray, target: int = 1) -> np.ndarray:
     return np.asarray(model(images[..., None], training=False))[:, target]
+
+
+def road(**options):
+    return plugins.get("fill", "road")(**options)
 
 
 def direct_road(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
@@ -122,7 +128,7 @@ def test_road_matches_direct_sparse_solve(shape):
     images = rng.random((4, *shape)).astype(np.float32)
     removed = np.concatenate([smooth_masks(2, shape, 0.5, seed=2), rng.random((1, *shape)) < 0.7,
                               smooth_masks(1, shape, 0.9, seed=3)])
-    filled = fa.fill_road(images, removed, noise=0.0)
+    filled = road(noise=0.0).fill(images, removed)
     np.testing.assert_array_equal(filled[~removed], images[~removed])
     for image, mask, ours in zip(images, removed, filled):
         assert np.abs(ours - direct_road(image, mask).clip(0, 1)).max() <= 1e-3
@@ -133,25 +139,26 @@ def test_road_single_hole_takes_its_neighbours_value():
     images[:, 5:8, 9:12] = 0.37
     removed = np.zeros(images.shape, bool)
     removed[:, 6, 10] = True
-    filled = fa.fill_road(images, removed, noise=0.0)
+    filled = road(noise=0.0).fill(images, removed)
     np.testing.assert_allclose(filled[:, 6, 10], 0.37, atol=1e-5)
     np.testing.assert_array_equal(filled[~removed], images[~removed])
 
 
 def test_road_everything_removed_is_noise_around_zero():
     images = np.random.default_rng(0).random((3, 16, 16)).astype(np.float32)
-    filled = fa.fill_road(images, np.ones(images.shape, bool), noise=0.01, seed=3)
-    noise = np.random.default_rng(3).standard_normal(images.shape, np.float32) * np.float32(0.01)
+    filled = road(noise=0.01).fill(images, np.ones(images.shape, bool), seed=3)
+    noise = np.stack([np.random.default_rng([3, i, 0]).standard_normal((16, 16), np.float32)
+                      for i in range(3)]) * np.float32(0.01)
     np.testing.assert_allclose(filled, noise.clip(0, 1), atol=1e-7)
-    np.testing.assert_array_equal(filled, fa.fill_road(images, np.ones(images.shape, bool),
-                                                       noise=0.01, seed=3))
+    np.testing.assert_array_equal(filled, road(noise=0.01).fill(images, np.ones(images.shape, bool),
+                                                                seed=3))
 
 
 def test_blur_fill_changes_only_removed_pixels():
     rng = np.random.default_rng(0)
     images = rng.random((2, 24, 24)).astype(np.float32)
     removed = rng.random(images.shape) < 0.3
-    filled = fa.fill_blur(images, removed, sigma=2.0)
+    filled = plugins.get("fill", "blur")(sigma=2.0 * 224 / 24).fill(images, removed)
     np.testing.assert_array_equal(filled[~removed], images[~removed])
     assert np.abs(filled[removed] - images[removed]).mean() > 0.1
 
@@ -167,8 +174,9 @@ def square():
     return square_model()
 
 
-@pytest.mark.parametrize("fill,options", [("road", {}), ("blur", {"blur_sigma": 6.0})])
+@pytest.mark.parametrize("fill,options", [("road", {}), ("blur", {"sigma": 6.0 * 224 / SIZE})])
 def test_square_map_is_the_faithful_one(square, fill, options):
+    fill = plugins.get("fill", fill)(**options)
     images = square_images(4)
     n = len(images)
     rng = np.random.default_rng(5)
@@ -176,8 +184,7 @@ def test_square_map_is_the_faithful_one(square, fill, options):
     off_square = np.where(on_square > 0, 0.0, 0.1 + rng.random(images.shape)).astype(np.float32)
     flat = np.zeros(images.shape, np.float32)
     targets = np.ones(n, int)
-    curves = {name: fa.perturbation_curves(square, images, maps, targets, fill=fill, seed=0,
-                                           **options)
+    curves = {name: fa.perturbation_curves(square, images, maps, targets, fill=fill, seed=0)
               for name, maps in (("on", on_square), ("off", off_square), ("flat", flat))}
     on, off, flat_curves = curves["on"], curves["off"], curves["flat"]
     assert on["deletion"].shape == (n, 11) and on["insertion_auc"].shape == (n,)
@@ -188,7 +195,7 @@ def test_square_map_is_the_faithful_one(square, fill, options):
     # neighbours: the flat map stays close to the faithful one on insertion, far on deletion
     assert np.all(on["deletion_auc"] < flat_curves["deletion_auc"] - 0.3)
     assert np.all(on["insertion_auc"] > flat_curves["insertion_auc"] + 0.03)
-    again = fa.perturbation_curves(square, images, flat, targets, fill=fill, seed=0, **options)
+    again = fa.perturbation_curves(square, images, flat, targets, fill=fill, seed=0)
     np.testing.assert_array_equal(again["deletion"], flat_curves["deletion"])
 
 
@@ -231,10 +238,10 @@ def test_no_retracing_across_batch_sizes():
             curves = fa.perturbation_curves(model, images, maps, np.zeros(n, int), fill=fill,
                                             batch_size=batch, fractions=np.linspace(0, 1, 5))
             assert np.all(np.isfinite(curves["deletion"]))
-        fa.fill_road(images, maps > 0.5)
+        road().fill(images, maps > 0.5)
     for fill in ("road", "blur"):
         assert fa.scoring_function(model, fill, (32, 32)).experimental_get_tracing_count() == 1
-    assert fa._road_fill_fn((32, 32)).experimental_get_tracing_count() == 1
+    assert compiled_apply(road(), (32, 32)).experimental_get_tracing_count() == 1
 
 
 # --------------------------------------------------------------------------- regions

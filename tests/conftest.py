@@ -48,3 +48,12 @@ def fake_distribution(tmp_path, monkeypatch, fresh_plugins):
 
     yield make
     fresh_plugins.reset()
+
+
+@pytest.fixture(scope="session")
+def shared_runs(tmp_path_factory):
+    """Pipeline runs built once per session and shared across tests and xdist workers
+    (:mod:`shared_runs`); read them, or work on a ``copy_run`` of one."""
+    from shared_runs import SharedRuns, session_root
+
+    return SharedRuns(session_root(tmp_path_factory))

@@ -3,60 +3,25 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import h5py
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from shared_runs import LIGHT, STUDY, copy_run
 from xaicxr.cli import app
 
 runner = CliRunner()
 
-TINY = """
-[dataset]
-name = "phantom"
-n_per_class = 12
-size = 32
-difficulty = "easy"
-[backbone]
-name = "vgg19"
-weights = "none"
-width = 0.125
-batchnorm = true
-input_size = 32
-dense = [8]
-[train]
-epochs = 2
-batch_size = 16
-[[explain]]
-name = "gradcam"
-layer = "block4_conv4"
-split = "all"
-[[aggregate]]
-name = "mean"
-[[aggregate]]
-name = "median"
-"""
 
 CLASSES = ["normal", "bacteria", "virus", "covid"]
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """One trained run with heatmaps of every image and mean and median templates."""
-    root = tmp_path_factory.mktemp("compare")
-    (root / "tiny.toml").write_text(TINY)
-    result = runner.invoke(app, ["run", str(root / "tiny.toml"), "--out", str(root / "run"),
-                                 "--until", "templates", "--json"])
-    assert result.exit_code == 0, result.stderr
-    return root / "run"
-
-
-def _copy(run, target):
-    shutil.copytree(run, target)
-    return target
+@pytest.fixture
+def tiny_run(shared_runs):
+    """The shared trained run with heatmaps of every image and mean, median and std templates."""
+    return shared_runs.run(LIGHT)
 
 
 def _compare(*args):
@@ -76,11 +41,11 @@ def _rewrite_templates(run, name, change):
 
 
 def test_identical_runs_agree_fully_and_the_cli_writes_json_and_figures(tiny_run, tmp_path):
-    twin = _copy(tiny_run, tmp_path / "twin")
+    twin = copy_run(tiny_run, tmp_path / "twin")
     out = tmp_path / "cmp"
     result = _compare(tiny_run, twin, "--out", out)
     assert [r["name"] for r in result["runs"]] == ["run", "twin"]
-    assert set(result["templates"]) == {"gradcam-mean", "gradcam-median"}
+    assert set(result["templates"]) == {"gradcam-mean", "gradcam-median", "gradcam-std"}
     mean = result["templates"]["gradcam-mean"]
     assert (mean["explainer"], mean["aggregator"], mean["shape"], mean["resampled_from"]) == \
         ("gradcam", "mean", [32, 32], {})
@@ -97,7 +62,7 @@ def test_identical_runs_agree_fully_and_the_cli_writes_json_and_figures(tiny_run
 
 
 def test_a_shuffled_template_is_less_similar_and_every_band_is_a_correlation(tiny_run, tmp_path):
-    run, shuffled = _copy(tiny_run, tmp_path / "run"), _copy(tiny_run, tmp_path / "shuffled")
+    run, shuffled = copy_run(tiny_run, tmp_path / "run"), copy_run(tiny_run, tmp_path / "shuffled")
     for copy in (run, shuffled):
         (copy / "templates" / "gradcam-median.h5").unlink()
     rng = np.random.default_rng(0)
@@ -116,7 +81,7 @@ def test_a_shuffled_template_is_less_similar_and_every_band_is_a_correlation(tin
 
 
 def test_other_sizes_are_resampled_and_unshared_classes_or_templates_are_listed(tiny_run, tmp_path):
-    other = _copy(tiny_run, tmp_path / "other")
+    other = copy_run(tiny_run, tmp_path / "other")
     _rewrite_templates(other, "gradcam-mean",
                        lambda cls, t: None if cls == "covid" else np.kron(t, np.ones((2, 2), t.dtype)))
     (other / "templates" / "gradcam-median.h5").unlink()
@@ -139,41 +104,11 @@ def test_compare_errors_are_one_line(tiny_run, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-STUDY = """
-[base.dataset]
-name = "phantom"
-n_per_class = 8
-size = 32
-difficulty = "easy"
-[base.backbone]
-name = "vgg19"
-weights = "none"
-width = 0.125
-batchnorm = true
-input_size = 32
-dense = [8]
-[base.train]
-epochs = 1
-batch_size = 16
-[base.quality]
-faithfulness = false
-randomisation = false
-reliance = false
-[[base.aggregate]]
-name = "mean"
-
-[matrix]
-"explain" = [[{ name = "gradcam", layer = "block4_conv4", split = "all" }],
-             [{ name = "gradcam", layer = "block3_conv4", split = "all" }]]
-"""
 
 
-def test_a_study_compares_the_templates_of_its_variants(tmp_path):
-    (tmp_path / "study.toml").write_text(STUDY)
-    out = tmp_path / "out"
-    result = runner.invoke(app, ["study", str(tmp_path / "study.toml"), "--out", str(out), "--json"])
-    assert result.exit_code == 0, result.stderr
-    table = json.loads(result.stdout)
+def test_a_study_compares_the_templates_of_its_variants(shared_runs):
+    out = shared_runs.study(STUDY)
+    table = shared_runs.summary(out)
     names = ["explain=gradcam-block4_conv4", "explain=gradcam-block3_conv4"]
     rows = table["compare"]["rows"]
     assert [(r["template"], r["class"], r["a"], r["b"]) for r in rows] == \

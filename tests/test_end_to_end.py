@@ -5,60 +5,24 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tomllib
 from html.parser import HTMLParser
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import tomli_w
 from PIL import Image
 from typer.testing import CliRunner
 
 from badinput import write_dicom
 from conftest import SHARED_DATA
+from shared_runs import FULL, copy_run
 from xaicxr.cli import app
 
 runner = CliRunner()
 
-TINY = """
-[dataset]
-name = "phantom"
-n_per_class = 24
-size = 48
-seed = 5
-difficulty = "easy"
-[split]
-test = 0.25
-val = 0.25
-[backbone]
-name = "vgg19"
-weights = "none"
-width = 0.125
-batchnorm = true
-input_size = 48
-dense = [16]
-dropout = 0.0
-[train]
-epochs = 4
-batch_size = 16
-[[explain]]
-name = "gradcam"
-layer = "block4_conv4"
-[[explain]]
-name = "layercam"
-layer = "block3_conv4"
-[[explain]]
-name = "gradcam"
-layer = "block4_conv4"
-target = "binary:covid-vs-rest"
-[[aggregate]]
-name = "mean"
-[[aggregate]]
-name = "median"
-[quality]
-randomisation_images = 8
-fractions = 6
-"""
 
 
 class _Sources(HTMLParser):
@@ -71,15 +35,11 @@ class _Sources(HTMLParser):
             self.sources.append(dict(attrs)["src"])
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    config = root / "tiny.toml"
-    config.write_text(TINY)
-    out = root / "run"
-    result = runner.invoke(app, ["run", str(config), "--out", str(out), "--json"])
-    assert result.exit_code == 0, result.stderr
-    return root, config, out, json.loads(result.stdout)
+@pytest.fixture
+def finished_run(shared_runs):
+    """The session's finished FULL run (read it; tests that change it work on a copy)."""
+    out = shared_runs.run(FULL)
+    return out.parent, shared_runs.config(out), out, shared_runs.summary(out)
 
 
 def test_run_writes_every_contract_file(finished_run):
@@ -110,7 +70,13 @@ def test_run_writes_every_contract_file(finished_run):
         assert q["split_half"]["partition_spread"] and q["skill"]["pointing_game"]["baseline"] in (
             "uniform", "lungs", "lungs_blurred", "class_prior", "random")
     assert "pointing_game" not in per_image["normal"]
-    assert all(per_image[c]["n_other_target"] == 0 and per_image[c]["n_degenerate"] >= 0 for c in classes)
+    from xaicxr.io.heatmap_store import HeatmapStore
+
+    with HeatmapStore(out / "heatmaps" / "layercam.h5") as store:
+        for k, cls in enumerate(metrics["classes"]):
+            own = store.labels == k
+            assert per_image[cls]["n_other_target"] == 0 and per_image[cls]["n"] == own.sum()
+            assert per_image[cls]["n_degenerate"] == store.degenerate[own].sum(), "the store's flags, counted"
     assert per_image["virus"]["split_half"]["interval"].startswith("grouped jackknife")
     assert set(metrics["baselines"]["virus"]) == {"uniform", "lungs", "lungs_blurred", "class_prior", "random"}
     mean_t, median_t = metrics["templates"]["gradcam-mean"], metrics["templates"]["gradcam-median"]
@@ -146,13 +112,16 @@ def test_report_parses_and_every_picture_exists(finished_run):
         assert (out / "report" / src).is_file(), src
 
 
-def test_rerun_skips_and_a_changed_table_reruns_from_its_stage(finished_run):
-    root, config, out, _ = finished_run
+def test_rerun_skips_and_a_changed_table_reruns_from_its_stage(finished_run, tmp_path):
+    _, config, original, _ = finished_run
+    out = copy_run(original, tmp_path / "run")
     again = runner.invoke(app, ["run", str(config), "--out", str(out), "--json"])
     assert again.exit_code == 0, again.stderr
     assert json.loads(again.stdout)["stages_run"] == []
-    changed = root / "changed.toml"
-    changed.write_text(TINY.replace("randomisation_images = 8", "randomisation_images = 4"))
+    changed = tmp_path / "changed.toml"
+    cfg = tomllib.loads(FULL)
+    cfg["quality"] = {"metrics": ["localisation"]}
+    changed.write_text(tomli_w.dumps(cfg))
     third = runner.invoke(app, ["run", str(changed), "--out", str(out), "--json"])
     assert third.exit_code == 0, third.stderr
     assert json.loads(third.stdout)["stages_run"] == ["quality", "probe", "report"]
@@ -202,12 +171,10 @@ def test_detect_resizes_as_the_model_was_trained_not_as_the_config_says_now(fini
 
 
 def test_sharded_explain_merges_into_the_unsharded_store(finished_run, tmp_path):
-    import h5py
-
     from xaicxr.io.heatmap_store import HeatmapStore, merge_stores
     from xaicxr.rundir import RunDir
 
-    _, _, out, _ = finished_run
+    out = copy_run(finished_run[2], tmp_path / "run")
     for k in (0, 1):
         result = runner.invoke(app, ["explain", str(out), "--explainer", "gradcam", "--layer", "block4_conv4",
                                      "--shard", f"{k}/2", "--json"])
@@ -227,10 +194,10 @@ def test_sharded_explain_merges_into_the_unsharded_store(finished_run, tmp_path)
     assert bad.exit_code == 2 and "K/N" in bad.stderr
 
 
-def test_sharded_templates_merge_to_the_unsharded_ones(finished_run):
+def test_sharded_templates_merge_to_the_unsharded_ones(finished_run, tmp_path):
     from xaicxr.io.template_store import read_template_file
 
-    _, _, out, _ = finished_run
+    out = copy_run(finished_run[2], tmp_path / "run")
     before = {agg: read_template_file(out / "templates" / f"gradcam-{agg}.h5") for agg in ("mean", "median")}
     for k in range(3):
         result = runner.invoke(app, ["template", str(out), "--shard", f"{k}/3", "--json"])
@@ -247,11 +214,7 @@ def test_sharded_templates_merge_to_the_unsharded_ones(finished_run):
 def test_quality_scores_only_maps_of_the_images_own_class(finished_run, tmp_path):
     """With targets = "predicted", a misclassified image's map explains another class: it is
     left out of the localisation figures and counted, not scored against the wrong lesion."""
-    import shutil
-
-    _, _, out, _ = finished_run
-    copy = tmp_path / "run"
-    shutil.copytree(out, copy)
+    copy = copy_run(finished_run[2], tmp_path / "run")
     explained = runner.invoke(app, ["explain", str(copy), "--explainer", "gradcam", "--layer", "block4_conv4",
                                     "--targets", "predicted", "--overwrite", "--json"])
     assert explained.exit_code == 0, explained.stderr

@@ -14,55 +14,19 @@ import pytest
 import tomli_w
 from typer.testing import CliRunner
 
+from shared_runs import LIGHT, copy_run, tiny_config
 from xaicxr.cli import app
 from xaicxr.errors import ConfigError
 from xaicxr.rundir import RunDir, Shard
 
 runner = CliRunner()
 
-TINY = """
-[dataset]
-name = "phantom"
-n_per_class = 10
-size = 32
-seed = 2
-difficulty = "easy"
-[split]
-test = 0.4
-val = 0.2
-[backbone]
-name = "vgg19"
-weights = "none"
-width = 0.0625
-batchnorm = true
-input_size = 32
-dense = [8]
-dropout = 0.0
-[train]
-epochs = 1
-batch_size = 16
-[[explain]]
-name = "gradcam"
-layer = "block4_conv4"
-batch_size = 3
-[[aggregate]]
-name = "mean"
-[[aggregate]]
-name = "median"
-[[aggregate]]
-name = "std"
-"""
 
 
-@pytest.fixture(scope="module")
-def local_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("executors")
-    (root / "tiny.toml").write_text(TINY)
-    out = root / "local"
-    result = runner.invoke(app, ["run", str(root / "tiny.toml"), "--out", str(out), "--until", "templates",
-                                 "--json"])
-    assert result.exit_code == 0, result.stderr
-    return root, out
+@pytest.fixture
+def local_run(shared_runs, tmp_path):
+    """The session's LIGHT run, computed by the local executor."""
+    return tmp_path, shared_runs.run(LIGHT)
 
 
 def _datasets(path) -> dict[str, object]:
@@ -108,7 +72,8 @@ def test_dask_cluster_writes_the_local_heatmaps_and_templates(local_run):
 
 
 def test_slurm_array_picks_the_shard(local_run):
-    _, local = local_run
+    root, shared = local_run
+    local = copy_run(shared, root / "local")
     env = {"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_MIN": "3", "SLURM_ARRAY_TASK_COUNT": "2"}
     result = runner.invoke(app, ["explain", str(local), "--explainer", "gradcam", "--json"], env=env)
     assert result.exit_code == 0, result.stderr
@@ -141,7 +106,7 @@ def test_slurm_variables_that_name_no_shard_are_refused(env):
 def test_missing_engine_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)
     config = tmp_path / "dask.toml"
-    config.write_text(TINY + '[run]\nexecutor = "dask"\n')
+    config.write_text(tiny_config(run={"executor": "dask"}))
     result = runner.invoke(app, ["run", str(config), "--out", str(tmp_path / "run")])
     assert result.exit_code == 2
     assert "pip install 'xaicxr[dask]'" in result.stderr and "Traceback" not in result.stderr

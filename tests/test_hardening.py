@@ -20,41 +20,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from shared_runs import LIGHT, copy_run, tiny_config, with_tables
 from xaicxr.cli import app
 
 runner = CliRunner()
-
-TINY = """
-[dataset]
-name = "phantom"
-n_per_class = 8
-size = 32
-seed = 5
-difficulty = "easy"
-[split]
-test = 0.25
-val = 0.25
-[backbone]
-name = "vgg19"
-weights = "none"
-width = 0.125
-batchnorm = true
-input_size = 32
-dense = [8]
-[train]
-epochs = 1
-batch_size = 16
-[[explain]]
-name = "gradcam"
-layer = "block4_conv4"
-batch_size = 4
-[[aggregate]]
-name = "mean"
-[quality]
-faithfulness = false
-randomisation = false
-reliance = false
-"""
 
 
 def _invoke(*args: str):
@@ -71,22 +40,15 @@ def _one_line_error(result, code: int = 2) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """One tiny finished run (explain in batches of 4), copied by the tests that change it."""
-    root = tmp_path_factory.mktemp("hardening")
-    config = root / "tiny.toml"
-    config.write_text(TINY)
-    out = root / "run"
-    result = _invoke("run", config, "--out", out, "--json")
-    assert result.exit_code == 0, result.stderr
-    return config, out
+@pytest.fixture
+def finished(shared_runs):
+    """The session's LIGHT run (explain in batches of 4), copied by the tests that change it."""
+    run = shared_runs.run(LIGHT)
+    return shared_runs.config(run), run
 
 
 def _copy(run: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "run"
-    shutil.copytree(run, target)
-    return target
+    return copy_run(run, tmp_path / "run")
 
 
 # --------------------------------------------------------------------------- 1. study names
@@ -231,18 +193,18 @@ def test_run_resumes_an_interrupted_explain_from_its_partial_store(finished, tmp
 # --------------------------------------------------------------------------- 6. failed runs
 
 
-@pytest.mark.parametrize("change, message", [
-    ('layer = "block4_conv4"', 'layer = "no_such_layer"', ),
-    ("[[aggregate]]", '[binary]\nsick = { positive = ["flu"] }\n[[aggregate]]'),
+@pytest.mark.parametrize("change", [
+    {"explain": [{"name": "gradcam", "layer": "no_such_layer"}]},
+    {"binary": {"sick": {"positive": ["flu"]}}},
 ], ids=["layer", "binary"])
-def test_a_failed_run_leaves_config_toml_and_fails_before_training(finished, tmp_path, change, message):
+def test_a_failed_run_leaves_config_toml_and_fails_before_training(finished, tmp_path, change):
     config, original = finished
     run = _copy(original, tmp_path)
     before = (run / "config.toml").read_bytes()
     bad = tmp_path / "bad.toml"
-    bad.write_text(TINY.replace("epochs = 1", "epochs = 2").replace(change, message))
+    bad.write_text(with_tables(LIGHT, train={"epochs": 3}, **change))
     line = _one_line_error(_invoke("run", bad, "--out", run))
-    assert ("no_such_layer" in line) if "layer" in message else ("'flu' is not one of" in line)
+    assert ("no_such_layer" in line) if "explain" in change else ("'flu' is not one of" in line)
     assert (run / "config.toml").read_bytes() == before
     assert (run / "model.keras").read_bytes() == (original / "model.keras").read_bytes()
 
@@ -254,9 +216,7 @@ def test_a_failed_run_leaves_config_toml_and_fails_before_training(finished, tmp
                                         ("learning_rate", -0.001), ("learning_rate", 0.0)])
 def test_training_values_that_cannot_work_are_config_errors(tmp_path, key, value):
     config = tmp_path / "bad.toml"
-    config.write_text(TINY.replace("[train]\n", f"[train]\n{key} = {value}\n")
-                      .replace("epochs = 1\n", "" if key == "epochs" else "epochs = 1\n")
-                      .replace("batch_size = 16\n", "" if key == "batch_size" else "batch_size = 16\n"))
+    config.write_text(tiny_config(train={key: value}))
     line = _one_line_error(_invoke("run", config, "--out", tmp_path / "run"))
     assert f"'{key}' in [train]" in line and str(value) in line
     assert not (tmp_path / "run" / "dataset.json").exists()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from shared_runs import tiny_config
 from xaicxr import plugins
 from xaicxr.cli import app
 from xaicxr.config import resolve
@@ -56,41 +57,11 @@ def xaicxr_metric():
     return {"corner-energy": CornerEnergy}
 '''
 
-TINY = """
-[dataset]
-name = "phantom"
-n_per_class = 12
-size = 32
-seed = 3
-[split]
-test = 0.34
-val = 0.33
-[backbone]
-name = "vgg19"
-weights = "none"
-width = 0.0625
-batchnorm = true
-input_size = 32
-dense = [8]
-dropout = 0.0
-[train]
-epochs = 1
-batch_size = 16
-[[explain]]
-name = "gradcam"
-layer = "block4_conv4"
-[[explain]]
-name = "gradcam"
-layer = "block4_conv4"
-target = "probability"
-[[aggregate]]
-name = "mean"
-[quality]
-metrics = ["localisation", "corner-energy", "randomisation"]
-randomisation_images = 4
-[quality.corner-energy]
-corner = 3
-"""
+TINY = tiny_config(
+    explain=[{"name": "gradcam", "layer": "block4_conv4"},
+             {"name": "gradcam", "layer": "block4_conv4", "target": "probability"}],
+    quality={"metrics": ["localisation", "corner-energy", "randomisation"], "randomisation_images": 4,
+             "corner-energy": {"corner": 3}})
 
 
 def _blobs(n: int = 12, size: int = 32, seed: int = 0):
@@ -191,9 +162,12 @@ def test_a_third_party_metric_runs_in_the_pipeline_report_and_study(fake_distrib
     assert listed and listed[0]["distribution"] == "xaicxr-corner" and listed[0]["options"] == {"corner": "4"}
     config = tmp_path / "tiny.toml"
     config.write_text(TINY)
-    out = tmp_path / "run"
-    result = runner.invoke(app, ["run", str(config), "--out", str(out), "--json"])
+    study = tmp_path / "study.toml"
+    study.write_text(f'base = "{config.name}"\n[matrix]\n"quality.seed" = [0]\n')
+    result = runner.invoke(app, ["study", str(study), "--out", str(tmp_path / "study"), "--json"])
     assert result.exit_code == 0, result.stderr
+    (variant,) = {r["variant"] for r in json.loads(result.stdout)["variants"]}
+    out = tmp_path / "study" / variant
     metrics = json.loads((out / "metrics.json").read_text())
     corner = metrics["corner_energy"]
     assert set(corner) == {"gradcam", "gradcam.probability"}, "stores of a configured target are scored too"
@@ -209,10 +183,6 @@ def test_a_third_party_metric_runs_in_the_pipeline_report_and_study(fake_distrib
     resolved = (out / "config.toml").read_text()
     assert "[quality.corner-energy]" in resolved and "corner = 3" in resolved
 
-    study = tmp_path / "study.toml"
-    study.write_text(f'base = "{config.name}"\n[matrix]\n"quality.seed" = [0]\n')
-    result = runner.invoke(app, ["study", str(study), "--out", str(tmp_path / "study"), "--json"])
-    assert result.exit_code == 0, result.stderr
     rows = json.loads(result.stdout)["variants"]
     by_store = {(r["store"], r["class"]): r for r in rows}
     assert ("gradcam.probability", "bacteria") in by_store, "a store with a target has its own rows"

@@ -82,7 +82,8 @@ def test_pointing_energy_lift_and_iou_known_answers():
     assert figures["energy_lift_lungs"]["value"] == pytest.approx(np.mean([1, 0, 0.4, 1 / 16]) * 6)
     for key in ("pointing_game", "lesion_energy", "energy_lift", "miou", "lung_energy"):
         lo, hi = figures[key]["ci95"]
-        assert lo is None or lo <= figures[key]["value"] <= hi
+        assert figures[key]["n"] == 4 and lo <= figures[key]["value"] <= hi, key
+    assert figures["pointing_game"]["ci95"][0] < figures["pointing_game"]["ci95"][1], "four different answers"
 
 
 def test_flat_map_inside_the_lungs_scores_chance_there_not_zero():

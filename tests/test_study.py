@@ -7,54 +7,24 @@ import json
 
 from typer.testing import CliRunner
 
+from shared_runs import STUDY
 from xaicxr.cli import app
 
 runner = CliRunner()
 
-STUDY = """
-name = "tiny"
-[base.dataset]
-name = "phantom"
-n_per_class = 12
-size = 32
-difficulty = "easy"
-[base.backbone]
-name = "vgg19"
-weights = "none"
-width = 0.125
-batchnorm = true
-input_size = 32
-dense = [8]
-[base.train]
-epochs = 2
-batch_size = 16
-[base.quality]
-randomisation_images = 4
-fills = ["blur"]
-fractions = 5
-[[base.aggregate]]
-name = "mean"
-
-[matrix]
-"explain" = [[{ name = "gradcam", layer = "block4_conv4" }], [{ name = "layercam", layer = "block3_conv4" }]]
-"""
 
 
-def test_two_variant_study_reuses_the_model_and_writes_tables(tmp_path):
-    study = tmp_path / "study.toml"
-    study.write_text(STUDY)
-    out = tmp_path / "out"
-    result = runner.invoke(app, ["study", str(study), "--out", str(out), "--json"])
-    assert result.exit_code == 0, result.stderr
-    table = json.loads(result.stdout)
+def test_two_variant_study_reuses_the_model_and_writes_tables(shared_runs):
+    out = shared_runs.study(STUDY)
+    table = shared_runs.summary(out)
     names = list(dict.fromkeys(v["variant"] for v in table["variants"]))
-    assert names == ["explain=gradcam-block4_conv4", "explain=layercam-block3_conv4"]
+    assert names == ["explain=gradcam-block4_conv4", "explain=gradcam-block3_conv4"]
     first, second = (next(v for v in table["variants"] if v["variant"] == n) for n in names)
     assert "train" in first["stages_run"] and "train" not in second["stages_run"]
     assert second["stages_run"] == ["explain", "templates", "quality", "probe", "report"]
     assert first["accuracy"] == second["accuracy"]
     assert (first["explainer"], first["layer"]) == ("gradcam", "block4_conv4")
-    assert (second["explainer"], second["layer"]) == ("layercam", "block3_conv4")
+    assert (second["explainer"], second["layer"]) == ("gradcam", "block3_conv4")
     lesion_rows = [v for v in table["variants"] if v["class"] != "normal"]
     assert {"pointing_game", "pointing_game_lo", "pointing_game_hi", "pointing_skill", "pointing_baseline",
             "energy_lift", "lung_energy", "split_half", "deletion_auc:blur", "relies_on_lesion",

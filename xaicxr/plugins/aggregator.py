@@ -114,6 +114,18 @@ def check_compatible(a: State, b: State, *keys: str) -> None:
                              f"in one and {np.shape(b[key])} in the other")
 
 
+def pooled_mean(a: State, b: State) -> tuple[int, np.ndarray, float]:
+    """Two states' per-pixel ``mean`` over ``n`` maps pooled (Chan, Golub and LeVeque 1979):
+    ``(n, mean, weight)``, where the squared difference of the two means times ``weight`` =
+    n_a n_b / n is what pooling adds to a sum of squared deviations. Checks the two states fit."""
+    check_compatible(a, b, "mean")
+    na, nb = a["n"], b["n"]
+    n = na + nb
+    if nb == 0:
+        return n, a["mean"], 0.0
+    return n, a["mean"] + (b["mean"] - a["mean"]) * (nb / n), na * nb / n
+
+
 def reject_nonfinite(values: np.ndarray, what: str = "heatmaps") -> None:
     if not np.isfinite(values).all():
         raise ValueError(f"{what} contain NaN or infinite values")

@@ -135,3 +135,11 @@ def _show(value: Any) -> str:
     kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list",
             dict: "table"}.get(type(value), type(value).__name__)
     return f"{kind} {value!r}"
+
+
+def at_least(name: str, value: float, minimum: float) -> Any:
+    """``value``, the option ``name`` of a plugin's ``__init__``, refused (ValueError, reported
+    against the config table) when it is below ``minimum`` or NaN."""
+    if not value >= minimum:
+        raise ValueError(f"'{name}' must be at least {minimum}, got {value}")
+    return value

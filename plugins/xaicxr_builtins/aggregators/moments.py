@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xaicxr.plugins.aggregator import Aggregator, State, as_batch, check_compatible, reject_nonfinite
+from xaicxr.plugins.aggregator import Aggregator, State, as_batch, check_compatible, pooled_mean, reject_nonfinite
 
 _ROWS = 64
 """Heatmaps centred at a time by ``std`` (bounds the float64 temporary to ~25 MB at 224x224)."""
@@ -98,15 +98,10 @@ class Std(Aggregator):
         return state
 
     def merge(self, a: State, b: State) -> State:
-        check_compatible(a, b, "mean")
-        na, nb = a["n"], b["n"]
-        if nb == 0:
-            return a
-        n = na + nb
-        delta = b["mean"] - a["mean"]
-        a["m2"] += b["m2"] + delta ** 2 * (na * nb / n)
-        a["mean"] += delta * (nb / n)
-        a["n"] = n
+        n, mean, weight = pooled_mean(a, b)
+        if b["n"]:
+            a["m2"] += b["m2"] + (b["mean"] - a["mean"]) ** 2 * weight
+            a["mean"], a["n"] = mean, n
         return a
 
     def finalize(self, state: State) -> np.ndarray:

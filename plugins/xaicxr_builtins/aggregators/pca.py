@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from xaicxr.plugins.aggregator import Aggregator, State, as_batch, check_compatible, reject_nonfinite
+from xaicxr.plugins.aggregator import Aggregator, State, as_batch, pooled_mean, reject_nonfinite
+from xaicxr.plugins.options import at_least
 
 
 class Pca(Aggregator):
@@ -31,12 +32,8 @@ class Pca(Aggregator):
     components = True
 
     def __init__(self, k: int = 4, oversample: int = 10) -> None:
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        if oversample < 0:
-            raise ValueError(f"oversample must be >= 0, got {oversample}")
-        self.k = k
-        self.oversample = oversample
+        self.k = at_least("k", k, 1)
+        self.oversample = at_least("oversample", oversample, 0)
 
     @property
     def rank(self) -> int:
@@ -64,18 +61,16 @@ class Pca(Aggregator):
                 "mean": mean.reshape(rows.shape[1:]), "s": np.ones(len(rows)), "v": data}
 
     def merge(self, a: State, b: State) -> State:
-        check_compatible(a, b, "mean")
-        na, nb = a["n"], b["n"]
-        if nb == 0:
+        n, mean, weight = pooled_mean(a, b)
+        if b["n"] == 0:
             return a
-        n = na + nb
         shift = (a["mean"] - b["mean"]).reshape(1, -1)
         parts = [a["s"][:, None] * a["v"], b["s"][:, None] * b["v"]]
-        if na:
-            parts.append(np.sqrt(na * nb / n) * shift)
+        if a["n"]:
+            parts.append(np.sqrt(weight) * shift)
         s, v = _top_singular(np.concatenate(parts), self.rank)
-        return {"n": n, "ss": a["ss"] + b["ss"] + float(np.sum(shift ** 2)) * na * nb / n,
-                "mean": a["mean"] + (b["mean"] - a["mean"]) * (nb / n), "s": s, "v": v}
+        return {"n": n, "ss": a["ss"] + b["ss"] + float(np.sum(shift ** 2)) * a["n"] * b["n"] / n,
+                "mean": mean, "s": s, "v": v}
 
     def finalize(self, state: State) -> np.ndarray:
         shape = state["mean"].shape

@@ -18,6 +18,7 @@ from xaicxr.analysis.randomisation import randomisation_test
 from xaicxr.io import figures as pictures
 from xaicxr.io import html
 from xaicxr.plugins import Metric, ReportPart
+from xaicxr.plugins.options import at_least
 
 
 class Randomisation(Metric):
@@ -30,12 +31,8 @@ class Randomisation(Metric):
     also_keys = ("sanity",)
 
     def __init__(self, randomisation_images: int = 48, randomisation_draw: int = 0) -> None:
-        if randomisation_images < 1:
-            raise ValueError(f"'randomisation_images' must be at least 1, got {randomisation_images}")
-        if randomisation_draw < 0:
-            raise ValueError(f"'randomisation_draw' must be 0 or more, got {randomisation_draw}")
-        self.randomisation_images = randomisation_images
-        self.randomisation_draw = randomisation_draw
+        self.randomisation_images = at_least("randomisation_images", randomisation_images, 1)
+        self.randomisation_draw = at_least("randomisation_draw", randomisation_draw, 0)
 
     def select(self, labels: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
         """A class-balanced sample of rows: ``randomisation_images / n_classes`` of each class."""

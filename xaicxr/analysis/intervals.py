@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ..io.text import describe  # noqa: F401  (the text form, kept importable here)
+
 Z95 = 1.959963984540054
 BOOTSTRAP = 2000
 
@@ -159,12 +161,3 @@ def wholly_above(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
     lo = (a or {}).get("ci95", [None, None])[0]
     hi = (b or {}).get("ci95", [None, None])[1]
     return lo is not None and hi is not None and lo > hi
-
-
-def describe(e: dict[str, Any] | None, digits: int = 2) -> str:
-    """``0.62 [0.48, 0.75]``: an estimate and its interval as text (``-`` if there is none)."""
-    if not e or e.get("value") is None:
-        return "-"
-    lo, hi = e.get("ci95", [None, None])
-    interval = f" [{lo:.{digits}f}, {hi:.{digits}f}]" if lo is not None and hi is not None else ""
-    return f"{e['value']:.{digits}f}{interval}"

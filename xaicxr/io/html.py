@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from ..analysis.intervals import describe
+from .text import describe
 
 
 def escape(text: Any) -> str:

@@ -260,3 +260,17 @@ def model_above(graph: Any) -> Any:
                 f"bypasses the layer: {err}); choose a layer that every path from the input to "
                 "the scores goes through") from err
     return cache["above"]
+
+
+def parent_layers(layer: Any, every_call: bool = False) -> list[Any]:
+    """The layers (operations) feeding ``layer``'s first call, the graph it was built in, or
+    every call (a layer shared by a nested model and its parent is called in both). Keras has no
+    public API for a layer's inbound nodes; this is the one place that reads them."""
+    nodes = layer._inbound_nodes if every_call else layer._inbound_nodes[:1]
+    return [parent.operation for node in nodes for parent in node.parent_nodes]
+
+
+def output_layer(graph: Any, index: int = 0) -> Any:
+    """The layer (operation) that produced ``graph``'s output ``index`` (Keras' history of a
+    symbolic tensor, read here only)."""
+    return graph.outputs[index]._keras_history.operation

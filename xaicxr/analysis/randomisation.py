@@ -42,6 +42,7 @@ from typing import Any, Iterator
 import numpy as np
 from scipy.stats import rankdata
 
+from ..kerasgraph import output_layer, parent_layers
 from .intervals import bootstrap_mean, estimate, wholly_above
 from .stats import pearson
 
@@ -96,16 +97,10 @@ def _has_kernel(layer: Any) -> bool:
     return any(w.name.endswith("kernel") for w in layer.weights)
 
 
-def _parents(layer: Any, every_call: bool = False) -> list[Any]:
-    """The layers feeding ``layer``'s first call (the graph it was built in), or every call."""
-    nodes = layer._inbound_nodes if every_call else layer._inbound_nodes[:1]
-    return [parent.operation for node in nodes for parent in node.parent_nodes]
-
-
 def _upstream_kernel(layer: Any, kernel_ids: dict[int, str]) -> Any | None:
     """The nearest kernel layer upstream of ``layer`` in its graph (breadth first), or None when
     the walk meets an input first (an input of a nested model, say)."""
-    frontier, seen = _parents(layer), set()
+    frontier, seen = parent_layers(layer), set()
     while frontier:
         nxt = []
         for op in frontier:
@@ -114,7 +109,7 @@ def _upstream_kernel(layer: Any, kernel_ids: dict[int, str]) -> Any | None:
             seen.add(id(op))
             if id(op) in kernel_ids:
                 return op
-            nxt += _parents(op)
+            nxt += parent_layers(op)
         frontier = nxt
     return None
 
@@ -161,13 +156,12 @@ def explained_layer_step(model: Any, steps: list[Step], layer_path: str) -> int 
         return len(steps) - 1 if steps else None
     from ..kerasgraph import explainable_model
 
-    graph = explainable_model(model, layer_path).model
-    start = graph.outputs[0]._keras_history.operation
+    start = output_layer(explainable_model(model, layer_path).model)
     ancestors, frontier = {id(start)}, [start]
     while frontier:
         nxt = []
         for op in frontier:
-            for parent in _parents(op, every_call=True):
+            for parent in parent_layers(op, every_call=True):
                 if id(parent) not in ancestors:
                     ancestors.add(id(parent))
                     nxt.append(parent)

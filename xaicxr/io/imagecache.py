@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from ..errors import StoreError
-from ..plugins import Record, Skipped
+from .records import Record, Skipped
 from ..progress import progress_bar
 from . import atomic
 from .h5rows import read_rows

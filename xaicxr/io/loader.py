@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..plugins.dataset import Record, Skipped
+from .records import Record, Skipped
 from .imaging import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageInfo, read_image, read_mask
 from .resize import Mode, ResizePolicy, fit_square, fit_square_mask
 

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from ..errors import ModelFileError
-from ..plugins import layers  # noqa: F401  (registers GrayToColour, which every model file holds)
+from . import layers  # noqa: F401  (registers GrayToColour, which every model file holds)
 from .atomic import atomic_path
 
 

@@ -14,17 +14,27 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, Protocol
 
 import h5py
 import numpy as np
 
 from ..errors import StoreError
-from ..plugins.aggregator import Aggregator, State
 from .atomic import atomic_path
 
 Grouping = Literal["true", "predicted"]
+State = dict[str, Any]
+"""An aggregator's state (:mod:`xaicxr.plugins.aggregator`): arrays and scalars, with ``"n"``."""
 TemplateStates = dict[str, dict[str, State]]
+
+
+class StateCodec(Protocol):
+    """What saving and loading states needs of an aggregator: how it writes a state into an
+    HDF5 group and reads it back (:class:`xaicxr.plugins.Aggregator` does both)."""
+
+    def save_state(self, state: State, group: h5py.Group) -> None: ...
+
+    def load_state(self, group: h5py.Group) -> State: ...
 """``{aggregator name: {class name: state}}``."""
 
 
@@ -68,7 +78,7 @@ def is_multi_component(loaded: dict[str, tuple[np.ndarray, dict[str, Any]]]) -> 
     return any(np.ndim(template) == 3 for template, _ in loaded.values())
 
 
-def save_states(path: str | Path, states: TemplateStates, aggregators: Mapping[str, Aggregator],
+def save_states(path: str | Path, states: TemplateStates, aggregators: Mapping[str, StateCodec],
                 **meta: Any) -> None:
     """Save partial states (e.g. of one shard) to HDF5, atomically: group ``<agg>/<class>``
     per state; ``meta`` (by, correct_only, shard, ...) as root attrs, JSON-encoded."""
@@ -80,7 +90,7 @@ def save_states(path: str | Path, states: TemplateStates, aggregators: Mapping[s
                 aggregators[name].save_state(state, group.create_group(cls))
 
 
-def load_states(path: str | Path, aggregators: Mapping[str, Aggregator]) -> tuple[TemplateStates, dict[str, Any]]:
+def load_states(path: str | Path, aggregators: Mapping[str, StateCodec]) -> tuple[TemplateStates, dict[str, Any]]:
     """States and meta saved by ``save_states``, for the aggregators named in ``aggregators``."""
     with h5py.File(path, "r") as f:
         missing = [name for name in aggregators if name not in f]

@@ -4,60 +4,18 @@ core decodes, resizes, batches and splits them. Also the file walk that dataset 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from ..errors import DataError
-from ..io.atomic import printable
 from ..io.imaging import precheck
+from ..io.records import Record, Skipped
 
 if TYPE_CHECKING:
     import numpy as np
 
 Progress = Callable[[int], None]
-
-
-@dataclass(frozen=True)
-class Record:
-    """One image of a dataset, before decoding.
-
-    ``subset`` is the dataset's own split folder (``train``/``val``/``test``) when it has one;
-    ``lesion_mask`` and ``lung_mask`` point at mask images of the same geometry when known.
-    """
-
-    id: str
-    label: str
-    path: Path
-    patient: str | None = None
-    subset: str | None = None
-    lesion_mask: Path | None = None
-    lung_mask: Path | None = None
-
-    _PATHS = ("path", "lesion_mask", "lung_mask")
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        for k in self._PATHS:
-            if d[k] is not None:
-                d[k] = str(d[k])
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict) -> "Record":
-        return cls(**{**d, **{k: Path(d[k]) for k in cls._PATHS if d.get(k)}})
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A file that was not used, and why."""
-
-    path: str
-    reason: str
-
-    def to_json(self) -> dict:
-        """The path :func:`~xaicxr.io.atomic.printable` (a name that is not UTF-8 is escaped)."""
-        return {"path": printable(self.path), "reason": self.reason}
 
 
 @dataclass

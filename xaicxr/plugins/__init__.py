@@ -26,7 +26,7 @@ from typing import Any
 
 from .. import hookimpl
 from .aggregator import Aggregator, State
-from .backbone import LOGITS, PROBS, Backbone, weights_file
+from .backbone import LOGITS, PROBS, Backbone, KerasApplication, weights_file
 from .dataset import Dataset, Progress, Record, Scan, Skipped, require_dir, walk_images
 from .explainer import CAMExplainer, Explainer
 from .fill import Fill, make_fill
@@ -34,7 +34,7 @@ from .metric import MapMetric, Metric, ReportPart
 from .registry import Registry
 from .targets import BinaryScore, ClassLogit, ClassProbability, ScoreFunction, Target
 
-__all__ = ["hookimpl", "Aggregator", "State", "Backbone", "LOGITS", "PROBS", "weights_file",
+__all__ = ["hookimpl", "Aggregator", "State", "Backbone", "KerasApplication", "LOGITS", "PROBS", "weights_file",
            "Dataset", "Progress", "Record", "Scan", "Skipped", "require_dir", "walk_images",
            "Explainer", "CAMExplainer", "Metric", "MapMetric", "ReportPart", "Fill", "make_fill", "Target", "ClassLogit", "ClassProbability", "BinaryScore",
            "ScoreFunction", "Registry", "registry", "reset", "get", "available",

@@ -1,5 +1,6 @@
 """Backbones over ``keras.applications``: ``resnet50``, ``densenet121`` (CheXNet's), ``efficientnetb0``,
-``mobilenetv3small``, ``convnexttiny``; one implementation, a family is a few class attributes.
+``mobilenetv3small``, ``convnexttiny``: each a few class attributes on
+:class:`xaicxr.plugins.KerasApplication`.
 
 As ``vgg19``: the application is built on our own input tensor (``input_tensor=``), so its layers
 join one functional graph (ConvNeXt keeps its stem and downsampling blocks as nested Sequential
@@ -17,116 +18,7 @@ the model is built, and the run records it in ``train.json``.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
-from xaicxr.errors import WeightsNotFoundError, XaicxrError
-from xaicxr.plugins import LOGITS, PROBS, Backbone, weights_file
-
-
-class KerasApplication(Backbone):
-    """A ``keras.applications`` family as a backbone. ``weights``: ``"imagenet"`` (the Keras
-    cache only, never a download), ``"none"`` (from scratch) or the path of a weights file of
-    the application without its top (what ``save_weights`` of the base writes, or Keras' own
-    ``*_notop.h5``). ``freeze_until = "auto"`` freezes through the family's last stage but one
-    with pretrained weights and nothing from scratch; ``"none"`` trains everything; or a layer
-    name. ``dense``: hidden layers of the head; ``dropout`` after each of them.
-
-    ``bn_momentum``: the momentum of every BatchNormalization layer's moving statistics, or
-    ``0`` to keep the family's (0.99; 0.999 in MobileNetV3; ConvNeXt has no BatchNorm, so setting
-    it there is an error). Trained from
-    scratch on a small set, 0.99 leaves a quarter of the moving statistics' initial values in
-    place after 130 steps (0.99 ** 130), 0.999 nearly all of them, so the model can evaluate
-    near chance while it trains well; 0.9 (what ``vgg19`` uses) settles in tens of steps."""
-
-    application: ClassVar[str] = ""
-    """The ``keras.applications`` function."""
-    weights_filename: ClassVar[str] = ""
-    """Its ImageNet weights without the top, as Keras caches them."""
-    preprocessing: ClassVar[str] = "pixels"
-    """The :class:`GrayToColour` mode: what the family's first layer expects."""
-    freeze_point: ClassVar[str] = ""
-    """The last layer ``freeze_until = "auto"`` freezes with pretrained weights."""
-    build_options: ClassVar[dict[str, Any]] = {}
-    """Extra keyword arguments of the application function."""
-
-    def __init__(self, weights: str = "imagenet", input_size: int = 224,
-                 freeze_until: str = "auto", dense: list[int] = [], dropout: float = 0.0,
-                 bn_momentum: float = 0.0) -> None:
-        name = self.plugin_name()
-        if input_size < 32:
-            raise XaicxrError(f"{name}: input_size must be >= 32 (five 2x downsamplings), "
-                              f"got {input_size}")
-        if not 0.0 <= dropout < 1.0:
-            raise XaicxrError(f"{name}: dropout must be in [0, 1), got {dropout}")
-        if not 0.0 <= bn_momentum < 1.0:
-            raise XaicxrError(f"{name}: bn_momentum must be in [0, 1) (0 keeps the family's), "
-                              f"got {bn_momentum}")
-        if freeze_until == "auto":
-            freeze_until = self.freeze_point if weights != "none" else "none"
-        self.weights = weights
-        self.input_size = input_size
-        self.freeze_until = None if freeze_until == "none" else freeze_until
-        self.dense = list(dense)
-        self.dropout = dropout
-        self.bn_momentum = bn_momentum
-
-    @classmethod
-    def plugin_name(cls) -> str:
-        return cls.application.lower()
-
-    def build(self, classes: list[str]) -> Any:
-        import keras
-
-        from xaicxr.kerasgraph import default_layer
-        from xaicxr.plugins.layers import GrayToColour
-
-        name = self.plugin_name()
-        path = weights_file(self.weights, self.weights_filename, self.application)
-        inputs = keras.Input((self.input_size, self.input_size, 1), name="image")
-        x = GrayToColour(self.preprocessing, name="preprocess")(inputs)
-        # "imagenet" once the cache holds the file (Keras then reads it from there and applies
-        # what belongs to ImageNet weights, such as EfficientNet's extra rescaling)
-        weights = None if path is None else "imagenet" if self.weights == "imagenet" else str(path)
-        try:
-            base = getattr(keras.applications, self.application)(
-                include_top=False, weights=weights, input_tensor=x, pooling="avg",
-                **self.build_options)
-        except (ValueError, OSError) as exc:
-            raise WeightsNotFoundError(
-                f"{name}: could not load weights from {path}: {exc}. Expected the weights of "
-                f"keras.applications.{self.application}(include_top=False), such as "
-                f"{self.weights_filename} or a file written by save_weights") from None
-        if self.bn_momentum:
-            norms = [layer for layer in base.layers
-                     if isinstance(layer, keras.layers.BatchNormalization)]
-            if not norms:
-                raise XaicxrError(f"{name}: bn_momentum is set but the network has no "
-                                  "BatchNormalization layer; leave it out")
-            for layer in norms:
-                layer.momentum = self.bn_momentum
-        x = base.output
-        for i, units in enumerate(self.dense, start=1):
-            x = keras.layers.Dense(units, activation="relu", kernel_initializer="he_normal",
-                                   name=f"fc{i}")(x)
-            if self.dropout > 0:
-                x = keras.layers.Dropout(self.dropout, name=f"dropout{i}")(x)
-        x = keras.layers.Dense(len(classes), name=LOGITS)(x)
-        model = keras.Model(inputs, keras.layers.Activation("softmax", name=PROBS)(x),
-                            name=f"{name}_transfer")
-        self.default_layer = default_layer(model).path
-        self._freeze(model)
-        return model
-
-    def _freeze(self, model: Any) -> None:
-        if self.freeze_until is None:
-            return
-        names = [layer.name for layer in model.layers]
-        if self.freeze_until not in names:
-            raise XaicxrError(f"{self.plugin_name()}: freeze_until {self.freeze_until!r} is not "
-                              f"a layer; for example {self.freeze_point!r} (the default with "
-                              f"pretrained weights) or \"none\"")
-        for layer in model.layers[: names.index(self.freeze_until) + 1]:
-            layer.trainable = False
+from xaicxr.plugins import KerasApplication
 
 
 class ResNet50Backbone(KerasApplication):

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Literal
 
 from xaicxr.errors import WeightsNotFoundError, XaicxrError
-from xaicxr.plugins import LOGITS, PROBS, Backbone, weights_file
+from xaicxr.plugins import Backbone, weights_file
+from xaicxr.plugins.backbone import classification_head, freeze_through
 
 WEIGHTS_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
 BLOCKS = ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4))
@@ -51,7 +52,7 @@ class VGG19Backbone(Backbone):
     def build(self, classes: list[str]):
         import keras
 
-        from xaicxr.plugins.layers import GrayToColour
+        from xaicxr.io.layers import GrayToColour
 
         inputs = keras.Input((self.input_size, self.input_size, 1), name="image")
         x = GrayToColour("caffe", name="preprocess")(inputs)
@@ -60,38 +61,17 @@ class VGG19Backbone(Backbone):
             x = _pretrained_base(x, weights)
         else:
             x = _scratch_base(x, self.width, self.batchnorm)
-        x = self._head(x, len(classes))
-        model = keras.Model(inputs, x, name="vgg19_transfer")
-        self._freeze(model)
-        return model
-
-    def _head(self, x, n_classes: int):
-        import keras
-
         if self.pooling == "flatten":
             x = keras.layers.Flatten(name="flatten")(x)
         elif self.pooling == "max":
             x = keras.layers.GlobalMaxPooling2D(name="pool")(x)
         else:
             x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-        for i, units in enumerate(self.dense, start=1):
-            x = keras.layers.Dense(units, activation="relu", kernel_initializer="he_normal",
-                                   name=f"fc{i}")(x)
-            if self.dropout > 0:
-                x = keras.layers.Dropout(self.dropout, name=f"dropout{i}")(x)
-        x = keras.layers.Dense(n_classes, name=LOGITS)(x)
-        return keras.layers.Activation("softmax", name=PROBS)(x)
-
-    def _freeze(self, model) -> None:
-        if self.freeze_until is None:
-            return
-        names = [layer.name for layer in model.layers]
-        if self.freeze_until not in names:
-            convs = [n for n in names if n.startswith("block")]
-            raise XaicxrError(f"vgg19: freeze_until {self.freeze_until!r} is not a layer; "
-                              f"choose one of: {', '.join(convs)}")
-        for layer in model.layers[: names.index(self.freeze_until) + 1]:
-            layer.trainable = False
+        model = keras.Model(inputs, classification_head(x, len(classes), self.dense, self.dropout),
+                            name="vgg19_transfer")
+        blocks = [layer.name for layer in model.layers if layer.name.startswith("block")]
+        freeze_through(model, self.freeze_until, "vgg19", f"choose one of: {', '.join(blocks)}")
+        return model
 
 
 def _pretrained_base(x, weights: Path):

@@ -26,6 +26,7 @@ Grouping = Literal["true", "predicted"]
 State = dict[str, Any]
 """An aggregator's state (:mod:`xaicxr.plugins.aggregator`): arrays and scalars, with ``"n"``."""
 TemplateStates = dict[str, dict[str, State]]
+"""``{aggregator name: {class name: state}}``."""
 
 
 class StateCodec(Protocol):
@@ -35,7 +36,6 @@ class StateCodec(Protocol):
     def save_state(self, state: State, group: h5py.Group) -> None: ...
 
     def load_state(self, group: h5py.Group) -> State: ...
-"""``{aggregator name: {class name: state}}``."""
 
 
 def write_template_file(path: str | Path, templates: Mapping[str, np.ndarray], *, aggregator: str,

@@ -1,6 +1,6 @@
 """The ``keras.applications`` backbones: registered with their options, built at a tiny input
-size, one training step, Grad-CAM at their default layer; weights from a file written here;
-missing weights named clearly."""
+size (once per family for the module), one training step, Grad-CAM at their default layer;
+weights from a file written here; missing weights named clearly."""
 
 from __future__ import annotations
 
@@ -29,19 +29,26 @@ def test_registered_with_their_options():
         assert plugins.get("backbone", name)(weights="x.h5").freeze_until
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", FAMILIES)
-def test_builds_trains_a_step_and_explains_at_its_default_layer(name):
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request):
+    """Each family built once for the module, at SIZE, frozen through its pretrained default
+    freeze point (checks it is a layer; the training step's backward pass stays short)."""
     import keras
-    import tensorflow as tf
 
     keras.utils.set_random_seed(0)
-    cls = plugins.get("backbone", name)
-    # frozen through the pretrained default freeze point: checks it is a layer, and the
-    # training step's backward pass (its trace is what costs here) stays short
+    cls = plugins.get("backbone", request.param)
     backbone = cls(weights="none", input_size=SIZE, dense=[8], dropout=0.1,
                    freeze_until=cls.freeze_point)
-    model = backbone.build(CLASSES)
+    return cls, backbone, backbone.build(CLASSES)
+
+
+IMAGES = np.random.default_rng(0).random((2, SIZE, SIZE, 1), dtype=np.float32)
+LABELS = np.array([0, 1])
+
+
+@pytest.mark.slow
+def test_builds_with_its_head_freeze_point_and_default_layer(family):
+    cls, backbone, model = family
     names = [layer.name for layer in model.layers]
     assert names[-2:] == ["logits", "probs"] and "preprocess" in names
     frozen = names.index(cls.freeze_point)
@@ -49,20 +56,28 @@ def test_builds_trains_a_step_and_explains_at_its_default_layer(name):
     assert all(layer.trainable for layer in model.layers[frozen + 1:])
     assert model.get_layer(backbone.default_layer).output.shape[1:3] == (2, 2)
 
-    images = np.random.default_rng(0).random((4, SIZE, SIZE, 1), dtype=np.float32)
-    labels = np.array([0, 1, 0, 1])
+
+@pytest.mark.slow
+def test_trains_a_step(family):
+    import keras
+
+    _, _, model = family
     before = [w.copy() for w in model.get_layer("logits").get_weights()]
-    with tf.GradientTape() as tape:  # eager: a compiled train step costs its trace, tens of seconds
-        loss = keras.ops.mean(keras.losses.sparse_categorical_crossentropy(labels, model(images, training=True)))
-    variables = model.trainable_variables
-    keras.optimizers.Adam(1e-3).apply_gradients(zip(tape.gradient(loss, variables), variables))
-    assert np.isfinite(float(loss))
+    # eagerly: the step is the same, without tracing a graph for it (what cost here)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                  run_eagerly=True)
+    loss = model.train_on_batch(IMAGES, LABELS)
+    assert np.isfinite(loss)
     assert any(np.abs(a - b).max() > 0 for a, b in zip(before, model.get_layer("logits").get_weights()))
 
+
+@pytest.mark.slow
+def test_explains_at_its_default_layer(family):
+    _, backbone, model = family
     gradcam = plugins.get("explainer", "gradcam")()
     assert gradcam.resolve_layer(model) == backbone.default_layer
-    maps = gradcam.explain(model, images, labels, layer=backbone.default_layer)
-    assert maps.shape == (4, SIZE, SIZE) and np.isfinite(maps).all()
+    maps = gradcam.explain(model, IMAGES, LABELS, layer=backbone.default_layer)
+    assert maps.shape == (2, SIZE, SIZE) and np.isfinite(maps).all()
     assert maps.min() >= 0.0 and maps.max() <= 1.0
 
 
@@ -102,40 +117,52 @@ def test_a_file_of_another_network_is_a_clear_error(tmp_path):
         plugins.get("backbone", "mobilenetv3small")(weights=str(path), input_size=32).build(CLASSES)
 
 
-def test_bn_momentum_sets_every_batchnorm_and_survives_saving(tmp_path):
+@pytest.fixture(scope="module")
+def mobilenets():
+    """MobileNetV3Small from scratch at 32 px, seed 0, by ``bn_momentum`` (0: the family's)."""
     import keras
 
-    def momenta(model):
-        return {layer.momentum for layer in model.layers
-                if isinstance(layer, keras.layers.BatchNormalization)}
+    models = {}
+    for momentum in (0.0, 0.9):
+        keras.utils.set_random_seed(0)
+        models[momentum] = plugins.get("backbone", "mobilenetv3small")(
+            weights="none", input_size=32, bn_momentum=momentum).build(CLASSES)
+    return models
 
-    cls = plugins.get("backbone", "mobilenetv3small")
-    assert momenta(cls(weights="none", input_size=32).build(CLASSES)) == {0.999}  # the family's
-    model = cls(weights="none", input_size=32, bn_momentum=0.9).build(CLASSES)
-    assert momenta(model) == {0.9}
-    model.save(tmp_path / "model.keras")
-    assert momenta(keras.saving.load_model(tmp_path / "model.keras", compile=False)) == {0.9}
+
+def _momenta(model):
+    import keras
+
+    return {layer.momentum for layer in model.layers
+            if isinstance(layer, keras.layers.BatchNormalization)}
+
+
+def test_bn_momentum_sets_every_batchnorm_and_survives_saving(tmp_path, mobilenets):
+    import keras
+
+    assert _momenta(mobilenets[0.0]) == {0.999}  # the family's
+    assert _momenta(mobilenets[0.9]) == {0.9}
+    mobilenets[0.9].save(tmp_path / "model.keras")
+    assert _momenta(keras.saving.load_model(tmp_path / "model.keras", compile=False)) == {0.9}
     with pytest.raises(XaicxrError, match="bn_momentum must be in"):
-        cls(weights="none", bn_momentum=1.0)
+        plugins.get("backbone", "mobilenetv3small")(weights="none", bn_momentum=1.0)
     with pytest.raises(XaicxrError, match="no BatchNormalization layer"):
         plugins.get("backbone", "convnexttiny")(weights="none", input_size=32,
                                                 bn_momentum=0.9).build(CLASSES)
 
 
-def test_bn_momentum_is_what_one_training_step_uses():
+def test_bn_momentum_is_what_one_training_step_uses(mobilenets):
     """From zero, one step moves a moving mean by (1 - momentum) x the batch mean: the first
-    BatchNorm sees the same batch in both models (same seed, same input), so 0.1 / 0.001."""
+    BatchNorm sees the same batch in both models (same seed, same input), so 0.1 / 0.001.
+    The step runs eagerly: the same update, without tracing a graph for it."""
     import keras
 
     images = np.random.default_rng(0).random((4, 32, 32, 1), dtype=np.float32)
     moved = {}
-    for momentum in (0.0, 0.9):
-        keras.utils.set_random_seed(0)
-        model = plugins.get("backbone", "mobilenetv3small")(
-            weights="none", input_size=32, bn_momentum=momentum).build(CLASSES)
+    for momentum, model in mobilenets.items():
         first = next(layer for layer in model.layers
                      if isinstance(layer, keras.layers.BatchNormalization))
-        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", run_eagerly=True)
         model.train_on_batch(images, np.array([0, 1, 0, 1]))
         moved[momentum] = keras.ops.convert_to_numpy(first.moving_mean)
     assert np.abs(moved[0.9]).max() > 0

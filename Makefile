@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/xaicxr run --out runs/demo
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -n 2 -q
+	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup -q
 
 clean:
 	rm -rf runs/ .pytest_cache

@@ -119,6 +119,16 @@ class SharedRuns:
             return final
 
 
+def seed_first_variant(study: Path, run: Path, out: Path) -> Path:
+    """Copy ``run`` (of the same dataset, split, backbone and train tables) to where ``study``'s
+    first variant runs under ``out``: the study resumes it after training, as it resumes any
+    variant it finds."""
+    from xaicxr.study import load_study
+
+    _, variants = load_study(study)
+    return copy_run(run, out / variants[0][0])
+
+
 def session_root(tmp_path_factory: Any) -> Path:
     """A folder every xdist worker of this session sees (and only this session)."""
     base = tmp_path_factory.getbasetemp()
@@ -130,19 +140,23 @@ def session_root(tmp_path_factory: Any) -> Path:
 QUALITY_OFF = {"faithfulness": False, "randomisation": False, "reliance": False}
 
 LIGHT = tiny_config(explain=[{"name": "gradcam", "layer": "block4_conv4", "split": "all", "batch_size": 4}],
-                    aggregate=[{"name": "mean"}, {"name": "median"}, {"name": "std"}], quality=QUALITY_OFF)
-"""Every image explained in batches of 4, three templates, no model-pass quality figures: the run
+                    aggregate=[{"name": "mean"}, {"name": "median"}, {"name": "std"}], quality=QUALITY_OFF,
+                    probe={"enabled": False})
+"""Every image explained in batches of 4, three templates, no model-pass quality figures and no
+shortcut probe (the FULL run and test_probe.py have it): the run
 that compare, hardening and executor tests read or copy."""
 
 FULL = tiny_config(
-    dataset={"n_per_class": 24, "size": 48}, backbone={"input_size": 48, "dense": [16]}, train={"epochs": 4},
+    dataset={"n_per_class": 16, "size": 48}, backbone={"input_size": 48, "dense": [16]},
     explain=[{"name": "gradcam", "layer": "block4_conv4"}, {"name": "layercam", "layer": "block3_conv4"},
              {"name": "gradcam", "layer": "block4_conv4", "target": "binary:covid-vs-rest"}],
-    aggregate=[{"name": "mean"}, {"name": "median"}], quality={"randomisation_images": 8, "fractions": 6})
+    aggregate=[{"name": "mean"}, {"name": "median"}],
+    quality={"randomisation_images": 4, "fractions": 4, "faithfulness_images": 3})
 """Every stage and every quality figure on a model that learns the phantoms (end to end)."""
 
 STUDY = tiny_study(
     {"explain": [[{"name": "gradcam", "layer": "block4_conv4", "split": "all"}],
                  [{"name": "gradcam", "layer": "block3_conv4", "split": "all"}]]},
-    quality={"randomisation_images": 4, "fills": ["blur"], "fractions": 5})
+    quality={"randomisation_images": 4, "fills": ["blur"], "fractions": 5, "faithfulness_images": 4},
+    probe={"enabled": False})
 """Two variants that share their model and differ in the layer explained."""

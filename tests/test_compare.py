@@ -13,6 +13,7 @@ from shared_runs import LIGHT, STUDY, copy_run
 from xaicxr.cli import app
 
 runner = CliRunner()
+pytestmark = pytest.mark.xdist_group("light")  # they share the LIGHT run and the STUDY: one worker builds them
 
 
 CLASSES = ["normal", "bacteria", "virus", "covid"]

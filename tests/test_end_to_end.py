@@ -22,6 +22,7 @@ from shared_runs import FULL, copy_run
 from xaicxr.cli import app
 
 runner = CliRunner()
+pytestmark = pytest.mark.xdist_group("full")  # one worker builds the FULL run the others would wait for
 
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from shared_runs import tiny_config
+from shared_runs import LIGHT, seed_first_variant, tiny_config
 from xaicxr import plugins
 from xaicxr.cli import app
 from xaicxr.config import resolve
@@ -156,7 +156,8 @@ def test_switches_leave_metrics_out():
     assert chosen_metrics(quality) == ["localisation", "reliability", "template", "randomisation", "distinctiveness"]
 
 
-def test_a_third_party_metric_runs_in_the_pipeline_report_and_study(fake_distribution, tmp_path):
+@pytest.mark.xdist_group("light")  # starts from the LIGHT run's model
+def test_a_third_party_metric_runs_in_the_pipeline_report_and_study(fake_distribution, tmp_path, shared_runs):
     fake_distribution("xaicxr-corner", {"corner_metric": BORDER_METRIC}, {"corner": "corner_metric"})
     listed = [r for r in plugins.available() if r.get("name") == "corner-energy"]
     assert listed and listed[0]["distribution"] == "xaicxr-corner" and listed[0]["options"] == {"corner": "4"}
@@ -164,6 +165,7 @@ def test_a_third_party_metric_runs_in_the_pipeline_report_and_study(fake_distrib
     config.write_text(TINY)
     study = tmp_path / "study.toml"
     study.write_text(f'base = "{config.name}"\n[matrix]\n"quality.seed" = [0]\n')
+    seed_first_variant(study, shared_runs.run(LIGHT), tmp_path / "study")
     result = runner.invoke(app, ["study", str(study), "--out", str(tmp_path / "study"), "--json"])
     assert result.exit_code == 0, result.stderr
     (variant,) = {r["variant"] for r in json.loads(result.stdout)["variants"]}

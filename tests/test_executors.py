@@ -20,7 +20,7 @@ from xaicxr.errors import ConfigError
 from xaicxr.rundir import RunDir, Shard
 
 runner = CliRunner()
-pytestmark = pytest.mark.xdist_group("light")  # they share the LIGHT run and the STUDY: one worker builds them
+pytestmark = pytest.mark.xdist_group("light")  # the LIGHT run's readers on one worker: it is built once
 
 
 

@@ -24,7 +24,7 @@ from shared_runs import LIGHT, copy_run, tiny_config, with_tables
 from xaicxr.cli import app
 
 runner = CliRunner()
-pytestmark = pytest.mark.xdist_group("light")  # they share the LIGHT run and the STUDY: one worker builds them
+pytestmark = pytest.mark.xdist_group("light")  # the LIGHT run's readers on one worker: it is built once
 
 
 def _invoke(*args: str):

@@ -61,7 +61,7 @@ class Pca(Aggregator):
                 "mean": mean.reshape(rows.shape[1:]), "s": np.ones(len(rows)), "v": data}
 
     def merge(self, a: State, b: State) -> State:
-        n, mean, weight = pooled_mean(a, b)
+        n, mean, weight = pooled_mean(a, b)  # checks that the states fit, even an empty b
         if b["n"] == 0:
             return a
         shift = (a["mean"] - b["mean"]).reshape(1, -1)

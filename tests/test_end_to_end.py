@@ -216,6 +216,9 @@ def test_quality_scores_only_maps_of_the_images_own_class(finished_run, tmp_path
     """With targets = "predicted", a misclassified image's map explains another class: it is
     left out of the localisation figures and counted, not scored against the wrong lesion."""
     copy = copy_run(finished_run[2], tmp_path / "run")
+    config = tomllib.loads((copy / "config.toml").read_text())
+    config["quality"] = {"metrics": ["localisation"]}  # the figures this reads; the others re-run the model
+    (copy / "config.toml").write_text(tomli_w.dumps(config))
     explained = runner.invoke(app, ["explain", str(copy), "--explainer", "gradcam", "--layer", "block4_conv4",
                                     "--targets", "predicted", "--overwrite", "--json"])
     assert explained.exit_code == 0, explained.stderr

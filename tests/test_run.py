@@ -54,7 +54,8 @@ def test_run_writes_config_split_and_skipped(tmp_path):
     assert summary["stages_run"] == ["dataset", "split"]
     cfg = tomllib.loads((out / "config.toml").read_text())
     assert cfg["dataset"] == {"name": "phantom", "n_per_class": 12, "size": 32, "seed": 3,
-                              "max_pixels": 100_000_000, "resize": "pad"}
+                              "max_pixels": 100_000_000, "resize": "pad",
+                              "difficulty": "easy"}  # the demo's, under the keys given
     assert cfg["split"]["group_by_patient"] is True
     split = json.loads((out / "split.json").read_text())
     assert split["sizes"] == {"train": 24, "val": 12, "test": 12}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
 import tomllib
 from importlib.resources import files
 from pathlib import Path
@@ -31,6 +32,11 @@ CORE_KEYS: dict[str, dict[str, tuple[Any, Any]]] = {
               "group_by_patient": (bool, True), "use_dataset_split": (bool, False),
               "test_pattern": (str | None, None)},
     "backbone": {"name": (str, "vgg19")},
+    "model": {"path": (str | None, None), "classes": (list[str] | None, None),
+              "outputs": (Literal["auto", "softmax", "logits", "sigmoid"], "auto"),
+              "input_size": (int | None, None), "channels": (Literal[1, 3] | None, None),
+              "value_range": (list[float], [0.0, 1.0]), "mean": (list[float] | None, None),
+              "std": (list[float] | None, None), "sha256": (str | None, None)},
     "train": {"epochs": (int, 30), "batch_size": (int, 32), "learning_rate": (float, 1e-3),
               "augment": (bool, False), "cache_features": (bool, True), "patience": (int, 6),
               "seed": (int, 0), "class_weights": (bool, True),
@@ -65,6 +71,17 @@ METRIC_SWITCHES = {"faithfulness": ("faithfulness", "template-faithfulness"), "r
                    "reliance": ("reliance",)}
 """``[quality]`` booleans that leave metrics out (``faithfulness = false`` drops the two that
 perturb images); the same name given a table sets that metric's options instead."""
+MERGED_TABLES = {"dataset", "split", "backbone", "train", "templates", "probe", "quality", "run"}
+"""Tables that, when given, are laid over the embedded default's table key by key (a plugin
+table only while it names the same plugin): ``[train] seed = 1`` changes the seed and keeps the
+rest of the demo's training. Arrays of tables and ``[binary]`` replace the default's."""
+PATH_KEYS = {"dataset": ("path", "test_path", "covid_path", "covid_metadata", "covid_images"),
+             "backbone": ("weights",), "model": ("path",)}
+"""Keys that hold file or folder paths: relative ones resolve from the config file's folder."""
+NOT_PATHS = {"none", "imagenet"}
+"""Values of path keys that are names, not paths (``weights = "imagenet"``)."""
+MODEL_ONLY_TRAIN_KEYS = ("seed",)
+"""What ``[train]`` may hold beside ``[model] path``: the seed of the sanity checks' draws."""
 DEFAULT_BINARY_TASKS = ("covid-vs-rest", "abnormal-vs-normal")
 """The tasks ``analysis.metrics.default_binary_tasks`` defines when ``[binary]`` is empty (where
 the classes allow: a class named like covid; one named normal)."""
@@ -74,8 +91,9 @@ def default_text() -> str:
     return files("xaicxr").joinpath("default.toml").read_text(encoding="utf-8")
 
 
-def load_config(path: str | Path | None = None) -> dict[str, Any]:
-    """The resolved configuration: defaults filled in, every key checked."""
+def load_config(path: str | Path | None = None, relative_to: str | Path | None = None) -> dict[str, Any]:
+    """The resolved configuration: defaults filled in, every key checked. Relative paths in the
+    file resolve from the file's folder (``relative_to`` overrides that folder)."""
     if path is None:
         raw, source = tomllib.loads(default_text()), DEFAULT_SOURCE
     else:
@@ -86,23 +104,55 @@ def load_config(path: str | Path | None = None) -> dict[str, Any]:
             raise ConfigError(f"config file {path} does not exist") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        raw = absolute_paths(raw, Path(relative_to) if relative_to is not None else Path(path).parent)
     return resolve(raw, source)
 
 
+def absolute_paths(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``raw`` with the relative paths of its :data:`PATH_KEYS` (and dataset options ending in
+    ``_path``) made absolute from ``folder``: a config means the same files from wherever it is
+    run (a study's base resolves from the study or base file the same way)."""
+    out = copy.deepcopy(raw)
+    for table, keys in PATH_KEYS.items():
+        section = out.get(table)
+        if not isinstance(section, dict):
+            continue
+        names = set(keys) | ({k for k in section if k.endswith("_path")} if table == "dataset" else set())
+        for key in names:
+            value = section.get(key)
+            if isinstance(value, str) and value and value not in NOT_PATHS:
+                path = Path(value).expanduser()
+                section[key] = str(path if path.is_absolute() else Path(os.path.abspath(folder / path)))
+    return out
+
+
 def resolve(raw: dict[str, Any], source: str = "<config>") -> dict[str, Any]:
-    """A table left out of ``raw`` is the embedded demo's table; a table given is resolved from
-    the core and plugin defaults, so ``[backbone] name = "vgg19"`` alone means the paper's VGG19."""
+    """A table left out of ``raw`` is the embedded demo's table; a table given is laid over the
+    demo's (:data:`MERGED_TABLES`; a plugin table naming another plugin starts from that plugin's
+    defaults), and arrays of tables and ``[binary]`` replace the demo's. With ``[model] path``
+    (a model trained elsewhere) there is no ``[backbone]`` and ``[train]`` holds only ``seed``."""
     unknown = sorted(set(raw) - set(CORE_KEYS))
     if unknown:
         raise ConfigError(f"unknown table [{unknown[0]}] in {source}; known tables: "
                           + ", ".join(f"[{t}]" for t in CORE_KEYS))
     cfg: dict[str, Any] = {}
     demo = tomllib.loads(default_text())
+    own_model = isinstance(raw.get("model"), dict) and bool(raw["model"])
+    if own_model:
+        demo = _demo_for_own_model(demo, raw, source)
     for table, keys in CORE_KEYS.items():
         given = raw[table] if table in raw else demo.get(table, {})
         if not isinstance(given, dict) and table not in ARRAY_TABLES:
             raise ConfigError(f"[{table}] in {source} must be a table")
-        if table in FREE_TABLES:
+        if table in raw and table in MERGED_TABLES and isinstance(demo.get(table), dict):
+            given = _laid_over(table, given, demo[table])
+        if own_model and table == "backbone":
+            cfg[table] = {}
+        elif own_model and table == "train":
+            cfg[table] = {"seed": _resolve_table(table, given, keys, source)["seed"]}
+        elif table == "model":
+            cfg[table] = _resolve_model(given, source)
+        elif table in FREE_TABLES:
             cfg[table] = _resolve_binary(given, source)
         elif table == "quality":
             cfg[table] = _resolve_quality(given, source)
@@ -118,6 +168,79 @@ def resolve(raw: dict[str, Any], source: str = "<config>") -> dict[str, Any]:
     _check_run(cfg["run"], source)
     _check_positive(cfg, source)
     return cfg
+
+
+def _laid_over(table: str, given: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
+    """``given`` over the demo's ``default`` table (:data:`MERGED_TABLES`). A plugin table
+    naming another plugin than the demo's keeps only what it gives; ``[quality]`` keeps the
+    demo's per-metric options only for the metrics chosen (:func:`_resolve_quality` drops the
+    others' silently: they were not asked for)."""
+    if table in PLUGIN_TABLES and given.get("name", default.get("name")) != default.get("name"):
+        return given
+    merged = {**copy.deepcopy(default), **given}
+    if table == "quality":
+        merged[INHERITED] = sorted(set(default) - set(given))
+    return merged
+
+
+INHERITED = "__inherited__"
+"""Marks, in a ``[quality]`` being resolved, the keys that came from the demo's table."""
+
+
+def _demo_for_own_model(demo: dict[str, Any], raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """The demo's tables as defaults for a run of a model trained elsewhere: no backbone and no
+    training (refused if given), and the demo's explainers at the model's own default layer (the
+    demo's layer names are VGG19's)."""
+    for table in ("backbone",):
+        if table in raw:
+            raise ConfigError(f"[{table}] in {source}: the model comes from [model] path, so there is "
+                              f"nothing to build; remove [{table}] (or [model] to train one)")
+    extra = sorted(set(raw.get("train", {})) - set(MODEL_ONLY_TRAIN_KEYS))
+    if extra:
+        raise ConfigError(f"[train] in {source}: the model comes from [model] path and is not trained "
+                          f"here; [train] takes only {', '.join(MODEL_ONLY_TRAIN_KEYS)} then, not {extra[0]!r}")
+    demo = copy.deepcopy(demo)
+    demo.pop("backbone", None)
+    demo["train"] = {}
+    for entry in demo.get("explain", []):
+        entry.pop("layer", None)
+    return demo
+
+
+def _resolve_model(given: dict[str, Any], source: str) -> dict[str, Any]:
+    """``[model]``: a model trained elsewhere (:mod:`xaicxr.usermodel`): ``path`` and ``classes``
+    are required together; the rest describes the input and outputs. ``sha256`` is not given but
+    recorded: the digest of the file this run imported (read again at every load, so a changed
+    file changes the train stage's hash and the run imports it again)."""
+    where = f"[model] in {source}"
+    if not given:
+        return {}
+    out = _resolve_table("model", {k: v for k, v in given.items() if k != "sha256"}, CORE_KEYS["model"], source)
+    for key in ("path", "classes"):
+        if key not in out:
+            raise ConfigError(f"{where}: {key!r} is required (the model file, and its outputs' class "
+                              "names in output order)")
+    if len(set(out["classes"])) != len(out["classes"]) or not out["classes"]:
+        raise ConfigError(f"'classes' in {where} must name each output once, got {out['classes']}")
+    low, high = out["value_range"] if len(out["value_range"]) == 2 else (None, None)
+    if low is None or not low < high:
+        raise ConfigError(f"'value_range' in {where} must be [black, white] with black < white, got "
+                          f"{out['value_range']}")
+    for key in ("mean", "std"):
+        if key in out and len(out[key]) not in (1, out.get("channels", len(out[key]))):
+            raise ConfigError(f"'{key}' in {where} has {len(out[key])} values for {out['channels']} channels")
+    if any(v <= 0 for v in out.get("std", [])):
+        raise ConfigError(f"'std' in {where} must be positive, got {out['std']}")
+    if "input_size" in out and out["input_size"] < 8:
+        raise ConfigError(f"'input_size' in {where} must be at least 8, got {out['input_size']}")
+    path = Path(out["path"]).expanduser()
+    if not path.exists():
+        raise ConfigError(f"'path' in {where}: {path} does not exist (a Keras .keras/.h5 file or a "
+                          "TensorFlow SavedModel folder; a relative path is read from the config's folder)")
+    from .io.modelfile import model_sha256
+
+    out["sha256"] = model_sha256(path)
+    return out
 
 
 def _check_targets(cfg: dict[str, Any], source: str) -> None:
@@ -163,11 +286,11 @@ def _check_positive(cfg: dict[str, Any], source: str) -> None:
     be reported as if trained; a zero batch divides by zero)."""
     train = cfg["train"]
     for key in ("epochs", "batch_size"):
-        if train[key] < 1:
+        if key in train and train[key] < 1:
             raise ConfigError(f"'{key}' in [train] in {source} must be at least 1, got {train[key]}")
-    if not train["learning_rate"] > 0:
-        raise ConfigError(f"'learning_rate' in [train] in {source} must be positive, got {train['learning_rate']}")
-    if train["patience"] < 0:
+    if "learning_rate" in train and not 0 < train["learning_rate"] < float("inf"):
+        raise ConfigError(f"'learning_rate' in [train] in {source} must be positive and finite, got {train['learning_rate']}")
+    if train.get("patience", 0) < 0:
         raise ConfigError(f"'patience' in [train] in {source} must be 0 or more, got {train['patience']}")
     for spec in cfg["explain"]:
         if spec["batch_size"] < 1:
@@ -187,6 +310,8 @@ def _resolve_quality(given: dict[str, Any], source: str) -> dict[str, Any]:
     work is an error before anything runs."""
     where = f"[quality] in {source}"
     core = CORE_KEYS["quality"]
+    given = dict(given)
+    inherited = set(given.pop(INHERITED, ()))
     tables = {k: v for k, v in given.items() if isinstance(v, dict)}
     flat = {k: v for k, v in given.items() if k not in tables}
     out = _resolve_table("quality", {k: v for k, v in flat.items() if k in core}, core, source)
@@ -205,6 +330,8 @@ def _resolve_quality(given: dict[str, Any], source: str) -> dict[str, Any]:
     for key, value in flat.items():
         if key in core:
             continue
+        if key not in takes and key in inherited:
+            continue
         if key not in takes:
             known = sorted(set(core) | set(takes))
             raise ConfigError(f"unknown key {key!r} in {where}; known keys: {', '.join(known)} "
@@ -214,6 +341,8 @@ def _resolve_quality(given: dict[str, Any], source: str) -> dict[str, Any]:
         hint = option_spec(classes[takes[key][0]])[key][0]
         out[key] = float(value) if hint is float else value
     for name, table in tables.items():
+        if name not in classes and name in inherited:
+            continue
         if name not in classes:
             raise ConfigError(f"[quality.{name}] in {source}: {name!r} is not one of the chosen metrics "
                               f"({', '.join(names)})")
@@ -347,5 +476,6 @@ def build_plugin(table_name: str, table: dict[str, Any]) -> Any:
 
 
 def dump_config(cfg: dict[str, Any]) -> str:
-    return tomli_w.dumps(cfg)
+    """``cfg`` as TOML, without empty tables (``[model]`` when the backbone is trained here)."""
+    return tomli_w.dumps({k: v for k, v in cfg.items() if v != {}})
 

@@ -163,11 +163,15 @@ def explainable_model(model: Any, layer: str | None) -> ExplainableModel:
 
 
 def _build_explainable(model: Any, ref: LayerRef) -> ExplainableModel:
+    """A Sequential model is always rebuilt (:func:`_inline`): one loaded from a file has called
+    its layers twice (on building, then on its own inputs), so a layer's ``.output`` may belong
+    to a graph the model's outputs do not come from, and its gradients would be None (all-zero,
+    "degenerate" maps)."""
     import keras
 
     score_ref = score_layer(model)
     graph = None
-    if not ref.nested and (score_ref is None or not score_ref.nested):
+    if not ref.nested and (score_ref is None or not score_ref.nested) and not isinstance(model, keras.Sequential):
         scores = score_ref.layer.output if score_ref is not None else model.outputs[0]
         try:
             graph = keras.Model(model_inputs(model), [ref.layer.output, scores],
@@ -274,3 +278,13 @@ def output_layer(graph: Any, index: int = 0) -> Any:
     """The layer (operation) that produced ``graph``'s output ``index`` (Keras' history of a
     symbolic tensor, read here only)."""
     return graph.outputs[index]._keras_history.operation
+
+
+def parent_inputs(layer: Any) -> Any:
+    """The symbolic tensor ``layer`` was first called on, or None when it took several (or has
+    not been called in a graph): where a model is cut before its last layer."""
+    try:
+        x = layer.input
+    except (AttributeError, ValueError):
+        return None
+    return None if isinstance(x, (list, tuple, dict)) else x

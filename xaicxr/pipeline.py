@@ -140,7 +140,7 @@ def _plan(stages: tuple, cfg: dict[str, Any], rundir: RunDir, state: dict[str, A
         if plan or stage.NAME == force:
             plan[stage.NAME] = ""
         elif done.get("hash") != hashes[stage.NAME]:
-            plan[stage.NAME] = "configuration changed" if done else ""
+            plan[stage.NAME] = _why_changed(stage.NAME, cfg, done)
         else:
             reason, changed = _outputs_problem(stage, cfg, rundir, done.get("outputs"))
             if reason is not None:
@@ -148,6 +148,17 @@ def _plan(stages: tuple, cfg: dict[str, Any], rundir: RunDir, state: dict[str, A
             elif changed:
                 refresh.add(stage.NAME)
     return plan, refresh
+
+
+def _why_changed(name: str, cfg: dict[str, Any], done: dict[str, Any]) -> str:
+    """Why a stage whose hash changed runs again: the configuration, or the imported model file."""
+    if not done:
+        return ""
+    recorded = done.get("result", {}).get("model_sha256")
+    current = cfg.get("model", {}).get("sha256")
+    if name == "train" and recorded and current and recorded != current:
+        return f"the model file changed (sha256 {recorded[:12]}… -> {current[:12]}…): imported again"
+    return "configuration changed"
 
 
 def _outputs_problem(stage: Any, cfg: dict[str, Any], rundir: RunDir,

@@ -202,7 +202,7 @@ class RunDir:
         if not self.config.is_file():
             raise DataError(f"{self.root} is not a run directory (no config.toml); start one with "
                             f"`xaicxr run [CONFIG] --out {self.root}`")
-        return load_config(self.config)
+        return load_config(self.config, relative_to=Path.cwd())  # runs before absolute paths: as then
 
     def records(self) -> tuple[list[str], list[Record], list[Record]]:
         """``(classes, records, external test records)`` of ``dataset.json``."""

@@ -38,7 +38,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .compare import compare_runs, comparison_rows
-from .config import chosen_metrics, make_metric, resolve, store_name
+from .config import absolute_paths, chosen_metrics, make_metric, resolve, store_name
 from .errors import ConfigError
 from .io import atomic
 from .pipeline import run_pipeline, stage_hashes
@@ -71,8 +71,9 @@ def load_study(path: Path) -> tuple[dict[str, Any], list[tuple[str, dict[str, An
             base = tomllib.loads(base_path.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read base config {base_path}: {exc}") from None
+        base = absolute_paths(base, base_path.parent)
     else:
-        base = copy.deepcopy(spec)
+        base = absolute_paths(spec, path.parent)
     variants: list[tuple[str, dict[str, Any]]] = []
     if "matrix" in raw:
         axes = list(raw["matrix"].items())
@@ -93,6 +94,7 @@ def load_study(path: Path) -> tuple[dict[str, Any], list[tuple[str, dict[str, An
         variants.append((entry["name"], cfg))
     if not variants:
         raise ConfigError(f"{path} defines no variants: add [matrix] or [[variants]]")
+    variants = [(name, absolute_paths(cfg, path.parent)) for name, cfg in variants]
     for name, _ in variants:
         _check_name(name, path)
     names = [n for n, _ in variants]

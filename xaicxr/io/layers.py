@@ -1,5 +1,7 @@
-"""The Keras layer backbones put first in their models: gray [0, 1] to the three channels a
-pretrained base expects. Registered with Keras, so ``model.keras`` files load without code."""
+"""The Keras layers xaicxr puts around a network: :class:`GrayToColour` (what backbones put
+first: gray [0, 1] to the three channels a pretrained base expects), and for a model trained
+elsewhere (:mod:`xaicxr.usermodel`) :class:`ScaleToModel` before it and :class:`ModelScores`
+after it. Registered with Keras, so ``model.keras`` files load without code."""
 
 from __future__ import annotations
 
@@ -46,3 +48,67 @@ class GrayToColour(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="xaicxr")
+class ScaleToModel(keras.layers.Layer):
+    """Gray [0, 1] (N, H, W, 1) -> the input a model trained elsewhere expects: black and white
+    at ``value_range``, then ``(x - mean) / std`` per channel, gray repeated to ``channels``."""
+
+    def __init__(self, channels: int = 1, value_range: list[float] = (0.0, 1.0),
+                 mean: list[float] | None = None, std: list[float] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.channels = int(channels)
+        self.value_range = [float(v) for v in value_range]
+        self.mean = [float(v) for v in mean] if mean else None
+        self.std = [float(v) for v in std] if std else None
+
+    def call(self, x):
+        low, high = self.value_range
+        x = x * (high - low) + low
+        if self.channels > 1:
+            x = keras.ops.concatenate([x] * self.channels, axis=-1)
+        if self.mean:
+            x = x - keras.ops.convert_to_tensor(self.mean, dtype=x.dtype)
+        if self.std:
+            x = x / keras.ops.convert_to_tensor(self.std, dtype=x.dtype)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.channels)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "channels": self.channels, "value_range": self.value_range,
+                "mean": self.mean, "std": self.std}
+
+
+@keras.saving.register_keras_serializable(package="xaicxr")
+class ModelScores(keras.layers.Layer):
+    """(N, K) outputs -> (N, C) scores of the ``picked`` outputs (one per dataset class), made
+    scores by ``transform``: ``"none"`` (already logits), ``"log"`` (softmax probabilities: log p),
+    ``"logit"`` (sigmoids: log p - log(1 - p)). Probabilities are clipped to [1e-7, 1 - 1e-7]
+    first, so a saturated output gives a large finite score, not an infinite one."""
+
+    TRANSFORMS = ("none", "log", "logit")
+
+    def __init__(self, picked: list[int], transform: str = "none", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if transform not in self.TRANSFORMS:
+            raise ValueError(f"transform must be one of {self.TRANSFORMS}, got {transform!r}")
+        self.picked = [int(i) for i in picked]
+        self.transform = transform
+
+    def call(self, y):
+        y = keras.ops.take(y, self.picked, axis=-1)
+        if self.transform == "none":
+            return y
+        p = keras.ops.clip(y, 1e-7, 1.0 - 1e-7)
+        if self.transform == "log":
+            return keras.ops.log(p)
+        return keras.ops.log(p) - keras.ops.log1p(-p)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], len(self.picked))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "picked": self.picked, "transform": self.transform}

@@ -27,12 +27,12 @@ from ..config import build_plugin, plugin_options, store_name
 from ..errors import ConfigError, ExplainerInputError, ModelMismatchError, StoreError
 from ..executors import Executor, LocalExecutor, worker_cached
 from ..io.h5rows import read_rows
-from ..io.heatmap_store import Columns, HeatmapWriter
+from ..io.heatmap_store import Columns, HeatmapStore, HeatmapWriter
 from ..io.imagecache import ImageCache
 from ..io.predictions import read_predictions
 from ..plugins.explainer import Explainer
 from ..plugins.targets import BinaryScore, Target, explained, make_target
-from ..progress import progress_bar
+from ..progress import console, progress_bar
 from ..rundir import RunDir, Shard
 from . import Run
 
@@ -55,7 +55,22 @@ def run(run: Run) -> dict[str, Any]:
             path = explain_split(run.dir, job, model, run.model_sha256(), cache, overwrite=True,
                                  executor=run.executor(), unsafe_load=run.unsafe_load)
         written[job.store] = str(path.relative_to(run.dir.root))
+        warn_degenerate(job.store, path)
     return written
+
+
+def warn_degenerate(store_name: str, path: Path) -> float:
+    """Say on the terminal what share of a store's maps are degenerate (a map without signal comes
+    back as zeros and flagged, never silently); returns the share."""
+    with HeatmapStore(path) as store:
+        flags = store.degenerate
+    share = float(np.mean(flags)) if len(flags) else 0.0
+    if share > 0:
+        loud = "[bold red]warning:[/]" if share > 0.5 else "[yellow]warning:[/]"
+        console.print(f"{loud} {store_name}: {int(flags.sum())} of {len(flags)} maps ({share:.0%}) are degenerate "
+                      "(all zero, constant or non-finite: flagged, kept as zeros)"
+                      + ("; its quality figures will not be scored" if share > 0.5 else ""))
+    return share
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,18 @@ def outputs(cfg: dict, rundir: RunDir) -> list[Path]:
     return [rundir.quality]
 
 
+def mostly_degenerate(flags: np.ndarray) -> bool:
+    """More than half the maps of a store are degenerate: its figures would score the fallback
+    (zeros), not the explainer, so they are not computed."""
+    return len(flags) > 0 and float(np.mean(flags)) > 0.5
+
+
+def degenerate_reason(flags: np.ndarray) -> str:
+    return (f"{int(np.sum(flags))} of {len(flags)} maps are degenerate (no signal: all zero, constant or "
+            "non-finite), so its figures would measure the fallback, not the explainer; not scored. Look "
+            "for a layer the score does not depend on, or a saturated output (docs/api.md)")
+
+
 def run(run: Run) -> dict[str, Any]:
     opts = run.cfg["quality"]
     metrics = [(name, make_metric(name, opts)) for name in chosen_metrics(opts)]
@@ -86,6 +98,10 @@ def run(run: Run) -> dict[str, Any]:
             with HeatmapStore(run.dir.heatmaps(job.store)) as store:
                 if store.is_binary:
                     figures.out["quality_skipped"][job.store] = {"target": store.target, "reason": BINARY_SKIP_REASON}
+                    continue
+                if mostly_degenerate(store.degenerate):
+                    figures.out["quality_skipped"][job.store] = {"target": store.target,
+                                                                 "reason": degenerate_reason(store.degenerate)}
                     continue
                 key = (tuple(store.ids), store.targets.tobytes())
                 if key not in sets:

@@ -199,17 +199,31 @@ def _store_figures(metric: Metric, metrics: dict[str, Any], store: str, aggregat
     return figures.get(store)
 
 
+def _model_setting(cfg: dict[str, Any], rundir: RunDir) -> str:
+    """The model in one line: the backbone trained here, or the file imported with its sha256."""
+    model = cfg.get("model", {})
+    if model.get("path"):
+        info = rundir.read_train_info().get("imported", {})
+        return (f"model <b>{html.escape(model['path'])}</b> (sha256 <code>{html.escape(model['sha256'])}</code>; "
+                f"trained elsewhere, not by xaicxr; {html.escape(info.get('type', 'Keras'))} model "
+                f"{html.escape(info.get('name', ''))}, input {info.get('input_size')} px x {info.get('channels')} "
+                f"channel(s), outputs {html.escape(str(info.get('outputs')))}; explained scores: "
+                f"{html.escape(str(info.get('scores')))})")
+    backbone = cfg["backbone"]
+    setting = (f"backbone <b>{html.escape(backbone['name'])}</b> (weights {html.escape(str(backbone.get('weights', 'imagenet')))}"
+               f", width {backbone.get('width', 1.0)}, input {backbone.get('input_size', 224)} px)")
+    if backbone.get("weights", "imagenet") == "none":
+        setting += " &mdash; trained from scratch: <b>not</b> the paper's ImageNet transfer setting"
+    return setting
+
+
 def write_report(rundir: RunDir, cfg: dict[str, Any], cache: ImageCache) -> Path:
     out = rundir.report_dir
     out.mkdir(parents=True, exist_ok=True)
     metrics = rundir.read_metrics()
     classes = metrics["classes"]
     parts: list[str] = []
-    setting = (f"dataset <b>{html.escape(cfg['dataset']['name'])}</b>, backbone "
-               f"<b>{html.escape(cfg['backbone']['name'])}</b> (weights {html.escape(str(cfg['backbone'].get('weights', 'imagenet')))}"
-               f", width {cfg['backbone'].get('width', 1.0)}, input {cfg['backbone'].get('input_size', 224)} px)")
-    if cfg["backbone"].get("weights", "imagenet") == "none":
-        setting += " &mdash; trained from scratch: <b>not</b> the paper's ImageNet transfer setting"
+    setting = f"dataset <b>{html.escape(cfg['dataset']['name'])}</b>, " + _model_setting(cfg, rundir)
     parts.append(f"<p>{setting}. Test set: {html.escape(metrics.get('test_set', ''))}, n = {metrics.get('n_test')}.</p>")
     parts += [f'<p style="color:#b00"><b>Warning:</b> {html.escape(w)}</p>'
               for w in rundir.read_split().get("warnings", [])]
@@ -235,6 +249,13 @@ def write_report(rundir: RunDir, cfg: dict[str, Any], cache: ImageCache) -> Path
                 parts.append(html.note(f"One map per image, of the task's score: the summed probability of "
                                    f"{', '.join(store.target_positive or [])} (threshold {store.target_threshold:.3f}, "
                                    "from validation). Templates per side."))
+            flags = store.degenerate
+            if flags.any():
+                share = float(flags.mean())
+                colour = "#b00" if share > 0.5 else "#a60"
+                parts.append(f'<p style="color:{colour}"><b>Degenerate maps:</b> {int(flags.sum())} of {len(flags)} '
+                             f"({share:.0%}): no signal (all zero, constant or non-finite), kept as zeros and "
+                             "counted as misses.</p>")
             parts += _templates_pictures(name, store, cfg, rundir, cache, classes, out)
             skipped = metrics.get("quality_skipped", {}).get(name)
             if skipped:

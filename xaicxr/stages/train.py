@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 import h5py
 import keras
 import numpy as np
+from rich.markup import escape
 
 from ..analysis.metrics import default_binary_tasks
 from ..config import build_plugin
@@ -36,7 +37,8 @@ from ..rundir import RunDir
 from . import Run
 
 NAME = "train"
-TABLES = ("dataset.resize", "dataset.mode", "backbone", "train")
+TABLES = ("dataset.resize", "dataset.mode", "backbone", "train", "model.path", "model.sha256", "model.classes",
+          "model.outputs", "model.input_size", "model.channels", "model.value_range", "model.mean", "model.std")
 
 
 def outputs(cfg: dict, rundir: RunDir) -> list[Path]:
@@ -44,6 +46,8 @@ def outputs(cfg: dict, rundir: RunDir) -> list[Path]:
 
 
 def run(run: Run) -> dict[str, Any]:
+    if run.cfg.get("model", {}).get("path"):
+        return import_user_model(run)
     classes, records, external = run.dir.records()
     backbone = build_plugin("backbone", run.cfg["backbone"])
     dataset = run.cfg["dataset"]
@@ -73,6 +77,36 @@ def run(run: Run) -> dict[str, Any]:
     return {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
             "best_val_loss": round(result.best_val_loss, 4), "timings_s": result.timings_s,
             "feature_cache_reused": result.feature_cache_reused}
+
+
+def import_user_model(run: Run) -> dict[str, Any]:
+    """``[model] path``: nothing is trained. The model is wrapped as every later stage expects
+    (:mod:`xaicxr.usermodel`), checked against the explainers and targets, and written as
+    ``model.keras``; ``train.json`` records the file, its sha256 and how its outputs are read."""
+    from ..usermodel import import_model
+
+    spec = run.cfg["model"]
+    classes, records, external = run.dir.records()
+    imported = import_model(spec, list(classes), unsafe=run.unsafe_load)
+    console.print(f"training skipped: the model is {escape(spec['path'])} (sha256 {spec['sha256'][:12]}…), "
+                  f"scores: {imported.scores}", highlight=False)
+    dataset = run.cfg["dataset"]
+    _, skipped = build_image_cache(
+        run.dir.image_cache(imported.input_size), run.dir.read_split(), records + external, classes,
+        imported.input_size, workers=dataset.get("workers"), max_pixels=dataset["max_pixels"],
+        resize=dataset["resize"], mode=dataset.get("mode"))
+    if skipped:
+        atomic.write_json(run.dir.skipped, atomic.read_json(run.dir.skipped) + [s.to_json() for s in skipped])
+    check_later_stages(run.cfg, imported.model, list(classes), None)
+    save_model(imported.model, run.dir.model)
+    run.forget_model()
+    atomic.write_json(run.dir.train_info, {
+        "imported": imported.info, "train": run.cfg["train"], "default_layer": None,
+        "input_size": imported.input_size, "resize": dataset["resize"], "mode": dataset.get("mode"),
+        "parameters": int(imported.model.count_params()), "trainable_parameters": 0,
+        "epochs_run": 0, "history": {}})
+    return {"imported": spec["path"], "model_sha256": spec["sha256"], "outputs": imported.outputs,
+            "epochs_run": 0}
 
 
 def check_later_stages(cfg: dict[str, Any], model: keras.Model, classes: list[str],

@@ -18,7 +18,6 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import click
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -60,7 +59,7 @@ def command(show: Callable[[dict[str, Any]], None] | None = None) -> Callable:
             as_json = kwargs.get("as_json", False)
             try:
                 result = fn(**kwargs)
-            except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            except (typer.Exit, typer.Abort):
                 raise
             except XaicxrError as exc:
                 _fail(type(exc).__name__, str(exc), as_json)

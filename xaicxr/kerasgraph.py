@@ -30,7 +30,10 @@ PROBS = "probs"
 TARGET_MARKER = "xaicxr_target"
 """Name of the identity layer that marks a nested target layer in a flattened model."""
 
-_NOT_TARGETS = ("Pooling", "Dropout", "ZeroPadding", "Cropping", "UpSampling", "InputLayer")
+_NOT_TARGETS = ("Pooling", "Dropout", "ZeroPadding", "Cropping", "UpSampling", "InputLayer", "GrayToColour",
+                "ScaleToModel")
+"""Layers never picked as the default target: no features of their own (the last two are the input
+adapters xaicxr puts before a network)."""
 
 
 _models: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -82,7 +82,9 @@ def _saved_model(path: Path) -> Any:
     if len(specs) != 1:
         raise ModelFileError(f"{path}: the SavedModel takes {len(specs)} inputs; xaicxr explains models of one image input")
     shape = tuple(specs[0].shape)
-    layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default", name="saved_model")
+    from .io.layers import SavedModelLayer
+
+    layer = SavedModelLayer(str(path), call_endpoint="serving_default", name="saved_model")
     image = keras.Input(batch_shape=(None, *shape[1:]), name="input")
     out = layer(image)
     if isinstance(out, dict):

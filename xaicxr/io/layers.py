@@ -112,3 +112,37 @@ class ModelScores(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "picked": self.picked, "transform": self.transform}
+
+
+@keras.saving.register_keras_serializable(package="xaicxr")
+class SavedModelLayer(keras.layers.TFSMLayer):
+    """A TensorFlow SavedModel the user named in ``[model] path``, called as a layer.
+
+    Keras refuses to rebuild a ``TFSMLayer`` from a saved model file in safe mode, because the
+    folder it points to could hold any graph. This one is rebuilt only when the folder's
+    ``saved_model.pb`` still has the sha256 recorded when the run imported it: the graph that
+    is loaded is the one the user chose, and a changed or swapped folder is an error."""
+
+    def __init__(self, filepath: str, graph_sha256: str | None = None, **kwargs: Any) -> None:
+        self.graph_sha256 = graph_sha256 or saved_model_digest(filepath)
+        super().__init__(filepath, **kwargs)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "graph_sha256": self.graph_sha256}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects: Any = None, safe_mode: Any = None):
+        found = saved_model_digest(config["filepath"])
+        if found != config.get("graph_sha256"):
+            raise ValueError(f"the SavedModel at {config['filepath']} is not the one this run imported "
+                             f"(saved_model.pb sha256 {found[:12]}…, recorded {str(config.get('graph_sha256'))[:12]}…)")
+        return cls(**config)
+
+
+def saved_model_digest(folder: str) -> str:
+    """The sha256 of a SavedModel's graph (``saved_model.pb``); "missing" when there is none."""
+    import hashlib
+    from pathlib import Path
+
+    path = Path(folder) / "saved_model.pb"
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"

@@ -74,10 +74,17 @@ def _first_sentence(exc: BaseException) -> str:
 
 
 def model_sha256(path: str | Path) -> str:
+    """The sha256 of a model file; of a folder (a TensorFlow SavedModel), of every file in it:
+    its relative path and contents, in sorted order."""
+    path = Path(path)
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            h.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()
 
 

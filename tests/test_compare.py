@@ -121,3 +121,12 @@ def test_a_study_compares_the_templates_of_its_variants(shared_runs):
     assert "Templates across variants" in page
     assert all(f'href="compare/{r["figure"]}"' in page and (out / "compare" / r["figure"]).is_file() for r in rows)
     assert "Templates across variants" in (out / "summary.md").read_text()
+
+
+def test_the_same_run_twice_is_refused_in_one_line(tiny_run, tmp_path):
+    """``compare RUN RUN`` (or ``a b a``) used to be an internal error, or a silent drop."""
+    other = copy_run(tiny_run, tmp_path / "other")
+    for args in ([tiny_run, tiny_run], [tiny_run, other, tiny_run], [tiny_run, tmp_path / "other" / ".." / "other", other]):
+        result = runner.invoke(app, ["compare", *map(str, args), "--out", str(tmp_path / "cmp"), "--json"])
+        assert result.exit_code == 2 and "more than once" in result.stderr, result.stderr
+        assert json.loads(result.stdout)["error"]["type"] == "ConfigError"

@@ -39,7 +39,14 @@ def compare_runs(runs: Sequence[str | Path], out: str | Path, *, labels: Sequenc
     if partitions < 1:
         raise ConfigError(f"--partitions must be at least 1, got {partitions}")
     dirs = [RunDir(r) for r in runs]
+    roots = [d.root.resolve() for d in dirs]
+    twice = next((r for r in roots if roots.count(r) > 1), None)
+    if twice is not None:
+        raise ConfigError(f"compare lists {twice} more than once; give each run directory once (a run's "
+                          "agreement with itself is its self band, which every comparison shows)")
     names = list(labels) if labels is not None else _labels(dirs)
+    if len(set(names)) != len(names):
+        raise ConfigError(f"compare: two runs share a label ({', '.join(names)}); give each its own")
     found = {name: _templates_of(d) for name, d in zip(names, dirs)}
     out = Path(out)
     result: dict[str, Any] = {

@@ -117,6 +117,18 @@ def test_a_file_of_another_network_is_a_clear_error(tmp_path):
         plugins.get("backbone", "mobilenetv3small")(weights=str(path), input_size=32).build(CLASSES)
 
 
+def test_a_whole_model_given_as_weights_says_so_without_dumping_tensors(tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((32, 32, 1)), keras.layers.Conv2D(8, 3, name="block1_conv1"),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    model.save(tmp_path / "my.keras")
+    with pytest.raises(WeightsNotFoundError) as err:
+        plugins.get("backbone", "vgg19")(weights=str(tmp_path / "my.keras"), input_size=32).build(CLASSES)
+    message = str(err.value)
+    assert "[model] path" in message and "value=[" not in message and len(message) < 1200, message
+
+
 @pytest.fixture(scope="module")
 def mobilenets():
     """MobileNetV3Small from scratch at 32 px, seed 0, by ``bn_momentum`` (0: the family's)."""

@@ -18,7 +18,7 @@ from ..errors import WeightsNotFoundError, XaicxrError
 from ..kerasgraph import LOGITS, PROBS
 
 __all__ = ["Backbone", "KerasApplication", "LOGITS", "PROBS", "classification_head", "freeze_through",
-           "keras_cache_dir", "cached_keras_weights", "weights_file"]
+           "keras_cache_dir", "cached_keras_weights", "weights_file", "weights_problem"]
 
 
 def keras_cache_dir() -> Path:
@@ -52,6 +52,20 @@ def weights_file(weights: str, filename: str, application: str) -> Path | None:
     if not path.is_file():
         raise WeightsNotFoundError(f"{application}: weights file {path} does not exist")
     return path
+
+
+def weights_problem(exc: BaseException, path: Path | str | None) -> str:
+    """Keras' reason a weights file did not load, without the tensor values it prints (a wrong
+    file gave kilobytes of them), plus where a whole model file belongs."""
+    text = " ".join(str(exc).split())
+    for cut in (" Target variable:", " value=["):
+        if cut in text:
+            text = text[:text.index(cut)]
+    text = text if len(text) <= 400 else text[:400] + " ..."
+    if path is not None and str(path).endswith(".keras"):
+        text += (" (this is a whole model file: to explain a model trained elsewhere, give it as "
+                 "[model] path instead of [backbone])")
+    return text.rstrip(".")
 
 
 class Backbone:
@@ -173,8 +187,8 @@ class KerasApplication(Backbone):
                 **self.build_options)
         except (ValueError, OSError) as exc:
             raise WeightsNotFoundError(
-                f"{name}: could not load weights from {path}: {exc}. Expected the weights of "
-                f"keras.applications.{self.application}(include_top=False), such as "
+                f"{name}: could not load weights from {path}: {weights_problem(exc, path)}. Expected the "
+                f"weights of keras.applications.{self.application}(include_top=False), such as "
                 f"{self.weights_filename} or a file written by save_weights") from None
         if self.bn_momentum:
             norms = [layer for layer in base.layers

@@ -13,7 +13,7 @@ from typing import Literal
 
 from xaicxr.errors import WeightsNotFoundError, XaicxrError
 from xaicxr.plugins import Backbone, weights_file
-from xaicxr.plugins.backbone import classification_head, freeze_through
+from xaicxr.plugins.backbone import classification_head, freeze_through, weights_problem
 
 WEIGHTS_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
 BLOCKS = ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4))
@@ -82,7 +82,7 @@ def _pretrained_base(x, weights: Path):
         base = keras.applications.VGG19(include_top=False, weights=str(weights), input_tensor=x)
     except (ValueError, OSError) as exc:
         raise WeightsNotFoundError(
-            f"vgg19: could not load weights from {weights}: {exc}. Expected the Keras layout of "
+            f"vgg19: could not load weights from {weights}: {weights_problem(exc, weights)}. Expected the Keras layout of "
             f"{WEIGHTS_FILE} (HDF5, one group per layer block1_conv1 ... block5_conv4)") from None
     return base.output
 

@@ -98,7 +98,8 @@ def detect(run_dir: Path, images: list[Path], *, explainer: str | None = None, o
         x = image[None, ..., None].astype(np.float32)
         probs = np.asarray(model(x, training=False))[0]
         pred = int(probs.argmax())
-        heat = job.explainer.explain(model, x, job.explained(np.array([pred])), layer=job.layer)[0]
+        heats, degenerate = job.explainer.explain_with_info(model, x, job.explained(np.array([pred])), layer=job.layer)
+        heat = heats[0]
         lungs = segment_lungs(image)
         match, best = _match(heat, templates)
         binary = {}
@@ -108,7 +109,7 @@ def detect(run_dir: Path, images: list[Path], *, explainer: str | None = None, o
         picture = _overlay(image, heat, job.store, f"{classes[pred]} ({probs[pred]:.2f})", templates, match,
                            best, Path(path), stem, out)
         for bjob, side_aggregator, sides in binary_jobs:
-            bheat = bjob.explainer.explain(model, x, bjob.target, layer=bjob.layer)[0]
+            bheat = bjob.explainer.explain_with_info(model, x, bjob.target, layer=bjob.layer)[0][0]
             side_match, side = _match(bheat, sides)
             score = binary[bjob.target.task]["score"]
             binary[bjob.target.task].setdefault("explained", {})[bjob.store] = {
@@ -119,6 +120,7 @@ def detect(run_dir: Path, images: list[Path], *, explainer: str | None = None, o
                                               side_match, side, Path(path), stem, out))}
         results.append({
             "path": str(path), "size": [info.width, info.height], "mode": info.mode, "format": info.format,
+            "degenerate": bool(degenerate[0]),
             "probabilities": {c: float(p) for c, p in zip(classes, probs)}, "prediction": classes[pred],
             "binary": binary, "explainer": job.name, "layer": job.layer, "template_aggregator": aggregator,
             "template_match": match, "best_template": best,

@@ -206,8 +206,8 @@ def explain_batches(explainer: Any, model: Any, images: np.ndarray, targets: np.
     ``target``: the score explained (None: the explainer's default)."""
     from ..plugins.targets import explained
 
-    return np.concatenate([explainer.explain(model, images[i:i + BATCH], explained(target, targets[i:i + BATCH]),
-                                             layer=layer)
+    return np.concatenate([explainer.explain_with_info(model, images[i:i + BATCH],  # flags: the metric's to judge
+                                                       explained(target, targets[i:i + BATCH]), layer=layer)[0]
                            for i in range(0, len(images), BATCH)])
 
 

@@ -29,6 +29,7 @@ plugins must stay fast.
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Literal
 
@@ -40,6 +41,10 @@ from .options import Configurable
 from .targets import ClassLogit, Target, as_target
 
 TINY = float(np.finfo(np.float32).tiny)
+
+
+class DegenerateMapsWarning(UserWarning):
+    """:meth:`Explainer.explain` returned maps without signal (zeros, flagged): never silent."""
 
 
 def finish_maps(raw: Any, size: tuple[int, int], signed: bool = False) -> tuple[Any, Any]:
@@ -136,7 +141,13 @@ class Explainer(Configurable, ABC):
         """(N, H, W) float32 maps in [0, 1] of ``targets`` (N,); see the module docstring.
         ``targets="all"`` (or a classwise target bound to ``"all"``) is :meth:`explain_all`:
         (N, C, H, W), every class."""
-        maps, _ = self.explain_with_info(model, images, targets, layer)
+        maps, degenerate = self.explain_with_info(model, images, targets, layer)
+        if np.any(degenerate):
+            warnings.warn(DegenerateMapsWarning(
+                f"{type(self).__name__}: {int(np.sum(degenerate))} of {np.size(degenerate)} maps are degenerate (no "
+                "signal: all zero, constant or non-finite) and came back as zeros; explain_with_info returns "
+                "which (a layer the score does not depend on, or a saturated softmax: explain its logits)"),
+                stacklevel=2)
         return maps
 
     def explain_with_info(self, model: Any, images: Any, targets: Any,

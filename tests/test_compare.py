@@ -13,7 +13,7 @@ from shared_runs import LIGHT, STUDY, copy_run
 from xaicxr.cli import app
 
 runner = CliRunner()
-pytestmark = pytest.mark.xdist_group("light")  # they share the LIGHT run and the STUDY: one worker builds them
+pytestmark = pytest.mark.xdist_group("light")  # they share the LIGHT run: one worker builds it
 
 
 CLASSES = ["normal", "bacteria", "virus", "covid"]
@@ -107,6 +107,7 @@ def test_compare_errors_are_one_line(tiny_run, tmp_path):
 
 
 
+@pytest.mark.xdist_group("study")  # the STUDY's group (test_study.py), not the LIGHT run's: the two build side by side
 def test_a_study_compares_the_templates_of_its_variants(shared_runs):
     out = shared_runs.study(STUDY)
     table = shared_runs.summary(out)

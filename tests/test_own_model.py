@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from xaicxr.cli import app
 
+pytestmark = pytest.mark.xdist_group("own-model")  # one worker builds the models and the run they share
 runner = CliRunner()
 PHANTOM = ["normal", "bacteria", "virus", "covid"]
 SIZE = 32

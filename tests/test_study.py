@@ -12,7 +12,7 @@ from shared_runs import STUDY
 from xaicxr.cli import app
 
 runner = CliRunner()
-pytestmark = pytest.mark.xdist_group("light")  # they share the LIGHT run and the STUDY: one worker builds them
+pytestmark = pytest.mark.xdist_group("study")  # they share the STUDY (test_compare.py too): one worker builds it
 
 
 

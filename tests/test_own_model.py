@@ -319,3 +319,23 @@ def test_mostly_degenerate_maps_are_loud_and_not_scored(models, tmp_path):
     page = (tmp_path / "run" / "report" / "index.html").read_text()
     n = len(json.loads((tmp_path / "run" / "split.json").read_text())["test"])
     assert f"Degenerate maps:</b> {n} of {n} (100%)" in page
+
+
+def test_the_own_model_example_holds_out_whole_patients_and_builds_its_model():
+    """examples/own_model.py trains for minutes (its figures: README); here its split and model."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "own_model.py"
+    spec = importlib.util.spec_from_file_location("own_model_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    manifest = [{"file": f"{c}/{p}-{i}.png", "label": c, "patient": f"{c}{p}"}
+                for c in example.CLASSES for p in range(10) for i in range(2)]
+    side = example.held_out_split(manifest, 0.3, seed=0)
+    for cls in example.CLASSES:
+        test = {m["patient"] for m in manifest if m["label"] == cls and side[m["file"]] == "test"}
+        train = {m["patient"] for m in manifest if m["label"] == cls and side[m["file"]] == "train"}
+        assert len(test) == 3 and not test & train
+    model = example.build_model()
+    assert tuple(model.inputs[0].shape) == (None, example.SIZE, example.SIZE, 1)
+    assert tuple(model.outputs[0].shape) == (None, len(example.CLASSES))

@@ -244,7 +244,21 @@ def test_dataset_split_folders_are_honoured():
 
 @pytest.mark.parametrize("example", sorted((Path(__file__).parents[1] / "examples").glob("*.toml")),
                          ids=lambda p: p.name)
-def test_example_configs_are_valid(example):
+def test_example_configs_are_valid(example, tmp_path):
+    if "[model]" in example.read_text():  # its model file is what examples/own_model.py writes: one stands in
+        import tomllib
+
+        keras = pytest.importorskip("keras")
+        spec = tomllib.loads(example.read_text())["model"]
+        stand_in = (tmp_path / "examples" / spec["path"]).resolve()
+        stand_in.parent.mkdir(parents=True)
+        keras.Sequential([keras.Input((16, 16, 1)), keras.layers.Conv2D(2, 3),
+                          keras.layers.GlobalAveragePooling2D(),
+                          keras.layers.Dense(len(spec["classes"]), activation="softmax")]).save(stand_in)
+        copy = tmp_path / "examples" / example.name
+        copy.parent.mkdir(exist_ok=True)
+        copy.write_text(example.read_text())
+        example = copy
     if example.stem.endswith("-study"):
         from xaicxr.config import resolve
         from xaicxr.study import load_study

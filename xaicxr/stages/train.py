@@ -48,15 +48,10 @@ def outputs(cfg: dict, rundir: RunDir) -> list[Path]:
 def run(run: Run) -> dict[str, Any]:
     if run.cfg.get("model", {}).get("path"):
         return import_user_model(run)
-    classes, records, external = run.dir.records()
+    classes = run.dir.records()[0]
     backbone = build_plugin("backbone", run.cfg["backbone"])
     dataset = run.cfg["dataset"]
-    cache, skipped = build_image_cache(
-        run.dir.image_cache(backbone.input_size), run.dir.read_split(), records + external, classes,
-        backbone.input_size, workers=dataset.get("workers"), max_pixels=dataset["max_pixels"],
-        resize=dataset["resize"], mode=dataset.get("mode"))
-    if skipped:
-        atomic.write_json(run.dir.skipped, atomic.read_json(run.dir.skipped) + [s.to_json() for s in skipped])
+    cache = cache_images(run, backbone.input_size)
     keras.utils.set_random_seed(run.cfg["train"]["seed"])
     with distribution_strategy().scope():
         model = backbone.build(list(classes))
@@ -86,17 +81,12 @@ def import_user_model(run: Run) -> dict[str, Any]:
     from ..usermodel import import_model
 
     spec = run.cfg["model"]
-    classes, records, external = run.dir.records()
+    classes = run.dir.records()[0]
     imported = import_model(spec, list(classes), unsafe=run.unsafe_load)
     console.print(f"training skipped: the model is {escape(spec['path'])} (sha256 {spec['sha256'][:12]}…), "
                   f"scores: {imported.scores}", highlight=False)
     dataset = run.cfg["dataset"]
-    _, skipped = build_image_cache(
-        run.dir.image_cache(imported.input_size), run.dir.read_split(), records + external, classes,
-        imported.input_size, workers=dataset.get("workers"), max_pixels=dataset["max_pixels"],
-        resize=dataset["resize"], mode=dataset.get("mode"))
-    if skipped:
-        atomic.write_json(run.dir.skipped, atomic.read_json(run.dir.skipped) + [s.to_json() for s in skipped])
+    cache_images(run, imported.input_size)
     check_later_stages(run.cfg, imported.model, list(classes), None)
     save_model(imported.model, run.dir.model)
     run.forget_model()
@@ -107,6 +97,20 @@ def import_user_model(run: Run) -> dict[str, Any]:
         "epochs_run": 0, "history": {}})
     return {"imported": spec["path"], "model_sha256": spec["sha256"], "outputs": imported.outputs,
             "epochs_run": 0}
+
+
+def cache_images(run: Run, size: int) -> ImageCache:
+    """The run's images decoded at ``size`` into the image cache (``[dataset]`` resize, mode,
+    workers); files that fail to decode are added to ``skipped.json``."""
+    classes, records, external = run.dir.records()
+    dataset = run.cfg["dataset"]
+    cache, skipped = build_image_cache(
+        run.dir.image_cache(size), run.dir.read_split(), records + external, classes, size,
+        workers=dataset.get("workers"), max_pixels=dataset["max_pixels"], resize=dataset["resize"],
+        mode=dataset.get("mode"))
+    if skipped:
+        atomic.write_json(run.dir.skipped, atomic.read_json(run.dir.skipped) + [s.to_json() for s in skipped])
+    return cache
 
 
 def check_later_stages(cfg: dict[str, Any], model: keras.Model, classes: list[str],

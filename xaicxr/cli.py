@@ -12,9 +12,10 @@ import functools
 import inspect
 import json
 import os
+import re
 import sys
 import tomllib
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -58,16 +59,23 @@ def command(show: Callable[[dict[str, Any]], None] | None = None) -> Callable:
             tflog.configure(verbose)
             as_json = kwargs.get("as_json", False)
             try:
-                result = fn(**kwargs)
+                with _sigterm_as_interrupt():
+                    result = fn(**kwargs)
             except (typer.Exit, typer.Abort):
                 raise
             except XaicxrError as exc:
                 _fail(type(exc).__name__, str(exc), as_json)
+            except Terminated:
+                _fail("Terminated", "terminated (SIGTERM); what was written is kept: run the command again "
+                      "to resume", as_json, code=143)
             except KeyboardInterrupt:
                 _fail("Interrupted", "interrupted; run the command again to resume", as_json, code=130)
-            except OSError as exc:
-                _fail(type(exc).__name__, _os_error(exc), as_json, trace=verbose)
             except Exception as exc:  # noqa: BLE001  (a bug: still one line, the traceback on request)
+                if _no_space(exc):
+                    _fail("NoSpaceError", f"no space left on {_no_space(exc)}; free some and run the command "
+                          "again (files are written whole or not at all)", as_json)
+                if isinstance(exc, OSError):
+                    _fail(type(exc).__name__, _os_error(exc), as_json, trace=verbose)
                 _fail("InternalError", f"internal error ({type(exc).__name__}: {exc}); rerun with "
                       "--verbose for the traceback and please report it", as_json, trace=verbose)
             if as_json:
@@ -98,6 +106,44 @@ def _fail(kind: str, message: str, as_json: bool, *, code: int = 2, trace: bool 
     if as_json:
         _print_json({"error": {"type": kind, "message": line}})
     raise typer.Exit(code)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so every ``with`` block (the run lock, atomic
+    writes) unwinds as for Ctrl-C instead of the process dying where it stands."""
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _no_space(exc: BaseException) -> str | None:
+    """Where a write ran out of disk (ENOSPC: an ``OSError``, or HDF5's RuntimeError that only
+    says ``errno = 28``), or None."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return str(exc.filename or "the device")
+    text = str(exc)
+    if "errno = 28" in text or "No space left on device" in text:
+        found = re.search(r"name = '([^']+)'", text)
+        return found.group(1) if found else "the device"
+    return None
 
 
 def _os_error(exc: OSError) -> str:
@@ -406,7 +452,6 @@ def explain_cmd(run_dir: Path = typer.Argument(..., help="Run directory with a t
     (resumes an interrupted one)."""
     from .config import check_target, resolve_entry
     from .executors import make_executor
-    from .io.imagecache import open_image_cache
     from .io.modelfile import load_model, model_sha256
     from .stages.explain import ExplainJob, explain_split
 
@@ -423,7 +468,9 @@ def explain_cmd(run_dir: Path = typer.Argument(..., help="Run directory with a t
                       f"{os.environ['SLURM_ARRAY_TASK_ID']}, SLURM_ARRAY_TASK_COUNT={part.n}); "
                       "--shard K/N overrides it", highlight=False)
     model = load_model(rundir.model, unsafe=unsafe_load)
-    cache = open_image_cache(rundir.image_cache(int(model.input_shape[1])))
+    from .stages import Run
+
+    cache = Run(rundir, cfg).image_cache()  # decoded again if it went missing
     with RunLock(rundir.lock) if part is None else nullcontext():  # shards run side by side
         with make_executor(cfg["run"]) as executor:
             path = explain_split(rundir, ExplainJob.from_spec(spec, rundir), model,

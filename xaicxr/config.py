@@ -17,7 +17,7 @@ from typing import Any, Literal
 import tomli_w
 
 from . import plugins
-from .errors import ConfigError, PluginError
+from .errors import ConfigError, PluginError, XaicxrError
 from .executors import DEFAULT_PARTITION_ROWS
 from .plugins.options import check_options, describe, matches, option_spec
 from .plugins.targets import BINARY_PREFIX, parse_target
@@ -458,6 +458,12 @@ def _resolve_table(table: str, given: dict[str, Any], keys: dict[str, tuple[Any,
         except PluginError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         check_options(cls, plugin_options, f"{where} (options of {kind} {out['name']!r})")
+        try:  # a value of the right type that cannot work is an error now, not after training
+            cls(**plugin_options)
+        except (TypeError, ValueError, XaicxrError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"{where} (options of {kind} {out['name']!r}): {exc}") from None
         out.update(plugin_options)
     return {k: v for k, v in out.items() if v is not None}
 

@@ -55,3 +55,7 @@ class RunLockedError(XaicxrError):
 
 class MetricInputError(XaicxrError):
     """A metric was asked for figures without an input it needs (lesion masks, the model...)."""
+
+
+class TrainingError(XaicxrError):
+    """Training could not produce a usable model (the loss became NaN or infinite)."""

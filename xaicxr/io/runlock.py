@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -35,6 +36,7 @@ class RunLock:
             for _ in range(3):
                 try:
                     os.link(tmp, self.path)  # fails if the lock exists: create and fill in one step
+                    remove_stale_temporaries(self.path.parent)
                     return self
                 except FileExistsError:
                     holder = read_holder(self.path)
@@ -83,3 +85,43 @@ def _refusal(path: Path, holder: dict[str, Any]) -> str:
     return (f"{path.parent} is in use by process {holder.get('pid')} on {holder.get('host')} since "
             f"{holder.get('started')} ({holder.get('command')}); wait for it to finish, or, if that "
             f"process is gone, delete {path}")
+
+
+TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}(?:\.[A-Za-z0-9]+)?$")
+"""The name :func:`xaicxr.io.atomic.atomic_path` gives a file being written: ``.<name>.<pid>.<hex>``."""
+QUIET_S = 600
+"""A temporary untouched for this long whose process is gone is stale. The pid alone is not
+enough: a shard on another host sharing the folder has a pid that means nothing here, but it
+keeps writing to its file."""
+
+
+def remove_stale_temporaries(root: Path) -> list[Path]:
+    """Remove the temporaries under ``root`` left by writers that died (kill -9, power loss):
+    their pid no longer runs here and the file has not changed for :data:`QUIET_S` seconds."""
+    removed = []
+    now = time.time()
+    for path in root.rglob(".*"):
+        match = TEMPORARY.match(path.name)
+        if not match or not path.is_file():
+            continue
+        try:
+            quiet = now - path.stat().st_mtime > QUIET_S
+        except OSError:
+            continue
+        if quiet and not _running(int(match["pid"])):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        console.print(f"note: removed {len(removed)} temporary file(s) of processes that died while writing "
+                      f"in {root}")
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -74,7 +74,20 @@ class Run:
         return self._jobs
 
     def image_cache(self) -> Any:
-        """The decoded images at the model's input size (``train.json``)."""
-        from ..io.imagecache import open_image_cache
+        """The decoded images at the model's input size, resize policy and mode (``train.json``).
+        A cache that is missing or was made for another split is decoded again (it is derived
+        from the split and the files alone), rather than failing the stage that needs it."""
+        from ..io.imagecache import build_image_cache
+        from ..progress import console
 
-        return open_image_cache(self.dir.image_cache(int(self.dir.read_train_info()["input_size"])))
+        info = self.dir.read_train_info()
+        size = int(info["input_size"])
+        path = self.dir.image_cache(size)
+        if not path.is_file():
+            console.print(f"note: {path.relative_to(self.dir.root)} is missing; decoding the images again")
+        classes, records, external = self.dir.records()
+        dataset = self.cfg["dataset"]
+        cache, _ = build_image_cache(path, self.dir.read_split(), records + external, classes, size,
+                                     workers=dataset.get("workers"), max_pixels=dataset["max_pixels"],
+                                     resize=info.get("resize", "pad"), mode=info.get("mode"))
+        return cache

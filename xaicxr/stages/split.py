@@ -61,6 +61,10 @@ def check_classes(counts: dict[str, dict[str, int]], classes: Sequence[str]) -> 
             total = sum(counts[s][c] for s in counts)
             raise DataError(f"class {c!r} has no training image ({total} image{'s' if total != 1 else ''} in all, "
                             f"split {dict((s, counts[s][c]) for s in counts)}); add images of it or leave it out")
+    if not any(counts["test"].values()):
+        raise DataError(f"the test split is empty ({sum(sum(counts[s].values()) for s in counts)} images, split "
+                        f"{ {s: sum(counts[s].values()) for s in counts} }): nothing could be evaluated; add images, "
+                        "raise [split] test, or give a test set ([dataset] test_path)")
     warnings = [f"class {c!r} has no test image ({sum(counts[s][c] for s in counts)} in all): its recall, F1 "
                 "and per-class figures cannot be measured" for c in classes if counts["test"][c] == 0]
     for w in warnings:

@@ -27,7 +27,7 @@ from rich.markup import escape
 
 from ..analysis.metrics import default_binary_tasks
 from ..config import build_plugin
-from ..errors import ConfigError, LayerNotFoundError
+from ..errors import ConfigError, LayerNotFoundError, TrainingError
 from ..io import atomic
 from ..io.h5rows import create_rows, read_rows
 from ..io.imagecache import ImageCache, build_image_cache
@@ -184,6 +184,26 @@ class KeepBest(keras.callbacks.Callback):
             self.model.set_weights(self.weights)
 
 
+class StopOnDivergence(keras.callbacks.Callback):
+    """Raise :class:`~xaicxr.errors.TrainingError` at the first batch whose loss is not finite:
+    a diverged model would otherwise be saved as trained, and every later stage fail on it."""
+
+    def __init__(self, learning_rate: float) -> None:
+        super().__init__()
+        self.learning_rate = learning_rate
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingError(f"training diverged: the loss is {float(loss)} at epoch {self.epoch}, batch "
+                                f"{batch + 1}; nothing was saved. Lower [train] learning_rate (now "
+                                f"{self.learning_rate:g}) or check the images for extreme values")
+
+
 class EpochProgress(keras.callbacks.Callback):
     """A rich progress bar over epochs on stderr, with the latest losses; records epoch times."""
 
@@ -285,7 +305,7 @@ def fit(model: keras.Model, freeze_until: str | None, cache: ImageCache, rundir:
                   add_channel=add_channel)
     keep = KeepBest()
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=opts["patience"])
-    callbacks = [keep, stop]
+    callbacks = [StopOnDivergence(opts["learning_rate"]), keep, stop]
     if opts["lr_schedule"] == "cosine":
         callbacks.append(cosine_schedule(opts["learning_rate"], opts["epochs"]))
     start = time.perf_counter()

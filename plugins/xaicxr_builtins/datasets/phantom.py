@@ -94,6 +94,9 @@ class PhantomDataset(Dataset):
     def __init__(self, n_per_class: int | None = None, size: int | None = None,
                  seed: int | None = None, difficulty: Difficulty | None = None,
                  path: str | None = None) -> None:
+        for name, value, low in (("n_per_class", n_per_class, 1), ("size", size, 16), ("seed", seed, 0)):
+            if value is not None and value < low:
+                raise ValueError(f"phantom: {name} must be at least {low}, got {value}")
         self.given = {k: v for k, v in {"n_per_class": n_per_class, "size": size, "seed": seed,
                                          "difficulty": difficulty}.items() if v is not None}
         self.path = path

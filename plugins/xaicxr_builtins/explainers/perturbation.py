@@ -24,6 +24,7 @@ import numpy as np
 from xaicxr.kerasgraph import model_cache
 from xaicxr.plugins import Explainer
 from xaicxr.plugins.explainer import check_images, compile_once, finish_batch
+from xaicxr.plugins.options import at_least
 from xaicxr.plugins.targets import ClassProbability, Target
 
 from .tfkv import logits_model
@@ -210,7 +211,8 @@ class Occlusion(_Masked):
 
     def __init__(self, patch: int = 16, stride: int = 8, fill: Literal["black", "mean"] = "mean",
                  batch: int = 64) -> None:
-        self.patch, self.stride, self.fill, self.batch = patch, stride, fill, batch
+        self.patch, self.stride = at_least("patch", patch, 1), at_least("stride", stride, 1)
+        self.fill, self.batch = fill, at_least("batch", batch, 1)
 
     def starts(self, length: int) -> tuple[int, list[int]]:
         side = max(1, min(self.patch, length))
@@ -264,7 +266,10 @@ class RISE(_Masked):
 
     def __init__(self, masks: int = 1000, cells: int = 7, p: float = 0.5, seed: int = 0,
                  batch: int = 64) -> None:
-        self.masks, self.cells, self.p, self.seed, self.batch = masks, cells, p, seed, batch
+        if not 0.0 < p < 1.0:
+            raise ValueError(f"'p' (the share of cells kept) must be in (0, 1), got {p}")
+        self.masks, self.cells = at_least("masks", masks, 1), at_least("cells", cells, 1)
+        self.p, self.seed, self.batch = p, at_least("seed", seed, 0), at_least("batch", batch, 1)
 
     def passes(self, size: tuple[int, int]) -> int:
         return self.masks

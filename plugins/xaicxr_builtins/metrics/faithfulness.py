@@ -39,6 +39,11 @@ def check_fills(fills: list[str]) -> list[str]:
     return list(fills)
 
 
+MAX_FRACTIONS = 101
+"""More points than one per 1 % of the pixels resolve nothing more, and each costs a forward
+pass per image and fill (100,000 of them was a raw HDF5 error after training)."""
+
+
 class Faithfulness(MapMetric):
     """Deletion and insertion AUCs per fill, with the skill over the best uninformed order."""
 
@@ -49,8 +54,9 @@ class Faithfulness(MapMetric):
 
     def __init__(self, fills: list[str] = ["road", "blur"], fractions: int = 11,  # noqa: B006 (read-only)
                  faithfulness_baselines: list[str] = ["uniform", "lungs", "class_prior"]) -> None:  # noqa: B006
-        if fractions < 2:
-            raise ValueError(f"'fractions' must be at least 2 (0 and 1 of the pixels), got {fractions}")
+        if not 2 <= fractions <= MAX_FRACTIONS:
+            raise ValueError(f"'fractions' must be from 2 (0 and 1 of the pixels) to {MAX_FRACTIONS} "
+                             f"(a curve point per 1 % of the pixels), got {fractions}")
         unknown = [b for b in faithfulness_baselines if b not in NAMES]
         if unknown:
             raise ValueError(f"'faithfulness_baselines' names {unknown[0]!r}; baselines: {', '.join(NAMES)}")

@@ -1,0 +1,168 @@
+"""Hardening, round 3 (the issue's numbers): failures a hostile user reproduced, each checked
+through the CLI with real files."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from shared_runs import LIGHT, copy_run
+from xaicxr.cli import app
+from xaicxr.config import resolve
+from xaicxr.errors import ConfigError
+
+runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
+TINY = ('[dataset]\nn_per_class = {n}\nsize = 32\n[backbone]\ninput_size = 32\ndense = [8]\n'
+        '[train]\nepochs = 2\nbatch_size = 8\n')
+
+
+def _error_line(result, code: int = 2) -> str:
+    assert result.exit_code == code, (result.exit_code, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def _dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+# --------------------------------------------------------------------------- 4. diverged training
+
+
+def test_a_diverged_training_stops_with_a_clear_error_and_records_nothing(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text(TINY.format(n=4) + "learning_rate = 1e30\n")
+    out = tmp_path / "run"
+    line = _error_line(runner.invoke(app, ["run", str(config), "--out", str(out)]))
+    assert "training diverged" in line and "learning_rate" in line
+    assert not (out / "model.keras").exists() and not (out / "train.json").exists()
+    assert "train" not in json.loads((out / "stages.json").read_text())
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1.0", "0.0"])
+def test_a_learning_rate_that_cannot_work_is_a_config_error(value):
+    with pytest.raises(ConfigError, match="learning_rate"):
+        resolve({"train": {"learning_rate": float(value)}})
+
+
+# --------------------------------------------------------------------------- 7. degenerate data
+
+
+def test_one_image_per_class_and_a_negative_phantom_seed_are_clear_errors(tmp_path):
+    config = tmp_path / "one.toml"
+    config.write_text(TINY.format(n=1))
+    assert "the test split is empty" in _error_line(runner.invoke(app, ["run", str(config), "--out", str(tmp_path / "a")]))
+    config.write_text(TINY.format(n=4).replace("size = 32\n", "size = 32\nseed = -1\n", 1))
+    assert "seed must be at least 0" in _error_line(runner.invoke(app, ["run", str(config), "--out", str(tmp_path / "b")]))
+
+
+# --------------------------------------------------------------------------- 9. plugin options
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"explain": [{"name": "rise", "masks": -5}]}, "'masks' must be at least 1"),
+    ({"explain": [{"name": "rise", "p": 1.5}]}, "'p' (the share of cells kept)"),
+    ({"explain": [{"name": "occlusion", "patch": 0}]}, "'patch' must be at least 1"),
+    ({"quality": {"fractions": 100000}}, "'fractions' must be from 2"),
+    ({"quality": {"fills": ["road", "road"]}}, "names a fill twice"),
+    ({"quality": {"tolerance": float("nan")}}, "tolerance"),
+    ({"dataset": {"n_per_class": 0}}, "n_per_class must be at least 1"),
+])
+def test_option_values_that_cannot_work_are_refused_when_the_config_is_read(raw, message):
+    with pytest.raises(ConfigError) as err:
+        resolve(raw)
+    assert message in str(err.value)
+
+
+# --------------------------------------------------------------------------- 6. disk full
+
+
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    import xaicxr.pipeline
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "quality.h5"))
+
+    monkeypatch.setattr(xaicxr.pipeline, "run_pipeline", full)
+    line = _error_line(runner.invoke(app, ["run", "--out", str(tmp_path / "run")]))
+    assert f"no space left on {tmp_path / 'run' / 'quality.h5'}" in line
+
+    def hdf5_full(*args, **kwargs):  # what h5py raises: a RuntimeError that names errno 28 only
+        raise RuntimeError("Can't write data (file write failed: time = Fri Dec  4, filename = "
+                           f"'{tmp_path / 'x.h5'}', file descriptor = 7, errno = 28, error message = "
+                           "'No space left on device')")
+
+    monkeypatch.setattr(xaicxr.pipeline, "run_pipeline", hdf5_full)
+    result = runner.invoke(app, ["run", "--out", str(tmp_path / "run"), "--json"])
+    assert json.loads(result.stdout)["error"]["type"] == "NoSpaceError" and result.exit_code == 2
+
+
+# --------------------------------------------------------------------------- 12. SIGTERM, kill -9
+
+
+def test_sigterm_unwinds_like_ctrl_c_and_leaves_no_lock(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text(TINY.format(n=40).replace("epochs = 2", "epochs = 50"))
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "plugins"), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-m", "xaicxr.cli", "run", str(config), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while not (out / "split.json").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)  # training now
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert [line for line in stderr.splitlines() if line.startswith("error:")] == [
+        "error: terminated (SIGTERM); what was written is kept: run the command again to resume"]
+    assert not (out / "xaicxr.lock").exists() and not (out / "model.keras").exists()
+
+
+def test_temporaries_of_writers_that_died_are_removed_when_the_run_is_next_locked(tmp_path):
+    from xaicxr.io.runlock import QUIET_S, RunLock
+
+    run = tmp_path / "run"
+    (run / "heatmaps").mkdir(parents=True)
+    dead, alive = _dead_pid(), os.getpid()
+    stale = run / f".quality.h5.{dead}.0011aaff.tmp"
+    recent = run / "heatmaps" / f".gradcam.h5.{dead}.22bb33cc.tmp"
+    live = run / f".metrics.json.{alive}.44dd55ee.tmp"
+    for path in (stale, recent, live):
+        path.write_bytes(b"partial")
+    old = time.time() - QUIET_S - 60
+    for path in (stale, live):
+        os.utime(path, (old, old))
+    with RunLock(run / "xaicxr.lock"):
+        pass
+    assert not stale.exists(), "a dead writer's quiet temporary is removed"
+    assert recent.exists(), "a temporary still being written (maybe by another host) is kept"
+    assert live.exists(), "a live process's temporary is kept"
+
+
+# --------------------------------------------------------------------------- 14. image cache
+
+
+@pytest.mark.xdist_group("light")
+def test_a_deleted_image_cache_is_decoded_again_where_a_stage_needs_it(shared_runs, tmp_path):
+    run = copy_run(shared_runs.run(LIGHT), tmp_path / "run")
+    caches = list((run / "cache").glob("images-*.h5"))
+    assert caches
+    for cache in caches:
+        cache.unlink()
+    result = runner.invoke(app, ["explain", str(run), "-e", "gradcam", "--layer", "block4_conv4", "--overwrite",
+                                 "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert all(cache.is_file() for cache in caches)

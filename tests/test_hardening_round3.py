@@ -166,3 +166,21 @@ def test_a_deleted_image_cache_is_decoded_again_where_a_stage_needs_it(shared_ru
                                  "--json"])
     assert result.exit_code == 0, result.stderr
     assert all(cache.is_file() for cache in caches)
+
+
+# --------------------------------------------------------------------------- 8. parser errors
+
+
+@pytest.mark.parametrize("args, message", [
+    (["evaluate", "--json"], "Missing argument 'run_dir'"),
+    (["run", "--bogus", "--json"], "No such option: --bogus"),
+    (["data", "phantom", "out", "--n-per-class", "many", "--json"], "Invalid value for '--n-per-class'"),
+    (["data", "phantom", "out", "--n-per-class", "-3", "--json"], "Invalid value for '--n-per-class'"),
+    (["no-such-command", "--json"], "No such command 'no-such-command'"),
+])
+def test_what_the_argument_parser_refuses_keeps_the_one_line_and_json_contract(args, message):
+    result = runner.invoke(app, args)
+    line = _error_line(result)
+    assert message in line and "--help" in line
+    error = json.loads(result.stdout)["error"]
+    assert error["type"] == "UsageError" and message in error["message"]

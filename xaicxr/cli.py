@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
+import typer.core
 from rich.markup import escape
 from rich.table import Table
 
@@ -33,7 +34,38 @@ from .plugins.options import check_options
 from .progress import console, progress_bar
 from .rundir import RunDir, Shard
 
-app = typer.Typer(name="xaicxr", no_args_is_help=True, add_completion=False,
+class OneLineUsageErrors(typer.core.TyperGroup):
+    """The documented failure contract for what the argument parser refuses too (a missing
+    argument, an unknown option, a value out of range): one ``error:`` line on stderr, exit 2,
+    and with ``--json`` one JSON object on stdout, instead of the parser's multi-line box."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        usage_error = typer.core._click.exceptions.ClickException
+        try:
+            value = super().main(args=argv, prog_name=prog_name, complete_var=complete_var,
+                                 standalone_mode=False, **extra)
+        except usage_error as exc:
+            if not standalone_mode:
+                raise
+            line = " ".join(exc.format_message().split())
+            hint = f" ({exc.ctx.command_path} --help)" if getattr(exc, "ctx", None) is not None else ""
+            console.print(f"[bold red]error:[/] {escape(line)}{hint}", highlight=False, soft_wrap=True)
+            if "--json" in argv:
+                _print_json({"error": {"type": "UsageError", "message": line}})
+            sys.exit(2 if exc.exit_code in (1, 2) else exc.exit_code)
+        except typer.Abort:
+            if not standalone_mode:
+                raise
+            console.print("[bold red]error:[/] aborted", highlight=False)
+            sys.exit(1)
+        if not standalone_mode:
+            return value
+        sys.exit(value if isinstance(value, int) else 0)
+
+
+app = typer.Typer(name="xaicxr", no_args_is_help=True, add_completion=False, cls=OneLineUsageErrors,
                   help="Explainability for chest X-ray classifiers: heatmaps and per-class heatmap templates.")
 data_app = typer.Typer(no_args_is_help=True, help="Generate and inspect datasets.")
 app.add_typer(data_app, name="data")

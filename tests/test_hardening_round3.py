@@ -184,3 +184,36 @@ def test_what_the_argument_parser_refuses_keeps_the_one_line_and_json_contract(a
     assert message in line and "--help" in line
     error = json.loads(result.stdout)["error"]
     assert error["type"] == "UsageError" and message in error["message"]
+
+
+# --------------------------------------------------------------------------- 1. a replaced model
+
+
+@pytest.mark.xdist_group("light")
+def test_a_replaced_model_is_used_by_everything_after_it_or_retrained_when_it_cannot_be(shared_runs, tmp_path):
+    import h5py
+    import keras
+
+    from xaicxr.io.modelfile import model_sha256, save_model
+
+    original = shared_runs.run(LIGHT)
+    config = shared_runs.config(original)
+    run = copy_run(original, tmp_path / "run")
+    model = keras.saving.load_model(run / "model.keras")
+    model.set_weights([w + 0.01 for w in model.get_weights()])  # another model of the same run
+    save_model(model, run / "model.keras")
+    result = runner.invoke(app, ["run", str(config), "--out", str(run), "--json"])
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert "train" not in summary["stages_run"]
+    assert summary["stages_run"][:2] == ["evaluate", "explain"], summary["stages_run"]
+    with h5py.File(run / "heatmaps" / "gradcam.h5") as h5:
+        assert h5.attrs["model_sha256"] == model_sha256(run / "model.keras")
+
+    three = keras.Sequential([keras.Input((32, 32, 1)), keras.layers.Conv2D(2, 3), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(3)])
+    save_model(three, run / "model.keras")
+    result = runner.invoke(app, ["run", str(config), "--out", str(run), "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert "3 scores, but this run has 4 classes" in result.stderr
+    assert "train" in json.loads(result.stdout)["stages_run"]

@@ -135,10 +135,13 @@ def _plan(stages: tuple, cfg: dict[str, Any], rundir: RunDir, state: dict[str, A
     --overwrite``) and is kept, its new checksum recorded."""
     plan: dict[str, str] = {}
     refresh: set[str] = set()
+    upstream_changed = ""
     for stage in stages:
         done = state.get(stage.NAME, {})
         if plan or stage.NAME == force:
             plan[stage.NAME] = ""
+        elif upstream_changed:
+            plan[stage.NAME] = upstream_changed
         elif done.get("hash") != hashes[stage.NAME]:
             plan[stage.NAME] = _why_changed(stage.NAME, cfg, done)
         else:
@@ -147,6 +150,9 @@ def _plan(stages: tuple, cfg: dict[str, Any], rundir: RunDir, state: dict[str, A
                 plan[stage.NAME] = reason
             elif changed:
                 refresh.add(stage.NAME)
+                if getattr(stage, "INVALIDATES_LATER", False):
+                    upstream_changed = (f"the {stage.NAME} stage's outputs were replaced (a sound file, kept): "
+                                        "what depends on them is made again")
     return plan, refresh
 
 
@@ -173,7 +179,8 @@ def _outputs_problem(stage: Any, cfg: dict[str, Any], rundir: RunDir,
         checksum = None if shared else (recorded or {}).get(name)
         if checksum is not None and checksum == verify.file_digest(path):
             continue
-        trouble = verify.problem(path)
+        trouble = verify.problem(path) or (stage.output_problem(path, rundir)
+                                           if hasattr(stage, "output_problem") else None)
         if trouble is not None:
             console.print(f"[yellow]warning:[/] {name} is corrupt ({escape(trouble)}); removing it")
             path.unlink()

@@ -41,8 +41,37 @@ TABLES = ("dataset.resize", "dataset.mode", "backbone", "train", "model.path", "
           "model.outputs", "model.input_size", "model.channels", "model.value_range", "model.mean", "model.std")
 
 
+INVALIDATES_LATER = True
+"""A ``model.keras`` other than the one trained (copied in from another run, say) is kept when it
+is a usable model of this run's classes, but every stage after training runs again on it."""
+
+
 def outputs(cfg: dict, rundir: RunDir) -> list[Path]:
     return [rundir.model, rundir.train_info]
+
+
+def output_problem(path: Path, rundir: RunDir) -> str | None:
+    """Why a changed ``model.keras`` cannot stand for this run's model (None: it can): it must
+    load, take this run's input size and give one score per class."""
+    if path != rundir.model:
+        return None
+    from ..errors import ModelFileError
+    from ..io.modelfile import load_model
+
+    try:
+        model = load_model(path)
+    except ModelFileError as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001  (h5py, Keras: a damaged weights file says many things)
+        return f"it does not load ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+    classes = rundir.read_split()["classes"] if rundir.split.exists() else None
+    size = rundir.read_train_info().get("input_size") if rundir.train_info.exists() else None
+    outputs = int(model.outputs[0].shape[-1])
+    if classes is not None and outputs != len(classes):
+        return f"it gives {outputs} scores, but this run has {len(classes)} classes"
+    if size is not None and tuple(model.inputs[0].shape[1:3]) != (size, size):
+        return f"it takes {tuple(model.inputs[0].shape[1:3])} images, but this run's are {size} px"
+    return None
 
 
 def run(run: Run) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -217,3 +218,39 @@ def test_a_replaced_model_is_used_by_everything_after_it_or_retrained_when_it_ca
     assert result.exit_code == 0, result.stderr
     assert "3 scores, but this run has 4 classes" in result.stderr
     assert "train" in json.loads(result.stdout)["stages_run"]
+
+
+# --------------------------------------------------------------------------- 2. dataset changes
+
+
+def test_adding_replacing_or_deleting_images_is_picked_up(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    for cls in ("a", "b"):
+        (data / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(data / cls / f"{i}.png")
+    config = tmp_path / "c.toml"
+    config.write_text('[dataset]\nname = "folder"\npath = "data"\n[split]\ntest = 0.34\nval = 0.0\n')
+    out = tmp_path / "run"
+
+    def run():
+        result = runner.invoke(app, ["run", str(config), "--out", str(out), "--until", "split", "--json"])
+        assert result.exit_code == 0, result.stderr
+        return json.loads(result.stdout)
+
+    assert run()["stages_run"] == ["dataset", "split"]
+    assert run()["stages_run"] == []
+    Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(data / "a" / "new.png")
+    again = run()
+    assert again["stages_run"] == ["dataset", "split"] and again["dataset"]["images"] == 13
+    (data / "b" / "0.png").unlink()
+    assert run()["dataset"]["images"] == 12
+    (data / "c").mkdir()  # an empty class folder: refused, with the advice to remove it ...
+    refused = runner.invoke(app, ["run", str(config), "--out", str(out), "--until", "split"])
+    assert refused.exit_code == 2 and "class 'c' has no training image" in refused.stderr
+    (data / "c").rmdir()  # ... which, taken, is seen
+    assert run()["stages_run"] == ["dataset", "split"]
+    assert run()["stages_run"] == []

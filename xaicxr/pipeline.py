@@ -146,6 +146,8 @@ def _plan(stages: tuple, cfg: dict[str, Any], rundir: RunDir, state: dict[str, A
             plan[stage.NAME] = _why_changed(stage.NAME, cfg, done)
         else:
             reason, changed = _outputs_problem(stage, cfg, rundir, done.get("outputs"))
+            if reason is None and hasattr(stage, "sources_changed"):
+                reason = stage.sources_changed(cfg, rundir, done)
             if reason is not None:
                 plan[stage.NAME] = reason
             elif changed:

@@ -64,7 +64,55 @@ def run(run: Run) -> dict:
         raise DataError(f"dataset {table['name']!r} has usable images of {len(present)} class"
                         f"{'' if len(present) == 1 else 'es'} ({', '.join(present)}); a classifier needs "
                         f"at least two (see {run.dir.skipped} for the files left out)")
-    return {"images": len(main.records), "counts": summary["counts"], "skipped": len(skipped)}
+    return {"images": len(main.records), "counts": summary["counts"], "skipped": len(skipped),
+            "sources": sources_fingerprint(table)}
+
+
+def sources_fingerprint(table: dict) -> str | None:
+    """A digest of the files under the dataset's paths (``[dataset]`` path options): every
+    name, size and modification time, so adding, replacing or deleting an image (or a class
+    folder) is seen without decoding anything. None for a dataset without paths (the phantom:
+    made from its seed)."""
+    import hashlib
+    import os
+
+    from ..config import PATH_KEYS
+
+    keys = sorted(set(PATH_KEYS["dataset"]) | {k for k in table if k.endswith("_path")})
+    roots = [Path(table[k]) for k in keys if isinstance(table.get(k), str) and Path(table[k]).exists()]
+    if not roots:
+        return None
+    digest = hashlib.sha256()
+
+    def add(path: Path, name: str) -> None:
+        try:
+            stat = path.stat()
+        except OSError:
+            return
+        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+
+    for root in roots:
+        digest.update(f"root {root}\n".encode("utf-8", "surrogateescape"))
+        if root.is_file():
+            add(root, root.name)
+            continue
+        for folder, dirs, files in os.walk(root):
+            dirs.sort()
+            digest.update(f"dir {os.path.relpath(folder, root)}\n".encode("utf-8", "surrogateescape"))
+            for name in sorted(files):
+                add(Path(folder) / name, name)
+    return digest.hexdigest()
+
+
+def sources_changed(cfg: dict, rundir: RunDir, done: dict) -> str | None:
+    """Why the scan is out of date although the configuration is not (None: it is current):
+    the dataset's files changed since it was taken."""
+    recorded = done.get("result", {}).get("sources")
+    if recorded is None:
+        return None
+    if sources_fingerprint(cfg["dataset"]) != recorded:
+        return "the dataset's files changed since the scan (added, replaced or deleted): scanned again"
+    return None
 
 
 def inventory(dataset: Dataset, run: Run, workers: int | None, max_pixels: int, label: str) -> "Inventory":

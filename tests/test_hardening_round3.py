@@ -254,3 +254,27 @@ def test_adding_replacing_or_deleting_images_is_picked_up(tmp_path):
     (data / "c").rmdir()  # ... which, taken, is seen
     assert run()["stages_run"] == ["dataset", "split"]
     assert run()["stages_run"] == []
+
+
+# --------------------------------------------------------------------------- 3. a run from elsewhere
+
+
+def test_a_run_directory_reads_its_own_files_from_any_folder_and_when_copied(tmp_path, monkeypatch):
+    import shutil
+
+    from xaicxr.rundir import RunDir
+
+    config = tmp_path / "c.toml"
+    config.write_text(TINY.format(n=4))
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["run", "c.toml", "--out", "runs/b1", "--until", "split"])
+    assert result.exit_code == 0, result.stderr
+    monkeypatch.chdir(tmp_path / "runs")
+    _, records, _ = RunDir("b1").records()
+    assert records and all(r.path.is_file() and r.lesion_mask.is_file() for r in records)
+    copy = shutil.copytree(tmp_path / "runs" / "b1", tmp_path / "copy")
+    shutil.rmtree(tmp_path / "runs" / "b1" / "data")  # the original's images are gone: the copy has its own
+    _, copied, _ = RunDir(copy).records()
+    assert all(r.path.is_file() and copy in r.path.parents for r in copied)
+    again = runner.invoke(app, ["run", str(config), "--out", str(copy), "--until", "split", "--json"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["stages_run"] == [], again.stderr

@@ -68,6 +68,11 @@ class Shard:
         return f"{self.k}-of-{self.n}"
 
 
+RUN_RELATIVE = "run-relative"
+"""``dataset.json["paths"]``: relative record paths are relative to the run directory (older runs
+kept them relative to the folder the run was started from)."""
+
+
 class RunDir:
     """Paths and JSON files of one run directory."""
 
@@ -205,10 +210,30 @@ class RunDir:
         return load_config(self.config, relative_to=Path.cwd())  # runs before absolute paths: as then
 
     def records(self) -> tuple[list[str], list[Record], list[Record]]:
-        """``(classes, records, external test records)`` of ``dataset.json``."""
+        """``(classes, records, external test records)`` of ``dataset.json``; files inside the
+        run directory (generated phantoms) are found from wherever it now is."""
         raw = atomic.read_json(self.dataset_index)
-        return (raw["classes"], [Record.from_json(r) for r in raw["records"]],
-                [Record.from_json(r) for r in raw["external_test"]])
+        inside = raw.get("paths") == RUN_RELATIVE
+
+        def record(d: dict[str, Any]) -> Record:
+            if inside:
+                d = {**d, **{k: str(self.root / d[k]) for k in Record._PATHS
+                             if d.get(k) and not Path(d[k]).is_absolute()}}
+            return Record.from_json(d)
+
+        return raw["classes"], [record(r) for r in raw["records"]], [record(r) for r in raw["external_test"]]
+
+    def portable(self, record: Record) -> dict[str, Any]:
+        """``record`` as ``dataset.json`` keeps it: a file inside the run directory by its path
+        relative to the run (``dataset.json`` then says ``"paths": "run-relative"``), so a run
+        used from another folder, or copied, reads its own files; any other file absolute."""
+        out = record.to_json()
+        root = self.root.resolve()
+        for key in Record._PATHS:
+            if out.get(key):
+                path = Path(out[key]).resolve()
+                out[key] = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+        return out
 
     def read_split(self) -> dict[str, Any]:
         return atomic.read_json(self.split)

@@ -23,7 +23,7 @@ from ..io.imaging import DEFAULT_MAX_PIXELS
 from ..io.loader import iter_decoded
 from ..plugins import Dataset, Record, Scan, Skipped
 from ..progress import progress_bar
-from ..rundir import RunDir
+from ..rundir import RUN_RELATIVE, RunDir
 from . import Run
 
 NAME = "dataset"
@@ -52,11 +52,11 @@ def run(run: Run) -> dict:
     summary = main.summary()
     del summary["skipped"]
     atomic.write_json(run.dir.dataset_index, {
-        "dataset": table["name"], "classes": main.classes, "summary": summary,
-        "records": [r.to_json() for r in main.records],
+        "dataset": table["name"], "classes": main.classes, "summary": summary, "paths": RUN_RELATIVE,
+        "records": [run.dir.portable(r) for r in main.records],
         "image_features": {**main.features, **({_external_id(k): v for k, v in external.features.items()}
                                                 if external else {})},
-        "external_test": [_external(r).to_json() for r in external.records] if external else []})
+        "external_test": [run.dir.portable(_external(r)) for r in external.records] if external else []})
     if not main.records:
         raise DataError(f"no usable image in dataset {table['name']!r}; see {run.dir.skipped}")
     present = [c for c in main.classes if summary["counts"][c]]

@@ -278,3 +278,25 @@ def test_a_run_directory_reads_its_own_files_from_any_folder_and_when_copied(tmp
     assert all(r.path.is_file() and copy in r.path.parents for r in copied)
     again = runner.invoke(app, ["run", str(config), "--out", str(copy), "--until", "split", "--json"])
     assert again.exit_code == 0 and json.loads(again.stdout)["stages_run"] == [], again.stderr
+
+
+# --------------------------------------------------------------------------- 5. a shard twice
+
+
+@pytest.mark.xdist_group("light")
+def test_the_same_shard_twice_is_refused_while_the_first_runs(shared_runs, tmp_path):
+    from xaicxr.io.runlock import RunLock
+    from xaicxr.rundir import RunDir, Shard
+
+    run = copy_run(shared_runs.run(LIGHT), tmp_path / "run")
+    part = Shard.parse("0/2")
+    lock = RunDir(run).heatmap_shard("gradcam", part).with_suffix(".h5.lock")
+    with RunLock(lock):  # what the first `explain --shard 1/2` holds while it works
+        result = runner.invoke(app, ["explain", str(run), "-e", "gradcam", "--layer", "block4_conv4",
+                                     "--shard", "0/2"])
+        assert "is in use by process" in _error_line(result)
+        other = runner.invoke(app, ["explain", str(run), "-e", "gradcam", "--layer", "block4_conv4",
+                                    "--shard", "1/2", "--json"])
+        assert other.exit_code == 0, other.stderr  # another shard runs side by side
+    again = runner.invoke(app, ["explain", str(run), "-e", "gradcam", "--layer", "block4_conv4", "--shard", "0/2"])
+    assert again.exit_code == 0, again.stderr

@@ -15,7 +15,7 @@ import os
 import re
 import sys
 import tomllib
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -503,9 +503,11 @@ def explain_cmd(run_dir: Path = typer.Argument(..., help="Run directory with a t
     from .stages import Run
 
     cache = Run(rundir, cfg).image_cache()  # decoded again if it went missing
-    with RunLock(rundir.lock) if part is None else nullcontext():  # shards run side by side
+    job = ExplainJob.from_spec(spec, rundir)
+    lock = rundir.lock if part is None else rundir.heatmap_shard(job.store, part).with_suffix(".h5.lock")
+    with RunLock(lock):  # shards run side by side, each shard once at a time
         with make_executor(cfg["run"]) as executor:
-            path = explain_split(rundir, ExplainJob.from_spec(spec, rundir), model,
+            path = explain_split(rundir, job, model,
                                  model_sha256(rundir.model), cache, overwrite=overwrite, shard=part,
                                  executor=executor, unsafe_load=unsafe_load)
     return {"store": str(path), "explainer": explainer, "split": split, "targets": targets,
@@ -551,7 +553,9 @@ def template_cmd(run_dir: Path = typer.Argument(..., help="Run directory with he
 
     rundir = RunDir(run_dir)
     if shard is not None:
-        return {"states": [str(p) for p in build_shard_states(rundir, rundir.load_config(), Shard.parse(shard))]}
+        part = Shard.parse(shard)
+        with RunLock(rundir.root / "shards" / f"templates.states-{part.tag}.lock"):  # each shard once at a time
+            return {"states": [str(p) for p in build_shard_states(rundir, rundir.load_config(), part)]}
     if merge_shards:
         with RunLock(rundir.lock):
             return {"templates": merge_shard_states(rundir, rundir.load_config())}

@@ -300,3 +300,19 @@ def test_the_same_shard_twice_is_refused_while_the_first_runs(shared_runs, tmp_p
         assert other.exit_code == 0, other.stderr  # another shard runs side by side
     again = runner.invoke(app, ["explain", str(run), "-e", "gradcam", "--layer", "block4_conv4", "--shard", "0/2"])
     assert again.exit_code == 0, again.stderr
+
+
+# --------------------------------------------------------------------------- 15. a non-UTF-8 --out
+
+
+def test_a_run_folder_whose_name_is_not_utf8_keeps_every_image(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text(TINY.format(n=4))
+    out = tmp_path / os.fsdecode(b"run-\xff")
+    result = runner.invoke(app, ["run", str(config), "--out", out, "--until", "split", "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["dataset"] == {**json.loads(result.stdout)["dataset"], "images": 16, "skipped": 0}
+    from xaicxr.rundir import RunDir
+
+    _, records, _ = RunDir(out).records()
+    assert len(records) == 16 and all(r.path.is_file() for r in records)

@@ -46,9 +46,12 @@ def _datasets(path) -> dict[str, object]:
     return found
 
 
-def test_dask_cluster_writes_the_local_heatmaps_and_templates(local_run):
+def test_dask_cluster_writes_the_local_heatmaps_and_templates(local_run, monkeypatch):
     pytest.importorskip("distributed")
     root, local = local_run
+    scratch = root / "tmp"
+    scratch.mkdir(exist_ok=True)
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))  # where the workers' scratch space may go
     cluster = root / "dask"
     shutil.copytree(local, cluster, ignore=shutil.ignore_patterns("heatmaps", "templates"))
     cfg = tomllib.loads((cluster / "config.toml").read_text())
@@ -59,6 +62,7 @@ def test_dask_cluster_writes_the_local_heatmaps_and_templates(local_run):
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["stages_run"] == ["explain", "templates"], "the executor does not change any stage's hash"
+    assert list(scratch.iterdir()) == [], "the local cluster's scratch space is its own, and removed"
     with h5py.File(local / "heatmaps" / "gradcam.h5") as h5:
         assert len(h5["ids"]) > 5 * 2, "more rows than one template partition and one explain batch"
     assert _datasets(cluster / "heatmaps" / "gradcam.h5") == _datasets(local / "heatmaps" / "gradcam.h5")
@@ -112,3 +116,13 @@ def test_missing_engine_names_the_extra(tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert "pip install 'xaicxr[dask]'" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "dataset.json").exists(), "refused before any stage ran"
+
+
+@pytest.mark.parametrize("address", ["http://127.0.0.1:1/x", "127.0.0.1", "tcp://host", "ftp://h:1"])
+def test_an_address_that_is_not_a_scheduler_address_is_a_config_error(address):
+    from xaicxr.config import resolve
+    from xaicxr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not a Dask scheduler address"):
+        resolve({"run": {"executor": "dask", "address": address}})
+    assert resolve({"run": {"executor": "dask", "address": "tcp://127.0.0.1:8786"}})["run"]["address"]

@@ -274,6 +274,10 @@ def _check_run(run: dict[str, Any], source: str) -> None:
     for key in ("workers", "partition_rows"):
         if key in run and run[key] < 1:
             raise ConfigError(f"'{key}' in {where} must be at least 1, got {run[key]}")
+    if "address" in run:
+        from .executors.dask_cluster import check_address
+
+        check_address(run["address"])
     if "address" in run and "workers" in run:
         raise ConfigError(f"{where}: 'workers' sizes the local cluster started when there is no "
                           "'address'; the cluster at 'address' has its own workers")

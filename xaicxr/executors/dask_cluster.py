@@ -13,6 +13,9 @@ worker once (``scatter``), not with each task. Dask resubmits the task of a work
 from __future__ import annotations
 
 import logging
+import re
+import shutil
+import tempfile
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -26,6 +29,22 @@ TASKS_AHEAD_PER_WORKER = 2
 CONNECT_TIMEOUT_S = 30
 
 
+SCHEMES = ("tcp", "tls", "ucx", "inproc", "ws", "wss")
+"""The comm protocols of a Dask scheduler address (``distributed.comm``)."""
+
+
+def check_address(address: str) -> str:
+    """``address`` as a scheduler address (``tcp://host:8786``, or ``host:8786``), or a
+    :class:`ConfigError` that shows the form (an ``http://`` URL is the dashboard's, not the
+    scheduler's)."""
+    match = re.fullmatch(r"(?:(?P<scheme>[a-z]+)://)?(?P<host>[^/:\s]+|\[[0-9a-fA-F:]+\]):(?P<port>\d+)/?", address)
+    if not match or (match["scheme"] or "tcp") not in SCHEMES:
+        raise ConfigError(f"[run] address = {address!r} is not a Dask scheduler address; expected "
+                          f"tcp://HOST:PORT (or {', '.join(s + '://' for s in SCHEMES[1:])}); the scheduler "
+                          "listens on 8786 by default, the dashboard's http:// address is not it")
+    return address
+
+
 class DaskExecutor:
     local = False
 
@@ -35,15 +54,22 @@ class DaskExecutor:
 
         self.partition_rows = partition_rows
         self.cluster = None
+        self.scratch: str | None = None
         if address:
+            check_address(address)
             try:
                 self.client = Client(address, timeout=CONNECT_TIMEOUT_S)
-            except (OSError, TimeoutError) as exc:
+            except (OSError, TimeoutError, ValueError) as exc:
                 raise ConfigError(f"[run] address = {address!r}: cannot reach the Dask scheduler "
-                                  f"({exc})") from None
+                                  f"({' '.join(str(exc).split())})") from None
         else:
+            import dask
+
+            self.scratch = tempfile.mkdtemp(prefix="xaicxr-dask-")  # not Dask's shared /tmp/dask-scratch-space
+            self._config = dask.config.set({"temporary-directory": self.scratch})  # what the nannies use too
             self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                        dashboard_address=None, silence_logs=logging.ERROR)
+                                        dashboard_address=None, silence_logs=logging.ERROR,
+                                        local_directory=self.scratch)
             self.client = Client(self.cluster)
 
     @property
@@ -84,6 +110,10 @@ class DaskExecutor:
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+        if self.scratch is not None:
+            self._config.__exit__(None, None, None)  # Dask's temporary-directory as it was
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch = None
 
     def __enter__(self) -> "DaskExecutor":
         return self

@@ -27,7 +27,8 @@ PLUGIN_NAMES = {
 }
 """The importable name of each built-in explainer and its plugin name."""
 
-__all__ = [*PLUGIN_NAMES, "explainer", "Explainer", "CAMExplainer", "DegenerateMapsWarning", "ClassLogit", "ClassProbability", "BinaryScore"]
+__all__ = [*PLUGIN_NAMES, "explainer", "with_layer", "Explainer", "CAMExplainer", "DegenerateMapsWarning",
+           "ClassLogit", "ClassProbability", "BinaryScore"]
 
 _made: dict[type, type] = {}
 
@@ -43,9 +44,11 @@ def explainer(name: str, layer: str | None = None, **options: Any) -> Explainer:
 def with_layer(cls: type[Explainer]) -> type[Explainer]:
     """``cls`` with a ``layer`` argument at construction, used by every call that names no layer.
 
-    A subclass of ``cls`` (so ``isinstance`` and every method hold), whose ``__init__`` signature
-    is ``cls``'s plus ``layer``: the options a store records and the keys of compiled functions
-    (:meth:`Explainer.options`) stay ``cls``'s, with ``layer`` among them."""
+    A subclass of ``cls`` (so ``isinstance`` and every method hold; ``plugin_class`` is ``cls``)
+    whose ``__init__`` signature is ``cls``'s plus ``layer``, so :meth:`Explainer.options`, which
+    reads that signature, lists ``layer`` with ``cls``'s options. The plugin contract is
+    untouched: the layer is applied where every public call passes through
+    (``explain_with_info``, ``explain_all_with_info``, ``resolve_layer``)."""
     if cls in _made:
         return _made[cls]
     signature = inspect.signature(cls.__init__)
@@ -59,31 +62,23 @@ def with_layer(cls: type[Explainer]) -> type[Explainer]:
 
     __init__.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
 
-    def _layer(self, layer: str | None) -> str | None:
-        return self.layer if layer is None else layer
-
-    def explain(self, model, images, targets, layer=None):
-        return cls.explain(self, model, images, targets, _layer(self, layer))
-
+    # explain and explain_all go through these two (Explainer's contract), so they are left
+    # alone: their DegenerateMapsWarning then points at the caller's line, not at this module.
     def explain_with_info(self, model, images, targets, layer=None):
-        return cls.explain_with_info(self, model, images, targets, _layer(self, layer))
-
-    def explain_all(self, model, images, layer=None, target=None):
-        return cls.explain_all(self, model, images, _layer(self, layer), target)
+        return cls.explain_with_info(self, model, images, targets, self.layer if layer is None else layer)
 
     def explain_all_with_info(self, model, images, layer=None, target=None):
-        return cls.explain_all_with_info(self, model, images, _layer(self, layer), target)
+        return cls.explain_all_with_info(self, model, images, self.layer if layer is None else layer, target)
 
     def resolve_layer(self, model, layer=None):
-        return cls.resolve_layer(self, model, _layer(self, layer))
+        return cls.resolve_layer(self, model, self.layer if layer is None else layer)
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
         return f"{cls.__name__}({shown})"
 
     made = type(cls.__name__, (cls,), {
-        "__init__": __init__, "explain": explain, "explain_with_info": explain_with_info,
-        "explain_all": explain_all, "explain_all_with_info": explain_all_with_info,
+        "__init__": __init__, "explain_with_info": explain_with_info, "explain_all_with_info": explain_all_with_info,
         "resolve_layer": resolve_layer, "__repr__": __repr__, "__module__": __name__,
         "__qualname__": cls.__name__, "__doc__": cls.__doc__, "plugin_class": cls})
     _made[cls] = made

@@ -56,6 +56,8 @@ from .h5rows import read_rows
 PARTIAL_SUFFIX = ".partial"
 ROW_DATASETS = ("heatmaps", "degenerate")
 ALL_CLASS_DATASETS = ("heatmaps_all", "degenerate_all")
+MAP_DATASETS = ("heatmaps", "heatmaps_all")
+"""The datasets of maps: every value finite (a NaN in one makes templates and quality fail)."""
 COLUMNS = ("ids", "labels", "predictions", "probs", "targets")
 IDENTITY_ATTRS = ("explainer", "layer", "classes", "model_sha256", "xaicxr_version", "params",
                   "job_sha256")
@@ -151,14 +153,22 @@ class HeatmapWriter:
 
         Maps are cast to the stored type by numpy first: HDF5's own float32 -> float16
         conversion halves some values just below a power of two (0.24996771 was stored as 0.125,
-        432 of 1.8 million values of one store), where numpy rounds to nearest (0.25)."""
+        432 of 1.8 million values of one store), where numpy rounds to nearest (0.25). A map
+        with a NaN or infinite value (after the cast) is refused: explainers zero those and flag
+        the map degenerate, so only a writer that skips them gets here."""
         assert self._h5 is not None, "the store is complete; nothing to write"
         stop = start + len(maps)
         stored = self._h5["heatmaps"].dtype
-        self._h5["heatmaps"][start:stop] = np.asarray(maps).astype(stored)
+        with np.errstate(over="ignore"):  # a map beyond float16 becomes inf, refused below
+            rows = {"heatmaps": np.asarray(maps).astype(stored)}
+            if self.all_classes:
+                rows["heatmaps_all"] = np.asarray(maps_all).astype(stored)
+        for name, values in rows.items():
+            _refuse_nonfinite(values, name, start, self.path)
+        self._h5["heatmaps"][start:stop] = rows["heatmaps"]
         self._h5["degenerate"][start:stop] = degenerate
         if self.all_classes:
-            self._h5["heatmaps_all"][start:stop] = np.asarray(maps_all).astype(stored)
+            self._h5["heatmaps_all"][start:stop] = rows["heatmaps_all"]
             self._h5["degenerate_all"][start:stop] = degenerate_all
         self._h5.attrs["done"] = stop
         self._h5.flush()
@@ -183,6 +193,19 @@ class HeatmapWriter:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _refuse_nonfinite(maps: np.ndarray, name: str, start: int, path: Path) -> None:
+    if not np.isfinite(maps).all():
+        raise StoreError(f"cannot write {name} row {start + first_nonfinite_row(maps)} to {path}: "
+                         f"it holds NaN or infinite values; an explainer must zero them and flag the "
+                         f"map degenerate (xaicxr.plugins.explainer.finish_maps does)")
+
+
+def first_nonfinite_row(rows: np.ndarray) -> int:
+    """The index of the first row of ``rows`` that holds a NaN or infinite value (-1: none)."""
+    bad = np.flatnonzero(~np.isfinite(rows.reshape(len(rows), -1)).all(1)) if len(rows) else []
+    return int(bad[0]) if len(bad) else -1
 
 
 def _read_identity(path: Path) -> dict[str, Any] | None:
@@ -360,8 +383,15 @@ class HeatmapStore:
         return "heatmaps_all" in self._h5
 
     def read(self, rows: slice | Sequence[int] | np.ndarray | None = None) -> np.ndarray:
-        """Heatmaps of ``rows`` (all if None) as float32 (n, H, W), in the order given."""
-        return read_rows(self._h5["heatmaps"], rows).astype(np.float32)
+        """Heatmaps of ``rows`` (all if None) as float32 (n, H, W), in the order given; a map
+        with a NaN or infinite value (a store changed after it was written) is refused."""
+        maps = read_rows(self._h5["heatmaps"], rows).astype(np.float32)
+        if not np.isfinite(maps).all():
+            row = np.arange(len(self))[slice(None) if rows is None else rows][first_nonfinite_row(maps)]
+            raise StoreError(f"{self.path} holds NaN or infinite values in heatmap row {row}, so it is "
+                             f"corrupt: remove it and run xaicxr run again, or rebuild it with xaicxr "
+                             f"explain RUN_DIR --overwrite")
+        return maps
 
     def batches(self, batch_size: int = 256, rows: Sequence[int] | np.ndarray | None = None
                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:

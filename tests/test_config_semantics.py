@@ -54,7 +54,7 @@ def test_relative_paths_are_read_from_the_config_files_folder(tmp_path, monkeypa
     config = tmp_path / "project" / "configs" / "run.toml"
     config.parent.mkdir()
     config.write_text('[dataset]\nname = "folder"\npath = "../data"\ntest_path = "../external"\n'
-                      '[backbone]\nweights = "imagenet"\n')
+                      '[backbone]\nweights = "imagenet"\nwidth = 1.0\nbatchnorm = false\n')
     monkeypatch.chdir(tmp_path)
     cfg = load_config(Path("project") / "configs" / "run.toml")
     assert cfg["dataset"]["path"] == str(data)

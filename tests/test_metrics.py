@@ -120,7 +120,7 @@ def test_reliability_and_templates_from_python():
 
 @pytest.mark.parametrize("quality, message", [
     ({"metrics": ["localisation", "nope"]}, "unknown metric 'nope'"),
-    ({"fractions": 1}, "'fractions' must be at least 2"),
+    ({"fractions": 1}, "'fractions' must be from 2"),
     ({"fills": ["road", "road"]}, "names a fill twice"),
     ({"fills": ["paint"]}, "'paint', which is not a fill plugin"),
     ({"tolerance": float("nan")}, "'tolerance' must be a finite number"),

@@ -93,37 +93,26 @@ def test_installed_package_is_discovered_through_entry_points(site, tmp_path):
     assert not [f for f in listing["failed"] if f["distribution"] == "xaicxr-extras"]
 
 
-def _study_text() -> str:
-    """TINY as a study: its tables under [base], one variant per explainer (they share the model)."""
-    import tomllib
-
-    import tomli_w
-
-    base = tomllib.loads(TINY)
-    explain = base.pop("explain")
-    return tomli_w.dumps({"base": base, "matrix": {"explain": [[e] for e in explain]}})
-
-
 @pytest.mark.slow
-def test_study_with_densenet121_and_eigencam(site, tmp_path):
-    study = tmp_path / "study.toml"
-    study.write_text(_study_text())
-    out = tmp_path / "study"
-    done = _cli(site, "study", str(study), "--out", str(out), "--json", cwd=tmp_path)
+def test_a_run_with_densenet121_explained_by_eigencam_and_gradcam(site, tmp_path):
+    """The third party's backbone through a whole run, in a process that finds it by its entry
+    point (a study of variants sharing a model is tested with VGG19 in test_study.py)."""
+    config = tmp_path / "run.toml"
+    config.write_text(TINY)
+    out = tmp_path / "run"
+    done = _cli(site, "run", str(config), "--out", str(out), "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = json.loads(done.stdout)["variants"]
-    names = list(dict.fromkeys(v["variant"] for v in rows))
-    assert names == ["explain=eigencam", "explain=gradcam"]
-    variants = [next(v for v in rows if v["variant"] == n) for n in names]
-    assert "train" not in variants[1]["stages_run"], "the second variant reuses the densenet121 model"
-    for variant, name in zip(variants, ("eigencam", "gradcam")):
-        run = Path(variant["run_dir"])
-        for path in (f"heatmaps/{name}.h5", f"templates/{name}-mean.h5", "report/index.html"):
-            assert (run / path).is_file(), path
-    assert (out / "summary.csv").is_file() and (out / "index.html").is_file()
+    summary = json.loads(done.stdout)
+    assert summary["stages_run"] == ["dataset", "split", "train", "evaluate", "explain", "templates", "quality",
+                                     "probe", "report"]
+    assert json.loads((out / "train.json").read_text())["backbone"]["name"] == "chexnet"
+    for name in ("eigencam", "gradcam"):
+        for path in (f"heatmaps/{name}.h5", f"templates/{name}-mean.h5"):
+            assert (out / path).is_file(), path
+    assert (out / "report" / "index.html").is_file()
     import h5py
 
-    with h5py.File(Path(variants[0]["run_dir"]) / "heatmaps" / "eigencam.h5") as f:
+    with h5py.File(out / "heatmaps" / "eigencam.h5") as f:
         maps = f["heatmaps"][:]
         assert f.attrs["layer"] == "relu" and f.attrs["explainer"] == "eigencam"
     assert maps.shape[1:] == (64, 64) and 0.0 <= maps.min() and maps.max() <= 1.0 and maps.max() > 0

@@ -182,8 +182,8 @@ def test_a_nan_in_a_runs_heatmap_store_is_found_and_rebuilt(shared_runs, tmp_pat
     reference = store.read_bytes()
     with h5py.File(store, "r+") as h5:
         h5["heatmaps"][1, 0, 0] = np.nan
-    result = CliRunner().invoke(app, ["run", str(config), "--out", str(run), "--json"])
+    result = CliRunner().invoke(app, ["run", str(config), "--out", str(run), "--until", "explain", "--json"])
     assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout)["stages_run"] == ["explain", "templates", "quality", "probe", "report"]
+    assert json.loads(result.stdout)["stages_run"] == ["explain"]  # and every stage after it, on a full run
     assert "heatmaps/gradcam.h5 is corrupt (heatmaps row 1 holds NaN" in " ".join(result.stderr.split())
     assert store.read_bytes() == reference

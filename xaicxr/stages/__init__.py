@@ -30,6 +30,7 @@ class Run:
     _model_sha256: str | None = None
     _executor: Any = None
     _jobs: list[Any] | None = None
+    _image_cache: Any = None
 
     def model(self) -> Any:
         if self._model is None:
@@ -61,7 +62,7 @@ class Run:
 
     def forget_model(self) -> None:
         """After training wrote a new ``model.keras``."""
-        self._model = self._model_sha256 = self._jobs = None
+        self._model = self._model_sha256 = self._jobs = self._image_cache = None
 
     def jobs(self) -> list[Any]:
         """The ``[[explain]]`` entries, each resolved once into an
@@ -83,6 +84,8 @@ class Run:
         info = self.dir.read_train_info()
         size = int(info["input_size"])
         path = self.dir.image_cache(size)
+        if self._image_cache is not None and self._image_cache.path == path and path.is_file():
+            return self._image_cache  # checked once per run: every later stage reads the same file
         if not path.is_file():
             console.print(f"note: {path.relative_to(self.dir.root)} is missing; decoding the images again")
         classes, records, external = self.dir.records()
@@ -90,4 +93,5 @@ class Run:
         cache, _ = build_image_cache(path, self.dir.read_split(), records + external, classes, size,
                                      workers=dataset.get("workers"), max_pixels=dataset["max_pixels"],
                                      resize=info.get("resize", "pad"), mode=info.get("mode"))
+        self._image_cache = cache
         return cache

@@ -191,10 +191,9 @@ def _demo_for_own_model(demo: dict[str, Any], raw: dict[str, Any], source: str) 
     """The demo's tables as defaults for a run of a model trained elsewhere: no backbone and no
     training (refused if given), and the demo's explainers at the model's own default layer (the
     demo's layer names are VGG19's)."""
-    for table in ("backbone",):
-        if table in raw:
-            raise ConfigError(f"[{table}] in {source}: the model comes from [model] path, so there is "
-                              f"nothing to build; remove [{table}] (or [model] to train one)")
+    if "backbone" in raw:
+        raise ConfigError(f"[backbone] in {source}: the model comes from [model] path, so there is "
+                          "nothing to build; remove [backbone] (or [model] to train one)")
     extra = sorted(set(raw.get("train", {})) - set(MODEL_ONLY_TRAIN_KEYS))
     if extra:
         raise ConfigError(f"[train] in {source}: the model comes from [model] path and is not trained "

@@ -122,8 +122,6 @@ def import_model(spec: dict[str, Any], dataset_classes: list[str], *, unsafe: bo
         outputs = found or "logits"
     elif found is not None and found != outputs:
         raise ConfigError(f"[model] outputs = {outputs!r}, but the last layer of {path} applies {found}")
-    if found is None:
-        body, head = user, None
     transform = "none" if found is not None or outputs == "logits" else ("log" if outputs == "softmax" else "logit")
     image = keras.Input((size, size, 1), name="image")
     x = ScaleToModel(channels=channels, value_range=list(spec.get("value_range", [0.0, 1.0])),

@@ -78,7 +78,6 @@ class Run:
         """The decoded images at the model's input size, resize policy and mode (``train.json``).
         A cache that is missing or was made for another split is decoded again (it is derived
         from the split and the files alone), rather than failing the stage that needs it."""
-        from ..io.imagecache import build_image_cache
         from ..progress import console
 
         info = self.dir.read_train_info()
@@ -88,10 +87,17 @@ class Run:
             return self._image_cache  # checked once per run: every later stage reads the same file
         if not path.is_file():
             console.print(f"note: {path.relative_to(self.dir.root)} is missing; decoding the images again")
+        self._image_cache, _ = self.decode_images(size, info.get("resize", "pad"), info.get("mode"))
+        return self._image_cache
+
+    def decode_images(self, size: int, resize: str, mode: str | None) -> tuple[Any, list[Any]]:
+        """Every split image decoded at ``size`` by the ``resize`` policy and ``mode`` into the
+        image cache (an existing one made the same way is reused): ``(cache, files that no
+        longer decode)``."""
+        from ..io.imagecache import build_image_cache
+
         classes, records, external = self.dir.records()
         dataset = self.cfg["dataset"]
-        cache, _ = build_image_cache(path, self.dir.read_split(), records + external, classes, size,
-                                     workers=dataset.get("workers"), max_pixels=dataset["max_pixels"],
-                                     resize=info.get("resize", "pad"), mode=info.get("mode"))
-        self._image_cache = cache
-        return cache
+        return build_image_cache(self.dir.image_cache(size), self.dir.read_split(), records + external, classes,
+                                 size, workers=dataset.get("workers"), max_pixels=dataset["max_pixels"],
+                                 resize=resize, mode=mode)

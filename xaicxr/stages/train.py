@@ -30,7 +30,7 @@ from ..config import build_plugin
 from ..errors import ConfigError, LayerNotFoundError, TrainingError
 from ..io import atomic
 from ..io.h5rows import create_rows, read_rows
-from ..io.imagecache import ImageCache, build_image_cache
+from ..io.imagecache import ImageCache
 from ..io.modelfile import save_model, weights_digest
 from ..progress import console, progress_bar
 from ..rundir import RunDir
@@ -129,14 +129,10 @@ def import_user_model(run: Run) -> dict[str, Any]:
 
 
 def cache_images(run: Run, size: int) -> ImageCache:
-    """The run's images decoded at ``size`` into the image cache (``[dataset]`` resize, mode,
-    workers); files that fail to decode are added to ``skipped.json``."""
-    classes, records, external = run.dir.records()
+    """The run's images decoded at ``size`` by the configured resize policy and mode; files that
+    fail to decode are added to ``skipped.json``."""
     dataset = run.cfg["dataset"]
-    cache, skipped = build_image_cache(
-        run.dir.image_cache(size), run.dir.read_split(), records + external, classes, size,
-        workers=dataset.get("workers"), max_pixels=dataset["max_pixels"], resize=dataset["resize"],
-        mode=dataset.get("mode"))
+    cache, skipped = run.decode_images(size, dataset["resize"], dataset.get("mode"))
     if skipped:
         atomic.write_json(run.dir.skipped, atomic.read_json(run.dir.skipped) + [s.to_json() for s in skipped])
     return cache

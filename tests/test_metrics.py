@@ -18,7 +18,7 @@ from xaicxr.errors import ConfigError, MetricInputError
 
 runner = CliRunner()
 
-BUILT_IN = {"reliance", "localisation", "reliability", "template", "template-faithfulness", "faithfulness",
+BUILT_IN = {"reliance", "region-reliance", "localisation", "reliability", "template", "template-faithfulness", "faithfulness",
             "randomisation", "distinctiveness"}
 
 BORDER_METRIC = '''

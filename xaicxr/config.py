@@ -64,11 +64,11 @@ ARRAY_TABLES = {"explain", "aggregate"}
 """Arrays of tables (``[[explain]]``): one entry per explainer / aggregator."""
 FREE_TABLES = {"binary"}
 """Tables whose keys are user-chosen names (binary tasks)."""
-DEFAULT_METRICS = ("reliance", "localisation", "reliability", "template", "template-faithfulness", "faithfulness",
+DEFAULT_METRICS = ("reliance", "region-reliance", "localisation", "reliability", "template", "template-faithfulness", "faithfulness",
                    "randomisation", "distinctiveness")
 """``[quality] metrics`` when not given: every built-in metric, in report order."""
 METRIC_SWITCHES = {"faithfulness": ("faithfulness", "template-faithfulness"), "randomisation": ("randomisation",),
-                   "reliance": ("reliance",)}
+                   "reliance": ("reliance", "region-reliance")}
 """``[quality]`` booleans that leave metrics out (``faithfulness = false`` drops the two that
 perturb images); the same name given a table sets that metric's options instead."""
 MERGED_TABLES = {"dataset", "split", "backbone", "train", "templates", "probe", "quality", "run"}

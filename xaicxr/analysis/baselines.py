@@ -26,7 +26,7 @@ from .localisation import Targets
 
 NAMES = ("uniform", "lungs", "lungs_blurred", "class_prior", "random")
 SKILL_FIGURES = ("pointing_game", "pointing_game_tolerance", "lesion_energy", "energy_lift",
-                 "energy_lift_lungs", "miou")
+                 "energy_lift_lungs", "miou", "iou_50", "iobb_hit_25")
 """Figures where more is better and a baseline is a meaningful floor (lung energy is not: the
 ``lungs`` baseline has 1 by construction)."""
 
@@ -79,14 +79,24 @@ def skill(figures: dict[str, Any], scores: dict[str, np.ndarray],
         if not candidates:
             continue
         best = max(candidates, key=candidates.get)
-        if figure in score_key:
-            diff = paired_difference(scores[score_key[figure]], baseline_scores[best][score_key[figure]], seed=seed)
+        if figure in score_key or figure.startswith("iou_"):
+            key = score_key.get(figure, figure)
+            diff = paired_difference(scores[key], baseline_scores[best][key], seed=seed)
+        elif figure.startswith("iobb_hit_"):
+            diff = paired_difference(_hits(scores["iobb"], figure), _hits(baseline_scores[best]["iobb"], figure),
+                                     seed=seed)
         else:
             denominator = targets.lesion_area if figure == "energy_lift" else targets.lesion_lung_share
             diff = _lift_difference(scores["lesion_energy"], baseline_scores[best]["lesion_energy"],
                                     denominator, seed=seed)
         out[figure] = {"baseline": best, **diff}
     return out
+
+
+def _hits(covered: np.ndarray, figure: str) -> np.ndarray:
+    """Per-image IoBB hits (NaN without a lesion) of ``iobb_hit_<T in %>``."""
+    threshold = int(figure.rsplit("_", 1)[1]) / 100
+    return np.where(np.isfinite(covered), covered >= threshold, np.nan)
 
 
 def _lift_difference(energy: np.ndarray, baseline_energy: np.ndarray, area: np.ndarray, *,

@@ -13,6 +13,13 @@ Every function takes maps (N, H, W) and masks (N, H, W) bool and returns one val
   the lesion's share of the lungs it is the **lung lift** (1 = a map spread evenly over the
   lungs, which is what a model that merely "looks at the lungs" earns: lesions lie in the lungs).
 - **mIoU**: IoU of the Otsu-thresholded map with the lesion (as CheXlocalize thresholds maps).
+- **IoU at thresholds** (CheXlocalize's segmentation of a map by a fixed threshold): IoU of the
+  pixels at or above ``t`` times the map's maximum with the lesion, ``t`` in :data:`IOU_THRESHOLDS`.
+- **IoBB hit rate** (Wang et al. CVPR 2017, "ChestX-ray8"): the map thresholded at half its
+  maximum, the bounding box of its connected region holding the maximum, and the share of that
+  box covered by the ground truth (intersection over the detected box); a hit when it reaches
+  ``T`` in :data:`IOBB_THRESHOLDS`. It forgives a box that is too small, so it is read beside
+  the IoU.
 - **Lung energy**: the share of the map's mass inside the lung fields; low values flag evidence
   outside the lungs (borders, text marks, devices).
 """
@@ -27,6 +34,13 @@ from skimage.filters import threshold_otsu
 
 from .intervals import bootstrap_mean, bootstrap_ratio, proportion
 from .stats import EPS
+
+IOU_THRESHOLDS = (0.25, 0.5, 0.75)
+"""Shares of a map's maximum at which it is cut into a region for the IoU."""
+IOBB_THRESHOLDS = (0.1, 0.25, 0.5)
+"""Wang et al.'s T(IoBB) thresholds (they report 0.1 to 0.7)."""
+BOX_CUT = 0.5
+"""The share of the maximum at which a map is cut before its box is taken (IoBB)."""
 
 TOLERANCE_AT_224 = 15.0
 """Zhang et al. (2018) count a hit within 15 px of the lesion in 224 px images."""
@@ -79,6 +93,34 @@ def otsu_iou(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return out
 
 
+def iou_at(maps: np.ndarray, masks: np.ndarray, threshold: float) -> np.ndarray:
+    """Per map: IoU with the mask of the pixels at or above ``threshold`` times its maximum (0
+    for a map without a positive maximum)."""
+    flat = np.asarray(maps, np.float64).reshape(len(maps), -1)
+    truth = np.asarray(masks, bool).reshape(len(maps), -1)
+    peak = flat.max(axis=1, keepdims=True)
+    region = (flat >= threshold * peak) & (peak > EPS)
+    union = (region | truth).sum(axis=1)
+    return np.divide((region & truth).sum(axis=1), union, out=np.zeros(len(maps)), where=union > 0)
+
+
+def iobb(maps: np.ndarray, masks: np.ndarray, cut: float = BOX_CUT) -> np.ndarray:
+    """Per map: the share of its detected box inside the mask (Wang et al.'s intersection over
+    the detected bounding box); the box bounds the connected region, at or above ``cut`` times
+    the maximum, that holds the maximum. 0 for a map without a positive maximum."""
+    out = np.zeros(len(maps))
+    for i, (m, mask) in enumerate(zip(np.asarray(maps, np.float64), np.asarray(masks, bool))):
+        top = m.max()
+        if top <= EPS:
+            continue
+        labelled, _ = ndimage.label(m >= cut * top)
+        peak = labelled[np.unravel_index(np.argmax(m), m.shape)]
+        rows, cols = np.nonzero(labelled == peak)
+        box = mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        out[i] = box.mean()
+    return out
+
+
 class Targets:
     """The masks of a set of images, with everything the scores need derived once (the
     tolerance regions cost a distance transform per image) and shared by every map scored on
@@ -124,6 +166,11 @@ class Targets:
             energy = np.where(miss, 0.0, energy_share(maps, self.lesion))
             out["lesion_energy"] = np.where(self.has_lesion, energy, np.nan)
             out["miou"] = np.where(self.has_lesion, otsu_iou(maps, self.lesion), np.nan)
+            for t in IOU_THRESHOLDS:
+                iou = np.where(miss, 0.0, iou_at(maps, self.lesion, t))
+                out[f"iou_{round(100 * t)}"] = np.where(self.has_lesion, iou, np.nan)
+            covered = np.where(miss, 0.0, iobb(maps, self.lesion))
+            out["iobb"] = np.where(self.has_lesion, covered, np.nan)
         if self.lung is not None:
             has_lung = self.lung.reshape(len(self.lung), -1).any(axis=1)
             energy = np.where(miss, 0.0, energy_share(maps, self.lung))
@@ -152,6 +199,13 @@ def class_figures(scores: dict[str, np.ndarray], targets: Targets, *, seed: int 
             out["energy_lift_lungs"] = bootstrap_ratio(scores["lesion_energy"], targets.lesion_lung_share,
                                                        seed=seed)
         out["miou"] = bootstrap_mean(scores["miou"], seed=seed)
+        for t in IOU_THRESHOLDS:
+            if f"iou_{round(100 * t)}" in scores:
+                out[f"iou_{round(100 * t)}"] = bootstrap_mean(scores[f"iou_{round(100 * t)}"], seed=seed)
+        if "iobb" in scores:
+            for t in IOBB_THRESHOLDS:
+                covered = scores["iobb"]
+                out[f"iobb_hit_{round(100 * t)}"] = proportion(np.where(np.isfinite(covered), covered >= t, np.nan))
     if "lung_energy" in scores:
         out["lung_energy"] = bootstrap_mean(scores["lung_energy"], seed=seed)
     return out

@@ -69,9 +69,36 @@ class ImageCache:
     _row_of: dict[str, int] | None = field(default=None, repr=False, compare=False)
 
 
-def _key(split: dict[str, list[str]], size: int, resize: str, mode: Mode = None) -> str:
+def has_mask(record: Record, kind: str) -> bool:
+    """Whether the record's ``kind`` mask is known (a lesion's from a mask file or boxes)."""
+    return getattr(record, f"{kind}_mask") is not None or (kind == "lesion" and bool(record.boxes))
+
+
+def _key(split: dict[str, list[str]], size: int, resize: str, mode: Mode = None,
+         records: Sequence[Record] = ()) -> str:
     policy = resize if mode is None else (resize, mode)  # without a mode, the key of earlier caches
-    return hashlib.sha256(repr((size, policy, [split[s] for s in SPLITS])).encode()).hexdigest()
+    parts: tuple = (size, policy, [split[s] for s in SPLITS])
+    annotations = _annotations(records)
+    if annotations:
+        parts += (annotations,)
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def _annotations(records: Sequence[Record]) -> list[tuple]:
+    """What the masks of the cache are made from, so that changed boxes or another mask folder
+    make a new cache: each record's boxes and its mask files' folder, name and size (the run's
+    own phantom masks move with a copied run directory, so no absolute path)."""
+    def file(path: Path | None) -> tuple | None:
+        if path is None:
+            return None
+        try:
+            size = Path(path).stat().st_size
+        except OSError:
+            size = None
+        return Path(path).parent.name, Path(path).name, size
+
+    return [(r.id, r.boxes, file(r.lesion_mask), file(r.lung_mask)) for r in records
+            if r.boxes or r.lesion_mask is not None or r.lung_mask is not None]
 
 
 def open_image_cache(path: Path) -> ImageCache:
@@ -89,14 +116,14 @@ def build_image_cache(path: Path, split: dict[str, list[str]], records: Sequence
     """Decode every split record in ``mode`` at ``size`` by the ``resize`` policy into ``path``; an
     existing file made for the same split, size, policy and mode is reused. Returns the cache and
     the files that no longer decode (left out)."""
-    key = _key(split, size, resize, mode)
+    by_id = {r.id: r for r in records}
+    ordered = [by_id[i] for s in SPLITS for i in split[s]]
+    key = _key(split, size, resize, mode, ordered)
     if Path(path).is_file():
         with h5py.File(path, "r") as h5:
             current = h5.attrs.get("key") == key
         if current:
             return open_image_cache(path), []
-    by_id = {r.id: r for r in records}
-    ordered = [by_id[i] for s in SPLITS for i in split[s]]
     split_of = {i: k for k, s in enumerate(SPLITS) for i in split[s]}
     skipped: list[Skipped] = []
     digest = hashlib.sha256()
@@ -121,7 +148,7 @@ def build_image_cache(path: Path, split: dict[str, list[str]], records: Sequence
                     value = getattr(batch, m)
                     if value is not None:
                         masks[m][start:] = value
-                    has[m].extend(r.__dict__[f"{m}_mask"] is not None for r in batch.records)
+                    has[m].extend(has_mask(r, m) for r in batch.records)
                 digest.update(block.tobytes())
                 ids.extend(batch.ids)
                 labels.extend(batch.labels.tolist())

@@ -63,10 +63,33 @@ def decode(record: Record, size: int | None, max_pixels: int = DEFAULT_MAX_PIXEL
             mask = read_mask(mask_path, image.shape)
         except Exception as exc:
             return Decoded(record, None, info, error=f"{key} mask unreadable: {exc}")
-        masks[key] = fit_square_mask(mask, size, resize) if size else mask
+        masks[key] = mask
+    if record.boxes:
+        try:
+            drawn = box_mask(record.boxes, image.shape)
+        except ValueError as exc:
+            return Decoded(record, None, info, error=str(exc))
+        masks["lesion"] = drawn | masks["lesion"] if "lesion" in masks else drawn
     if size:
+        masks = {key: fit_square_mask(mask, size, resize) for key, mask in masks.items()}
         image = fit_square(image, size, policy=resize, mode=mode)
     return Decoded(record, image, info, **masks)
+
+
+def box_mask(boxes: Sequence[Sequence[float]], shape: tuple[int, ...]) -> np.ndarray:
+    """(H, W) bool: every pixel a box ``(x, y, w, h)`` (stored-image pixels, top-left origin)
+    touches. A box with no pixel inside the image is an error (its coordinates belong to
+    another size: see the folder dataset's ``box_scale``)."""
+    height, width = int(shape[0]), int(shape[1])
+    mask = np.zeros((height, width), bool)
+    for x, y, w, h in boxes:
+        x0, y0 = max(0, int(np.floor(x))), max(0, int(np.floor(y)))
+        x1, y1 = min(width, int(np.ceil(x + w))), min(height, int(np.ceil(y + h)))
+        if x1 <= x0 or y1 <= y0:
+            raise ValueError(f"box (x {x:g}, y {y:g}, w {w:g}, h {h:g}) has no pixel inside the {width} x {height} "
+                             "image (boxes must be in pixels of the stored image; see box_scale)")
+        mask[y0:y1, x0:x1] = True
+    return mask
 
 
 def iter_decoded(records: Iterable[Record], size: int | None, *, workers: int | None = None,

@@ -15,7 +15,9 @@ class Record:
     """One image of a dataset, before decoding.
 
     ``subset`` is the dataset's own split folder (``train``/``val``/``test``) when it has one;
-    ``lesion_mask`` and ``lung_mask`` point at mask images of the same geometry when known.
+    ``lesion_mask`` and ``lung_mask`` point at mask images of the same geometry when known;
+    ``boxes`` are expert boxes ``(x, y, w, h)`` in pixels of the stored image, drawn into the
+    lesion mask when the image is decoded (so they follow every resize policy as masks do).
     """
 
     id: str
@@ -25,6 +27,7 @@ class Record:
     subset: str | None = None
     lesion_mask: Path | None = None
     lung_mask: Path | None = None
+    boxes: tuple[tuple[float, float, float, float], ...] | None = None
 
     _PATHS = ("path", "lesion_mask", "lung_mask")
 
@@ -37,7 +40,9 @@ class Record:
 
     @classmethod
     def from_json(cls, d: dict) -> "Record":
-        return cls(**{**d, **{k: Path(d[k]) for k in cls._PATHS if d.get(k)}})
+        boxes = d.get("boxes")
+        return cls(**{**d, **{k: Path(d[k]) for k in cls._PATHS if d.get(k)},
+                      "boxes": None if boxes is None else tuple(tuple(float(v) for v in b) for b in boxes)})
 
 
 @dataclass(frozen=True)

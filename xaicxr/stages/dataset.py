@@ -80,6 +80,14 @@ def sources_fingerprint(table: dict) -> str | None:
 
     keys = sorted(set(PATH_KEYS["dataset"]) | {k for k in table if k.endswith("_path")})
     roots = [Path(table[k]) for k in keys if isinstance(table.get(k), str) and Path(table[k]).exists()]
+    if isinstance(table.get("path"), str):
+        base = Path(table["path"])
+        for key in ANNOTATION_KEYS:
+            value = table.get(key)
+            if isinstance(value, str):
+                path = base / (value.rpartition(":")[0] if key == "patients" else value)
+                if path.exists() and not any(root in path.parents for root in roots if root.is_dir()):
+                    roots.append(path)
     if not roots:
         return None
     digest = hashlib.sha256()
@@ -102,6 +110,11 @@ def sources_fingerprint(table: dict) -> str | None:
             for name in sorted(files):
                 add(Path(folder) / name, name)
     return digest.hexdigest()
+
+
+ANNOTATION_KEYS = ("boxes", "lesion_masks", "lung_masks", "patients")
+"""Dataset options naming annotation files (relative to the dataset's ``path``), fingerprinted
+with the images wherever they lie."""
 
 
 def sources_changed(cfg: dict, rundir: RunDir, done: dict) -> str | None:
@@ -164,8 +177,9 @@ class Inventory:
             "sizes": _size_summary(self.sizes),
             "modes": dict(sorted(self.modes.items())),
             "formats": dict(sorted(self.formats.items())),
-            "masks": {"lesion": sum(r.lesion_mask is not None for r in self.records),
-                      "lung": sum(r.lung_mask is not None for r in self.records)},
+            "masks": {"lesion": sum(r.lesion_mask is not None or bool(r.boxes) for r in self.records),
+                      "lung": sum(r.lung_mask is not None for r in self.records),
+                      "boxes": sum(len(r.boxes or ()) for r in self.records)},
             "skipped": [s.to_json() for s in self.skipped],
             "seconds": round(self.seconds, 3),
             "decoded": self.decoded,

@@ -195,13 +195,8 @@ class ImageSet:
         self._baseline_scores: dict[tuple[str, int], dict[str, dict[str, np.ndarray]]] = {}
 
     def _lungs(self, block: dict[str, Any], k: int) -> np.ndarray:
-        """The lung masks of a block, segmented from the image where a row has none."""
-        lung = block["lung"] if block["lung"] is not None else np.zeros(block["images"].shape, bool)
-        missing = np.flatnonzero(~block["has_lung"])
-        if len(missing):
-            lung = lung.copy()
-            for i in missing:
-                lung[i] = segment_lungs(block["images"][i])
+        lung, segmented = lungs_of(block)
+        if segmented:
             self.segmented.add(k)
         return lung
 
@@ -241,6 +236,18 @@ class ImageSet:
                 self.out.create_dataset(f"{cls}/{b}/{array}", data=value)
         self._baseline_scores[(name, k)] = scored
         return scored
+
+
+def lungs_of(block: dict[str, Any]) -> tuple[np.ndarray, bool]:
+    """The lung masks of an image-cache block, segmented from the image where a row has none,
+    and whether any row was segmented."""
+    lung = block["lung"] if block["lung"] is not None else np.zeros(block["images"].shape, bool)
+    missing = np.flatnonzero(~block["has_lung"])
+    if len(missing):
+        lung = lung.copy()
+        for i in missing:
+            lung[i] = segment_lungs(block["images"][i])
+    return lung, bool(len(missing))
 
 
 class Inputs(Mapping):
@@ -384,6 +391,13 @@ def _run_metrics(figures: Figures, run: Run, cache: ImageCache, classes: list[st
     rows = np.array([r for split in splits for r in cache.rows(split) if cache.ids[r] in by_id], dtype=np.int64)
     block = cache.read(rows) if len(rows) else None
     dataset = build_plugin("dataset", run.cfg["dataset"])
+    segmented: list[np.ndarray] = []
+
+    def lungs(block: dict[str, Any]) -> np.ndarray:
+        if not segmented:
+            segmented.append(lungs_of(block)[0])
+        return segmented[0]
+
     for metric_name, metric in metrics:
         if block is None:
             figures.out["not_measured"][metric_name] = f"no explained image of the splits {', '.join(splits)}"
@@ -393,7 +407,7 @@ def _run_metrics(figures: Figures, run: Run, cache: ImageCache, classes: list[st
             if changes and set(changes) <= set(dataset.counterfactuals) else None
         inputs = Inputs({"images": block["images"], "labels": cache.labels[rows], "lesion": block["lesion"],
                          "class_names": classes, "twins": twins, "split": "+".join(splits),
-                         "seed": run.cfg["quality"]["seed"]}, model=run.model)
+                         "seed": run.cfg["quality"]["seed"]}, model=run.model, lung=lambda: lungs(block))
         values = figures.evaluate(metric_name, metric, metric.evaluate, inputs)
         if values is not None:
             figures.out[metric.key] = values

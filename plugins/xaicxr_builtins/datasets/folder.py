@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+import math
 import re
 from pathlib import Path
 
 from xaicxr.errors import DataError
+from xaicxr.io.annotations import Annotations, split_column, top_folder
 from xaicxr.plugins import Dataset, Progress, Record, Scan, Skipped, require_dir, walk_images
+
+
+MASKS_FOLDER = "masks"
+"""The conventional annotation folder (``masks/<kind>/<stem>.png``): never a class unless
+``classes`` names it."""
 
 
 class FolderDataset(Dataset):
@@ -18,22 +26,46 @@ class FolderDataset(Dataset):
     expressions is tried in order and the first that matches wins, which lets one config group
     files named in several ways (patients of one archive, figures of one paper from another).
     An expression whose group is empty counts as no match.
+
+    Localisation annotations (:mod:`.annotations`), each a path relative to ``path`` (or
+    absolute): ``boxes``, a CSV ``file,finding,x,y,w,h`` of expert boxes in pixels of the stored
+    image (``box_scale`` multiplies them: 0.25 for boxes drawn on 1024 px originals of 256 px
+    files), drawn into each image's lesion mask; ``lesion_masks`` and ``lung_masks``, folders of
+    binary masks ``<folder>/<image stem>.png`` of the image's geometry (the lung masks replace
+    the segmented lung fields). ``patients = "findings.csv:patient"`` reads each image's patient
+    from a column of a CSV with a ``file`` column (instead of ``patient_pattern``). Mask folders
+    are not classes, nor is a top-level ``masks`` folder (unless ``classes`` names it).
     """
 
     def __init__(self, path: str | None = None, classes: list[str] | None = None,
-                 patient_pattern: str | list[str] | None = None) -> None:
+                 patient_pattern: str | list[str] | None = None, boxes: str | None = None,
+                 box_scale: float = 1.0, lesion_masks: str | None = None, lung_masks: str | None = None,
+                 patients: str | None = None) -> None:
         self.path = path
         self.wanted = list(classes) if classes else None
         self.patient_res = compile_patient_patterns(patient_pattern, "folder")
+        if patients is not None and patient_pattern is not None:
+            raise ValueError("give 'patients' (a CSV column) or 'patient_pattern' (file names), not both")
+        if boxes is not None and lesion_masks is not None:
+            raise ValueError("give 'boxes' or 'lesion_masks' as the lesion annotation, not both")
+        if not (math.isfinite(box_scale) and box_scale > 0):
+            raise ValueError(f"'box_scale' must be a finite number > 0, got {box_scale}")
+        if patients is not None:
+            split_column(patients)
+        self.boxes, self.box_scale = boxes, float(box_scale)
+        self.lesion_masks, self.lung_masks, self.patients = lesion_masks, lung_masks, patients
 
     def external(self, path: str) -> "FolderDataset":
-        clone = FolderDataset(path, self.wanted)
-        clone.patient_res = self.patient_res
+        clone = copy.copy(self)
+        clone.path = path
         return clone
 
     def scan(self, workdir: Path | None = None, progress: Progress | None = None) -> Scan:
         root = require_dir(self.path, "folder dataset")
-        found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        annotation_dirs = ({top_folder(root, p) for p in (self.lesion_masks, self.lung_masks) if p}
+                           | {MASKS_FOLDER}) - {None} - set(self.wanted or ())
+        found = sorted(d.name for d in root.iterdir()
+                       if d.is_dir() and not d.name.startswith(".") and d.name not in annotation_dirs)
         classes = self.wanted or found
         missing = [c for c in classes if c not in found]
         if missing:
@@ -41,7 +73,12 @@ class FolderDataset(Dataset):
         if not classes:
             raise DataError(f"folder dataset {root}: no class folders; expected {root}/<class>/<images>")
         scan = Scan(classes=list(classes))
+        annotations = Annotations.read(root, boxes=self.boxes, box_scale=self.box_scale,
+                                       lesion_masks=self.lesion_masks, lung_masks=self.lung_masks,
+                                       patients=self.patients)
         for entry in sorted(root.iterdir()):
+            if entry.name in annotations.own_files or entry.name in annotation_dirs:
+                continue
             if entry.is_file() or entry.is_symlink() and not entry.is_dir():
                 scan.skipped.append(Skipped(str(entry), "not inside a class folder"))
             elif entry.is_dir() and not entry.name.startswith(".") and entry.name not in classes:
@@ -49,8 +86,9 @@ class FolderDataset(Dataset):
         for label in classes:
             for path in walk_images(root / label, scan.skipped):
                 rel = path.relative_to(root).as_posix()
-                scan.records.append(Record(id=rel, label=label, path=path,
-                                           patient=self._patient(path.name)))
+                record = Record(id=rel, label=label, path=path, patient=self._patient(path.name))
+                scan.records.append(annotations.annotate(record))
+        scan.skipped.extend(annotations.unused(scan.records))
         return scan
 
     def _patient(self, filename: str) -> str | None:

@@ -7,6 +7,7 @@ from xaicxr import hookimpl
 from .faithfulness import Faithfulness
 from .localisation import Localisation
 from .randomisation import Randomisation
+from .region_reliance import RegionReliance
 from .reliability import Reliability
 from .reliance import Reliance
 from .templates import Distinctiveness, TemplateFaithfulness, TemplateLocalisation
@@ -23,4 +24,5 @@ def xaicxr_metric():
         "randomisation": Randomisation,
         "distinctiveness": Distinctiveness,
         "reliance": Reliance,
+        "region-reliance": RegionReliance,
     }

@@ -19,7 +19,8 @@ from xaicxr.io import html
 from xaicxr.plugins import MapMetric, ReportPart
 from xaicxr.plugins.metric import flat_estimate
 
-ROW_FIGURES = ("pointing_game", "pointing_game_tolerance", "energy_lift", "energy_lift_lungs", "lung_energy")
+ROW_FIGURES = ("pointing_game", "pointing_game_tolerance", "energy_lift", "energy_lift_lungs", "iou_50", "iobb_hit_25",
+               "lung_energy")
 """The figures a study table shows (``xaicxr study``)."""
 
 
@@ -72,12 +73,13 @@ class Localisation(MapMetric):
             rows.append([cls, q.get("n"), q.get("pointing_game"), q.get("pointing_game_tolerance"),
                          html.versus(skill.get("pointing_game")), q.get("energy_lift"),
                          html.versus(skill.get("energy_lift")), q.get("energy_lift_lungs"), q.get("miou"),
+                         q.get("iou_50"), q.get("iobb_hit_25"), html.versus(skill.get("iobb_hit_25")),
                          q.get("lung_energy")])
         parts = [f"<h3>{self.title}</h3>",
                  html.table(["class", "n", "pointing game", "pointing (tolerance)", "skill over best baseline (pointing)",
-                             "energy lift", "skill (lift)", "lung lift", "mIoU (Otsu)", "lung energy"], rows)]
-        reliance = part.metrics.get("reliance", {})
-        unreliable = [c for c, r in reliance.items() if r.get("has_lesion") and not r.get("relies_on_lesion")]
+                             "energy lift", "skill (lift)", "lung lift", "mIoU (Otsu)", "IoU (cut at 0.5 max)",
+                             "IoBB hit (T 0.25)", "skill (IoBB hit)", "lung energy"], rows)]
+        unreliable = not_relied_on(part.metrics)
         if unreliable:
             parts.append(html.note(f"The model does not rely on the lesion for {', '.join(unreliable)}: localisation "
                                    "figures there do not test the explainer."))
@@ -101,13 +103,24 @@ class Localisation(MapMetric):
         return out
 
 
+def not_relied_on(metrics: dict[str, Any]) -> list[str]:
+    """Classes whose lesion (phantom twins) or annotated region (real films) the model is shown
+    not to rely on."""
+    twins = [c for c, r in metrics.get("reliance", {}).items() if r.get("has_lesion") and not r.get("relies_on_lesion")]
+    regions = [c for c, r in metrics.get("region_reliance", {}).items()
+               if r.get("has_region") and r.get("relies_on_region") is False and c not in twins
+               and not metrics.get("reliance", {}).get(c, {}).get("has_lesion")]
+    return twins + regions
+
+
 def _baselines_section(baselines: dict[str, Any]) -> list[str]:
     rows = []
     for cls, per in baselines.items():
         for name, f in per.items():
             if "pointing_game" in f or "lung_energy" in f:
                 rows.append([cls, name, f.get("pointing_game"), f.get("pointing_game_tolerance"), f.get("energy_lift"),
-                             f.get("energy_lift_lungs"), f.get("miou"), f.get("lung_energy")])
+                             f.get("energy_lift_lungs"), f.get("miou"), f.get("iou_50"), f.get("iobb_hit_25"),
+                             f.get("lung_energy")])
     if not rows:
         return []
     return ["<h2>What maps that know nothing about the lesion score</h2>",
@@ -115,4 +128,4 @@ def _baselines_section(baselines: dict[str, Any]) -> list[str]:
                       "blurred; class_prior: the mean training lesion mask of the class; random: noise. Same images, "
                       "same pass as the explainers below."),
             html.table(["class", "baseline", "pointing game", "pointing (tolerance)", "energy lift", "lung lift",
-                        "mIoU", "lung energy"], rows)]
+                        "mIoU", "IoU (0.5 max)", "IoBB hit (0.25)", "lung energy"], rows)]

@@ -268,13 +268,19 @@ def test_example_configs_are_valid(example, tmp_path):
     else:
         configs = [load_config(example)]
     assert all(cfg["explain"] and cfg["aggregate"] for cfg in configs)
+    shared = CXR3.parent
+    for cfg in configs:  # relative paths resolve from the example's folder: they must reach the shared sets
+        for key in ("path", "covid_path", "test_path"):
+            value = cfg["dataset"].get(key)
+            if isinstance(value, str) and "shared/data" in value and shared.is_dir():
+                assert Path(value).exists(), f"{example.name}: [dataset] {key} = {value} does not exist"
 
 
 @pytest.mark.skipif(not CXR3.is_dir(), reason=f"real data set absent: {CXR3} (see shared/data/README.md)")
 def test_cxr3_leave_source_out_example_holds_out_whole_sources(tmp_path):
     example = Path(__file__).parents[1] / "examples" / "cxr3-real-external.toml"
     config = tmp_path / "lso.toml"
-    config.write_text(example.read_text().replace('"../shared/data/cxr3-real"', repr(str(CXR3))))
+    config.write_text(example.read_text().replace('"../../shared/data/cxr3-real"', repr(str(CXR3))))
     _run(str(config), "--out", str(tmp_path / "run"))
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert split["test_set"] == "leave-source-out ([split] test_pattern)"

@@ -416,6 +416,14 @@ def _show_run(summary: dict[str, Any]) -> None:
     if rundir.metrics.exists() and "evaluate" in summary:
         _show_evaluation(rundir)
         _show_quality(rundir)
+    if rundir.metrics.exists():
+        from .analysis.verdict import run_verdict
+
+        metrics = rundir.read_metrics()
+        if any(metrics.get(key) for key in ("reliance", "region_reliance", "per_image", "probe")):
+            console.print("[bold]verdict[/]")
+            for line in run_verdict(metrics):
+                console.print(f"  {line}", markup=False, highlight=False)
     report = summary.get("report", {}).get("report")
     if report:
         console.print(f"report: [bold]{report}[/]")

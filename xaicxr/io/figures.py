@@ -10,10 +10,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.cm import ScalarMappable  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
 
 from . import atomic  # noqa: E402
 
 CMAP = "jet"
+OUTLINE = "white"
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:
@@ -120,19 +123,32 @@ def roc_figure(binary: dict[str, dict], path: Path) -> str:
     return save(fig, path)
 
 
-def overlay_grid(rows: list[tuple[str, np.ndarray, np.ndarray]], title: str, path: Path,
-                 columns: int = 6) -> str:
-    """``rows`` of (caption, image, heatmap); a caption may hold line breaks, not more than two lines."""
+def overlay_grid(rows: Sequence[tuple | None], title: str, path: Path, columns: int = 6) -> str:
+    """``rows`` of (caption, image, heatmap) or (caption, image, heatmap, outline), or None for
+    an empty place; ``outline`` an (H, W) bool mask (the lesion or an expert's box) drawn as a
+    contour, or None. A caption may hold line breaks, not more than two lines. One colour bar
+    for every panel: the overlay shows the map clipped to [0, 1]."""
     n = len(rows)
     cols = min(columns, max(n, 1))
     lines = (n + cols - 1) // cols
-    fig, axes = plt.subplots(lines, cols, figsize=(2.4 * cols, 2.8 * lines), squeeze=False)
+    fig, axes = plt.subplots(lines, cols, figsize=(2.4 * cols + 0.8, 2.8 * lines), squeeze=False,
+                             layout="constrained")
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, (caption, image, heat) in zip(axes.ravel(), rows):
+    outlined = False
+    for ax, panel in zip(axes.ravel(), rows):
+        if panel is None:
+            continue
+        caption, image, heat, *rest = panel
         ax.imshow(overlay(image, heat))
+        outline = rest[0] if rest else None
+        if outline is not None and np.any(outline):
+            ax.contour(np.asarray(outline, np.float32), levels=[0.5], colors=OUTLINE, linewidths=1.0)
+            outlined = True
         ax.set_title(caption, fontsize=7)
-    fig.suptitle(title)
+    scale = ScalarMappable(norm=Normalize(0.0, 1.0), cmap=CMAP)
+    fig.colorbar(scale, ax=axes.ravel().tolist(), shrink=0.6, aspect=30, label="relevance")
+    fig.suptitle(title + (f"\n({OUTLINE} outline: the annotated lesion or box)" if outlined else ""), fontsize=9)
     return save(fig, path)
 
 

@@ -34,7 +34,7 @@ def fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, Raw):
         return str(value)
     if isinstance(value, dict) and "value" in value:
-        return describe(value)
+        return estimate_html(value)
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
@@ -42,10 +42,32 @@ def fmt(value: Any, digits: int = 3) -> str:
     return escape(value)
 
 
-def table(header: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def estimate_html(e: dict[str, Any]) -> str:
+    """:func:`~xaicxr.io.text.describe` with the interval kept on one line: a narrow cell
+    breaks between the value and its interval, not inside the interval."""
+    text = describe(e)
+    value, _, interval = text.partition(" ")
+    return f'{escape(value)} <span style="white-space: nowrap">{escape(interval)}</span>' if interval else escape(text)
+
+
+EMPTY = ("–", "-", "")
+"""What :func:`fmt` makes of a cell with nothing in it (None, an estimate without a value)."""
+
+
+def table(header: list[str], rows: list[list[Any]], css: str | None = None) -> str:
+    """A table of :func:`fmt` cells (``css``: its class). A column whose every cell is empty is
+    left out (a figure that does not apply to this run), except the first, which names the rows;
+    a table without rows is nothing at all."""
+    if not rows:
+        return ""
+    cells = [[fmt(c) for c in row] for row in rows]
+    keep = [k for k in range(len(header))
+            if k == 0 or any(k < len(row) and row[k] not in EMPTY for row in cells)]
+    head = "".join(f"<th>{escape(header[k])}</th>" for k in keep)
+    body = "".join("<tr>" + "".join(f"<td>{row[k] if k < len(row) else fmt(None)}</td>" for k in keep) + "</tr>"
+                   for row in cells)
+    opening = f'<table class="{escape(css)}">' if css else "<table>"
+    return f"{opening}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def figure(name: str, alt: str) -> str:
@@ -60,4 +82,4 @@ def note(text: str) -> str:
 
 def versus(skill: dict[str, Any] | None) -> Raw | None:
     """``class_prior: 0.12 [0.02, 0.22]``: a skill and the baseline it is measured against."""
-    return Raw(f"{escape(skill['baseline'])}: {describe(skill)}") if skill else None
+    return Raw(f"{escape(skill['baseline'])}: {estimate_html(skill)}") if skill else None

@@ -1,6 +1,7 @@
 """The report stage: ``report/index.html``, one page (plus its PNG figures) that opens offline.
 
-It follows the questions a reader asks, in order: how good is the classifier; does it rely on
+It opens with the verdict per class (:mod:`xaicxr.analysis.verdict`), then follows the
+questions a reader asks, in order: how good is the classifier; does it rely on
 the lesion at all (counterfactual twins, where the data allow); where do the heatmaps point,
 next to what maps that know nothing earn; are the templates where the lesions are; do the maps
 pick the pixels the model needs (deletion, insertion); and do they change when what the model
@@ -11,6 +12,7 @@ negative, with their classes) and the reason its maps are not scored.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import numpy as np
 
 from .. import __version__
 from ..analysis.intervals import describe, estimate
+from ..analysis.verdict import DOES_NOT_RELY, NOT_MEASURABLE, RELIES, verdicts
 from ..config import chosen_metrics, make_metric, store_name
 from ..errors import PluginError
 from ..io import atomic, figures, html
@@ -31,7 +34,8 @@ from . import Run
 
 NAME = "report"
 TABLES = ()
-EXAMPLES = 6
+EXAMPLES_PER_CLASS = 4
+"""Example overlays per class: up to half of them wrongly classified, the rest correct."""
 
 
 def outputs(cfg: dict, rundir: RunDir) -> list[Path]:
@@ -70,27 +74,110 @@ def side_labels(store: HeatmapStore, classes: list[str], by: str = "true") -> tu
     return names, binary_sides(store.labels, store.probs, positive, store.target_threshold or 0.5, by)
 
 
-def _examples(store: HeatmapStore, cache: ImageCache, classes: list[str]) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    correct = np.flatnonzero(store.labels == store.predictions)
-    wrong = np.flatnonzero(store.labels != store.predictions)
+def _example_rows(store: HeatmapStore, classes: list[str]) -> list[list[int]]:
+    """Per true class: up to :data:`EXAMPLES_PER_CLASS` rows, half of them wrongly classified
+    where there are enough (more where there are few correct ones), correct first."""
     rng = np.random.default_rng(0)
-    picks = list(rng.permutation(correct)[:EXAMPLES]) + list(rng.permutation(wrong)[:EXAMPLES])
-    if not picks:
+    picks = []
+    for k in range(len(classes)):
+        of_class = store.labels == k
+        correct = rng.permutation(np.flatnonzero(of_class & (store.labels == store.predictions)))
+        wrong = rng.permutation(np.flatnonzero(of_class & (store.labels != store.predictions)))
+        n_wrong = min(len(wrong), EXAMPLES_PER_CLASS - min(len(correct), EXAMPLES_PER_CLASS // 2))
+        n_correct = min(len(correct), EXAMPLES_PER_CLASS - n_wrong)
+        picks.append([int(r) for r in (*correct[:n_correct], *wrong[:n_wrong])])
+    return picks
+
+
+def _examples(store: HeatmapStore, cache: ImageCache, classes: list[str]) -> list[tuple | None]:
+    """One line of :data:`EXAMPLES_PER_CLASS` panels per class that has images: (caption,
+    image, heatmap, lesion outline or None), None for an empty place."""
+    per_class = [rows for rows in _example_rows(store, classes) if rows]
+    picks = np.array([r for rows in per_class for r in rows], dtype=np.int64)
+    if not len(picks):
         return []
-    picks = np.array(picks)
-    images = cache.read(cache.rows_of([store.ids[r] for r in picks]))["images"]
+    read = cache.read(cache.rows_of([store.ids[r] for r in picks]))
+    lesions = read["lesion"] if read["lesion"] is not None else [None] * len(picks)
     maps = store.read(picks)
-    out = []
     positive = [classes.index(c) for c in store.target_positive or []]
-    for image, heat, r in zip(images, maps, picks):
+    panels = {}
+    for image, heat, lesion, outlined, r in zip(read["images"], maps, lesions, read["has_lesion"], picks):
         ok = "correct" if store.labels[r] == store.predictions[r] else "WRONG"
         score = f"; score {store.probs[r, positive].sum():.2f}" if positive else ""
-        out.append((f"{ok}: true {classes[store.labels[r]]}\npred {classes[store.predictions[r]]} "
-                    f"({store.probs[r].max():.2f}{score})", image, heat))
-    return out
+        panels[int(r)] = (f"{ok}: true {classes[store.labels[r]]}\npred {classes[store.predictions[r]]} "
+                          f"({store.probs[r].max():.2f}{score})", image, heat, lesion if outlined else None)
+    return [panels[rows[k]] if k < len(rows) else None for rows in per_class for k in range(EXAMPLES_PER_CLASS)]
 
 
 # --------------------------------------------------------------------------- sections
+
+
+def _verdict(metrics: dict[str, Any]) -> list[str]:
+    """The panel the report opens with: per class, does the model rely on the lesion, which
+    explainer setting shows it better than a map that knows nothing, do those settings pass the
+    randomisation test, does the shortcut probe flag the class (:mod:`xaicxr.analysis.verdict`)."""
+    said = verdicts(metrics)
+    if not said:
+        return []
+    rows = [[cls, _reliance_cell(v), _explainer_cell(v["explainers"]),
+             _sanity_cell(v["sanity"], v["explainers"]["beating"]), _shortcut_cell(v["shortcut"])]
+            for cls, v in said.items()]
+    regions = any(v["reliance_source"] == "region_reliance" for v in said.values())
+    relies = "model relies on the lesion" + (" or annotated region" if regions else "")
+    return ["<h2>Verdict</h2>",
+            html.note("Read left to right. A heatmap can show the model's evidence only where the model relies on "
+                      "the lesion. An explainer shows it when it points there more than the best map that knows "
+                      "nothing about the image (lower 95 % bound above 0) and passes the randomisation test. A "
+                      "flagged shortcut: features that are not disease already predict the class."),
+            html.table(["class", relies, "explainer better than a map that knows nothing",
+                        "randomisation test", "shortcut probe"], rows, css="verdict")]
+
+
+def _mark(text: str, tone: str, why: str = "") -> html.Raw:
+    """``text`` coloured by ``tone`` (good, bad, none), with a one-line reason under it."""
+    unbroken = re.sub(r"(\[[^\]]*\])", r'<span style="white-space: nowrap">\1</span>', html.escape(why))
+    detail = f"<br><small>{unbroken}</small>" if why else ""
+    return html.Raw(f'<span class="{tone}">{html.escape(text)}</span>{detail}')
+
+
+def _reliance_cell(verdict: dict[str, Any]) -> html.Raw:
+    if verdict["reliance"] == RELIES:
+        return _mark("yes", "good", verdict["reliance_why"])
+    if verdict["reliance"] == DOES_NOT_RELY:
+        return _mark("no", "bad", verdict["reliance_why"])
+    return _mark(NOT_MEASURABLE, "none", verdict["reliance_why"])
+
+
+def _explainer_cell(explainers: dict[str, Any]) -> html.Raw:
+    if explainers["figure"] is None:
+        return _mark("not measured", "none", explainers["why"])
+    if explainers["best"] is None:
+        return _mark("none", "bad" if explainers["tests_explainer"] else "none", explainers["why"])
+    also = explainers["beating"][1:]
+    name = explainers["best"] + (f" (also {', '.join(also)})" if also else "")
+    return _mark(name, "good" if explainers["tests_explainer"] else "none", explainers["why"])
+
+
+def _sanity_cell(sanity: dict[str, dict[str, Any]], stores: list[str]) -> html.Raw:
+    """The randomisation test of the settings that beat the uninformed maps (of every setting
+    when none does)."""
+    shown = [s for s in stores if s in sanity] or list(sanity)
+    if not shown:
+        return _mark("not run", "none")
+    marks = []
+    for store in shown:
+        passes = sanity[store]["passes"]
+        tone, said = ("none", "not decided") if passes is None else ("good", "passes") if passes else ("bad", "fails")
+        marks.append(f'{html.escape(store)} <span class="{tone}">{said}</span>')
+    return html.Raw("<br>".join(marks))
+
+
+def _shortcut_cell(shortcut: dict[str, Any]) -> html.Raw:
+    if shortcut["flagged"] is None:
+        return _mark("not run", "none")
+    if shortcut["flagged"]:
+        return _mark("flagged", "bad", shortcut["why"])
+    return _mark("not flagged", "good")
 
 
 def _accuracy(metrics: dict[str, Any]) -> str:
@@ -119,30 +206,49 @@ def _classification(metrics: dict[str, Any], classes: list[str], out: Path) -> l
 
 
 def _probe(metrics: dict[str, Any]) -> list[str]:
-    """The shortcut probe: what features that are not disease predict, per class and binary task."""
+    """The shortcut probe: what features that are not disease predict, one row per problem (a
+    class and the binary task with the same or the complementary positive classes are one
+    problem, fitted once), with the features that reach the flag."""
     probe = metrics.get("probe")
     if not probe or "targets" not in probe:
         return []
-    rows = []
+    flagged: dict[str, list[dict[str, Any]]] = {}
+    for f in probe["flagged"]:
+        flagged.setdefault(f["target"], []).append(f)
+    problems: dict[frozenset, list[str]] = {}
     for target, t in probe["targets"].items():
+        problems.setdefault(_problem(t.get("positive"), metrics["classes"]) or frozenset([target]), []).append(target)
+    rows = []
+    for targets in problems.values():
+        t = probe["targets"][targets[0]]
+        name = " = ".join(targets)
         if "features" not in t:
-            rows.append([target, t.get("note"), None, None, None, None])
+            rows.append([name, t.get("note"), None, None, None, None, None])
             continue
         best = max(t["features"], key=lambda f: t["features"][f]["value"] or 0.0)
-        rows.append([target, best, t["features"][best], t["all"]["logistic"], t["all"]["forest"],
-                     t.get("input", {}).get("forest")])
-    flagged = probe["flagged"]
+        hits = sorted({f["feature"]: f for target in targets for f in flagged.get(target, [])}.values(),
+                      key=lambda f: -f["auc"])
+        rows.append([name, best, t["features"][best], t["all"]["logistic"], t["all"]["forest"],
+                     t.get("input", {}).get("forest"),
+                     ", ".join(f"{f['feature']} {f['auc']:.2f}" for f in hits) or None])
     grouped = "grouped by patient" if probe["grouped"] else "not grouped (no patient ids)"
     return ["<h2>Shortcut probe: what non-disease features alone predict</h2>",
             html.note(f"Cross-validated AUC ({grouped}) of image size, aspect, format, mode, bit depth, "
-                  "border fraction, intensity and corner-patch statistics of each file (input_*: of the "
-                  f"model's input after resizing); {probe['method']['interval']}. "
-                  f"AUC >= {probe['flag']} is flagged as a likely shortcut."),
+                      "border fraction, intensity and corner-patch statistics of each file (input_*: of the "
+                      f"model's input after resizing); {probe['method']['interval']}. "
+                      f"AUC >= {probe['flag']} is flagged as a likely shortcut. A class and the binary task that "
+                      "separates the same images share a row."),
             html.table(["target", "best single feature", "its AUC", "all features (logistic)", "all features (forest)",
-                    "model input only (forest)"], rows),
-            html.table(["flagged target", "feature", "AUC"], [[f["target"], f["feature"],
-                                                         {"value": f["auc"], "ci95": f["ci95"]}] for f in flagged])
-            if flagged else "<p>No feature reaches the flag.</p>"]
+                        "model input only (forest)", f"flagged (AUC >= {probe['flag']})"], rows),
+            "" if flagged else "<p>No feature reaches the flag.</p>"]
+
+
+def _problem(positive: list[str] | None, classes: list[str]) -> frozenset | None:
+    """A probe target's classification problem: the unordered pair of its positive classes and
+    the others (None when the positives are not known)."""
+    if not positive:
+        return None
+    return frozenset({frozenset(positive), frozenset(classes) - frozenset(positive)})
 
 
 def _templates_pictures(name: str, store: HeatmapStore, cfg: dict[str, Any], rundir: RunDir, cache: ImageCache,
@@ -225,6 +331,7 @@ def write_report(rundir: RunDir, cfg: dict[str, Any], cache: ImageCache) -> Path
     parts: list[str] = []
     setting = f"dataset <b>{html.escape(cfg['dataset']['name'])}</b>, " + _model_setting(cfg, rundir)
     parts.append(f"<p>{setting}. Test set: {html.escape(metrics.get('test_set', ''))}, n = {metrics.get('n_test')}.</p>")
+    parts += _verdict(metrics)
     parts += [f'<p style="color:#b00"><b>Warning:</b> {html.escape(w)}</p>'
               for w in rundir.read_split().get("warnings", [])]
     parts += _classification(metrics, classes, out)
@@ -265,11 +372,12 @@ def write_report(rundir: RunDir, cfg: dict[str, Any], cache: ImageCache) -> Path
                                                    classes, out, name, aggregators))
             examples = _examples(store, cache, classes)
             if examples:
-                parts.append(html.figure(figures.overlay_grid(examples, f"{name}: examples (correct, then wrong)",
-                                                       out / f"examples-{name}.png"), f"example overlays ({name})"))
-    timings = metrics.get("timings_s", {})
+                grid = figures.overlay_grid(examples, f"{name}: examples per true class (correct, then wrong)",
+                                            out / f"examples-{name}.png", columns=EXAMPLES_PER_CLASS)
+                parts.append(html.figure(grid, f"example overlays ({name})"))
+    timings = [[stage, seconds] for stage, seconds in (metrics.get("timings_s") or {}).items() if seconds is not None]
     if timings:
-        parts.append("<h2>Timings</h2>" + html.table(["stage", "seconds"], [[k, v] for k, v in timings.items()]))
+        parts.append("<h2>Timings</h2>" + html.table(["stage", "seconds"], timings))
     skipped = atomic.read_json(rundir.skipped) if rundir.skipped.exists() else []
     parts.append(f"<p>Files skipped while reading the data: {len(skipped)} (listed with reasons in "
                  f"<code>skipped.json</code>).</p>")
@@ -278,7 +386,9 @@ def write_report(rundir: RunDir, cfg: dict[str, Any], cache: ImageCache) -> Path
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
 table {{ border-collapse: collapse; margin: .8em 0; }} td, th {{ border: 1px solid #ccc; padding: .25em .6em; text-align: right; }}
-th {{ background: #f2f2f2; }} td:first-child {{ text-align: left; }} img {{ max-width: 100%; }}
+th {{ background: #f2f2f2; }} td:first-child, th:first-child {{ text-align: left; }} img {{ max-width: 100%; }}
+table.verdict td, table.verdict th {{ text-align: left; vertical-align: top; max-width: 22em; }}
+.good {{ color: #176317; font-weight: 600; }} .bad {{ color: #b00; font-weight: 600; }} .none {{ color: #666; font-weight: 600; }}
 figure {{ margin: .5em 0; }} figcaption {{ font-size: .85em; color: #555; }} .row {{ display: flex; gap: 1em; flex-wrap: wrap; }}
 .note {{ font-size: .85em; color: #555; }} code {{ background: #f5f5f5; padding: 0 .2em; }} small {{ color: #666; }}
 </style></head><body>

@@ -148,7 +148,10 @@ def test_metrics_against_hand_computed_values():
     assert report["accuracy"] == pytest.approx(4 / 6)
     assert report["confusion"] == [[1, 1, 0], [0, 1, 1], [0, 0, 2]]
     assert report["per_class"]["covid"] == {"precision": pytest.approx(2 / 3), "recall": 1.0,
-                                            "f1": pytest.approx(0.8), "support": 2}
+                                            "f1": pytest.approx(0.8), "support": 2,
+                                            "recall_ci95": [pytest.approx(0.342, abs=1e-3), 1.0]}  # Wilson, 2 of 2
+    assert report["per_class"]["normal"]["recall_ci95"][1] == pytest.approx(0.906, abs=1e-3)  # 1 of 2
+    assert report["majority_accuracy"] == pytest.approx(2 / 6)
     # covid scores .1 .1 .1 .6 .7 .4 ; positives are the last two: 8 pairs, wins 2*4 minus the .4 vs .6 loss
     y = labels == 2
     score = probs[:, 2]

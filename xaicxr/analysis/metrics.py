@@ -19,17 +19,22 @@ def confusion(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> np
 
 
 def classification_report(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict:
-    """Accuracy, per-class precision/recall/F1 (0 where undefined) and the macro F1 over the
-    classes present in ``labels``."""
+    """Accuracy (beside ``majority_accuracy``, what always answering the largest class earns),
+    per-class precision/recall/F1 (0 where undefined; the recall, a class's accuracy, with its
+    Wilson interval) and the macro F1 over the classes present in ``labels``."""
     labels = np.asarray(labels)
     pred = np.asarray(probs).argmax(axis=1)
     index = np.arange(len(classes))
     precision, recall, f1, support = skm.precision_recall_fscore_support(
         labels, pred, labels=index, zero_division=0.0) if len(labels) else [np.zeros(len(classes))] * 4
     per_class = {c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                     "support": int(support[i])} for i, c in enumerate(classes)}
+                     "support": int(support[i]),
+                     "recall_ci95": wilson(float(np.sum((labels == i) & (pred == i))), int(support[i]))["ci95"]}
+                 for i, c in enumerate(classes)}
     present = [c for c in classes if per_class[c]["support"] > 0]
+    majority = max((per_class[c]["support"] for c in classes), default=0)
     return {"accuracy": float(skm.accuracy_score(labels, pred)) if len(labels) else 0.0,
+            "majority_accuracy": majority / len(labels) if len(labels) else 0.0,
             "per_class": per_class, "confusion": confusion(labels, pred, len(classes)).tolist(),
             "macro_f1": float(np.mean([per_class[c]["f1"] for c in present])) if present else 0.0}
 

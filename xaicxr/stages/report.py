@@ -188,11 +188,24 @@ def _accuracy(metrics: dict[str, Any]) -> str:
     return describe(estimate(metrics["accuracy"], *bounds, metrics.get("n_test", 0))) + " (95 % Wilson)"
 
 
+def _majority(metrics: dict[str, Any]) -> str:
+    majority = metrics.get("majority_accuracy")
+    return "" if majority is None else f" (always answering the largest class: {html.fmt(majority)})"
+
+
+def _recall(per_class: dict[str, Any]) -> Any:
+    bounds = per_class.get("recall_ci95")
+    if not bounds or None in bounds:
+        return per_class["recall"]
+    return estimate(per_class["recall"], *bounds, per_class["support"])
+
+
 def _classification(metrics: dict[str, Any], classes: list[str], out: Path) -> list[str]:
     parts = ["<h2>Classification</h2>",
-             f"<p>Accuracy <b>{_accuracy(metrics)}</b>, macro F1 {html.fmt(metrics.get('macro_f1'))}.</p>",
-             html.table(["class", "precision", "recall", "F1", "support"],
-                    [[c, v["precision"], v["recall"], v["f1"], v["support"]] for c, v in metrics["per_class"].items()]),
+             f"<p>Accuracy <b>{_accuracy(metrics)}</b>{_majority(metrics)}, macro F1 "
+             f"{html.fmt(metrics.get('macro_f1'))}.</p>",
+             html.table(["class", "precision", "recall (the class's accuracy, 95 % Wilson)", "F1", "support"],
+                    [[c, v["precision"], _recall(v), v["f1"], v["support"]] for c, v in metrics["per_class"].items()]),
              '<div class="row">' + html.figure(figures.confusion_figure(metrics["confusion"], classes, out / "confusion.png"),
                                         "confusion matrix (test)")]
     if metrics.get("binary"):

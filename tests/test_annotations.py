@@ -229,4 +229,7 @@ def test_a_run_on_annotated_real_style_films_measures_region_reliance_and_box_lo
     prior = metrics["baselines"]["finding"]["class_prior"]
     assert prior["pointing_game"]["value"] > 0.5  # every box sits in the same place: the prior is hard to beat
     dataset = json.loads((tmp_path / "run" / "dataset.json").read_text())
-    assert dataset["summary"]["masks"]["lung"] == 16
+    assert dataset["summary"]["masks"] == {"lesion": 8, "lung": 16, "boxes": 8}
+    report = (tmp_path / "run" / "report" / "index.html").read_text()
+    assert "Does the model rely on the annotated region?" in report
+    assert "Without a lesion annotation only the lung energy is measured: normal 0." in report  # no row of dashes

@@ -24,7 +24,7 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.n
     colour = plt.get_cmap(CMAP)(np.clip(heatmap, 0, 1))[..., :3]
     gray = np.repeat(np.clip(image, 0, 1)[..., None], 3, axis=2)
     weight = alpha * np.clip(heatmap, 0, 1)[..., None] ** 0.5
-    return (1 - weight) * gray + weight * colour
+    return np.clip((1 - weight) * gray + weight * colour, 0.0, 1.0)
 
 
 def save(fig, path: Path) -> str:

@@ -16,6 +16,7 @@ import numpy as np
 from xaicxr.analysis import baselines as base
 from xaicxr.analysis.localisation import TOLERANCE_AT_224, Targets, class_figures, default_tolerance
 from xaicxr.io import html
+from xaicxr.io.text import describe
 from xaicxr.plugins import MapMetric, ReportPart
 from xaicxr.plugins.metric import flat_estimate
 
@@ -68,7 +69,11 @@ class Localisation(MapMetric):
         if not part.figures:
             return []
         rows = []
+        lungs_only = {cls: q["lung_energy"] for cls, q in part.figures.items()
+                      if "pointing_game" not in q and q.get("lung_energy")}
         for cls, q in part.figures.items():
+            if cls in lungs_only or not q.get("n"):
+                continue
             skill = q.get("skill", {})
             rows.append([cls, q.get("n"), q.get("pointing_game"), q.get("pointing_game_tolerance"),
                          html.versus(skill.get("pointing_game")), q.get("energy_lift"),
@@ -79,6 +84,8 @@ class Localisation(MapMetric):
                  html.table(["class", "n", "pointing game", "pointing (tolerance)", "skill over best baseline (pointing)",
                              "energy lift", "skill (lift)", "lung lift", "mIoU (Otsu)", "IoU (cut at 0.5 max)",
                              "IoBB hit (T 0.25)", "skill (IoBB hit)", "lung energy"], rows)]
+        if lungs_only:
+            parts.append(_lungs_only_note(lungs_only))
         unreliable = not_relied_on(part.metrics)
         if unreliable:
             parts.append(html.note(f"The model does not rely on the lesion for {', '.join(unreliable)}: localisation "
@@ -113,11 +120,16 @@ def not_relied_on(metrics: dict[str, Any]) -> list[str]:
     return twins + regions
 
 
+def _lungs_only_note(lung_energy: dict[str, Any]) -> str:
+    return html.note("Without a lesion annotation only the lung energy is measured: " + "; ".join(
+        f"{cls} {describe(value)}" for cls, value in lung_energy.items()) + ".")
+
+
 def _baselines_section(baselines: dict[str, Any]) -> list[str]:
     rows = []
     for cls, per in baselines.items():
         for name, f in per.items():
-            if "pointing_game" in f or "lung_energy" in f:
+            if "pointing_game" in f:
                 rows.append([cls, name, f.get("pointing_game"), f.get("pointing_game_tolerance"), f.get("energy_lift"),
                              f.get("energy_lift_lungs"), f.get("miou"), f.get("iou_50"), f.get("iobb_hit_25"),
                              f.get("lung_energy")])

@@ -300,3 +300,14 @@ def test_ablation_refuses_a_layer_that_a_connection_bypasses(images, targets):
         _explainer("ablationcam").explain(model, images, targets, layer=LAYER)
     assert _explainer("ablationcam").explain(model, images, targets, layer="conv1").shape == (
         len(images), SIZE, SIZE)
+
+
+def test_a_constant_positive_map_is_degenerate_not_a_flat_map_of_ones():
+    """A constant map carries no location (issue 23.4): it came back as all ones, unflagged,
+    and earned a flat map's chance share of the pointing game."""
+    raw = np.stack([np.full((4, 4), 3.0), np.arange(16, dtype=float).reshape(4, 4)]).astype(np.float32)
+    maps, flags = (x.numpy() for x in finish_maps(raw, (16, 16)))
+    assert flags.tolist() == [True, False]
+    assert not maps[0].any() and maps[1].max() == 1.0
+    signed_maps, signed_flags = (x.numpy() for x in finish_maps(-raw, (16, 16), signed=True))
+    assert signed_flags.tolist() == [True, False]

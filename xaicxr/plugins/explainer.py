@@ -16,7 +16,8 @@ What is shared, so that every explainer is comparable:
   of those logits (:mod:`xaicxr.plugins.targets`), handed to every method as an argument.
 * **Maps.** A raw map at layer resolution is upsampled bilinearly to the input size
   (``tf.image.resize``), then normalised per image: by its maximum after a ReLU for CAM-style
-  maps, min-max for signed or offset maps (saliency). A map that is all zero, constant, or has
+  maps, min-max for signed or offset maps (saliency). A map that is all zero, constant (a
+  positive constant too: it would come back all ones and earn a flat map's chance share), or has
   a non-finite value is *degenerate*: it comes back as zeros and flagged, never as NaN
   (``explain_with_info`` returns the flags). One rule for every explainer: every one subclasses
   :class:`Explainer` and finishes its maps with :func:`finish_maps`.
@@ -41,6 +42,9 @@ from .options import Configurable
 from .targets import ClassLogit, Target, as_target
 
 TINY = float(np.finfo(np.float32).tiny)
+FLAT = 1e-5
+"""A map whose values spread less than this share of its maximum is constant (upsampling a
+constant leaves rounding noise of a few float32 ulps): degenerate, even when positive."""
 
 
 class DegenerateMapsWarning(UserWarning):
@@ -67,7 +71,8 @@ def finish_maps(raw: Any, size: tuple[int, int], signed: bool = False) -> tuple[
     hi = tf.reduce_max(up, axis=[1, 2, 3], keepdims=True)
     lo = tf.reduce_min(up, axis=[1, 2, 3], keepdims=True) if signed else tf.zeros_like(hi)
     span = hi - lo
-    ok = finite & (span[:, 0, 0, 0] > TINY)
+    spread = hi - tf.reduce_min(up, axis=[1, 2, 3], keepdims=True)
+    ok = finite & (span[:, 0, 0, 0] > TINY) & (spread[:, 0, 0, 0] > FLAT * tf.abs(hi[:, 0, 0, 0]))
     ok4 = ok[:, None, None, None]
     maps = tf.where(ok4, tf.clip_by_value((up - lo) / tf.where(ok4, span, 1.0), 0.0, 1.0), 0.0)
     maps = tf.reshape(maps, tf.concat([lead, size], axis=0))

@@ -57,13 +57,15 @@ def road(**options):
 
 
 def direct_road(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
-    """ROAD's linear system (zeros outside the image) solved with ``spsolve``."""
+    """ROAD's linear system as its reference code states it (a removed pixel is the weighted mean
+    of the neighbours that exist: at the border the weights are renormalised), each row
+    multiplied by its weights' sum, solved with ``spsolve``."""
     height, width = image.shape
     unknown = np.flatnonzero(removed.ravel())
     index = np.full(image.size, -1)
     index[unknown] = np.arange(len(unknown))
     ys, xs = np.divmod(unknown, width)
-    rows, cols, vals = [np.arange(len(unknown))], [np.arange(len(unknown))], [np.ones(len(unknown))]
+    rows, cols, vals = [np.arange(len(unknown))], [np.arange(len(unknown))], [np.zeros(len(unknown))]
     rhs = np.zeros(len(unknown))
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
@@ -72,6 +74,7 @@ def direct_road(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
             weight = 1 / 12 if dy and dx else 1 / 6
             ny, nx = ys + dy, xs + dx
             inside = (ny >= 0) & (ny < height) & (nx >= 0) & (nx < width)
+            vals[0] = vals[0] + np.where(inside, weight, 0.0)
             flat = np.where(inside, ny * width + nx, 0)
             neighbour = np.where(inside, index[flat], -1)
             free = inside & (neighbour >= 0)
@@ -132,6 +135,17 @@ def test_road_matches_direct_sparse_solve(shape):
     np.testing.assert_array_equal(filled[~removed], images[~removed])
     for image, mask, ours in zip(images, removed, filled):
         assert np.abs(ours - direct_road(image, mask).clip(0, 1)).max() <= 1e-3
+
+
+def test_road_at_the_border_averages_the_neighbours_that_exist():
+    """Rong et al.'s rule (issue 23.1): beyond the edge is nothing, not zeros. A flat image with
+    its border band removed is refilled at its own value; counting outside pixels as zeros
+    darkened the band (0.6 became about 0.45 at the edge)."""
+    images = np.full((1, 24, 24), 0.6, np.float32)
+    removed = np.zeros(images.shape, bool)
+    removed[:, :3] = removed[:, :, -3:] = True
+    filled = road(noise=0.0).fill(images, removed)
+    np.testing.assert_allclose(filled, 0.6, atol=1e-3)
 
 
 def test_road_single_hole_takes_its_neighbours_value():

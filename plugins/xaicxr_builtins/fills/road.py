@@ -4,11 +4,11 @@ Evaluation Strategy for Attribution Methods").
 Every removed pixel equals the weighted mean of its 8 neighbours (1/6 for the 4 direct, 1/12 for
 the 4 diagonal ones, as in the ROAD reference code), known pixels fixed; Gaussian noise (std
 ``noise`` of the [0, 1] range) is added to the imputed pixels and the result clipped to [0, 1].
-Unlike ROAD, which renormalises the weights of border pixels over the neighbours that exist,
-neighbours outside the image count as known zeros: every row of the system then keeps the
-weights summing to 1, so it is symmetric positive definite even when every pixel is removed
-(the solution is then zero, where ROAD's system is singular), and conjugate gradients converge.
-Radiograph borders are dark or zero-padded, so the difference stays at the edge.
+As in the reference, a pixel at the border averages over the neighbours that exist (their
+weights renormalised to sum to 1), not over zeros beyond the edge. Each row of the system is
+multiplied by its weights' sum, which keeps it symmetric: positive definite wherever a removed
+region touches a known pixel. With every pixel removed the right-hand side is zero and so is the
+solution (the reference's system is singular there).
 
 The system is solved for a whole batch at once in TensorFlow, compiled with XLA: conjugate
 gradients with the stencil written as shifted sums, preconditioned by an additive multilevel
@@ -92,9 +92,10 @@ def road_impute(images: Any, removed: Any, tolerance: float = ROAD_TOLERANCE,
     ``removed`` pixels; known pixels pass through. With ``return_iterations``, also the number
     of conjugate-gradient iterations the batch took.
 
-    The unknowns x satisfy x_i - sum_j w_ij x_j = sum_k w_ik v_k (j unknown neighbours, k known
-    ones, zeros outside the image): (I - W) x = b, symmetric positive definite. Computed with
-    the batch as the last axis, so that every shifted sum reads contiguous rows.
+    The unknowns x satisfy s_i x_i - sum_j w_ij x_j = sum_k w_ik v_k (j unknown neighbours, k
+    known ones, s_i the sum of the weights of i's neighbours inside the image: the reference's
+    renormalised mean, times s_i): (S - W) x = b, symmetric. Computed with the batch as the last
+    axis, so that every shifted sum reads contiguous rows.
     """
     import tensorflow as tf
 
@@ -104,9 +105,11 @@ def road_impute(images: Any, removed: Any, tolerance: float = ROAD_TOLERANCE,
     pad = [[0, -height % block], [0, -width % block], [0, 0]]
     unknown = tf.pad(tf.transpose(tf.cast(removed, tf.float32), [1, 2, 0]), pad)
     known = tf.pad(tf.transpose(images, [1, 2, 0]), pad) * (1.0 - unknown)
+    inside = tf.pad(tf.ones_like(unknown[:height, :width, :1]), pad)
+    weight_sum = _neighbour_mean(inside)
 
     def operator(x):
-        return unknown * (x - _neighbour_mean(x))
+        return unknown * (weight_sum * x - _neighbour_mean(x))
 
     def precondition(residual):
         coarse = [residual]

@@ -165,7 +165,7 @@ def test_phantom_set_on_disk_is_deterministic_with_masks(tmp_path):
         assert len(list((tmp_path / "a" / sub / "covid").glob("*.png"))) == 3
     report = _inspect("--dataset", "phantom", str(tmp_path / "a"))
     assert report["counts"] == {"normal": 3, "bacteria": 3, "virus": 3, "covid": 3}
-    assert report["masks"] == {"lesion": 12, "lung": 12}
+    assert report["masks"] == {"lesion": 12, "lung": 12, "boxes": 0}
     assert report["skipped"] == []
     scan = plugins.get("dataset", "phantom")(path=str(tmp_path / "a")).scan()
     batch = next(iter_batches(scan.records, scan.classes, size=32, batch_size=12))

@@ -7,10 +7,13 @@ lift with their 95 % intervals next to the best uninformed baseline and the clas
 deletion/insertion AUCs (ROAD fill) with their skill over a random order, the cascading
 randomisation verdict and the random-logit similarity, and the model's reliance on the lesion.
 
-A setting is *selected* for a class when its pointing game's interval lies wholly above the class
-prior's and it passes the cascade (its maps after randomising every layer above the explained
-one are less like the trained maps than two different images' maps are). Run it on a study of
-the validation split to choose; report the test split once, for the chosen settings only.
+A setting is *selected* for a class when its pointing game beats the class prior's by more than
+``--min-effect`` (paired per image, from ``quality.h5``) after Holm's adjustment over every
+setting compared for that class (family-wise error 5 %, Holm 1979), and it passes the cascade
+(its maps after randomising every layer above the explained one are less like the trained maps
+than two different images' maps are). The skill is shown with its simultaneous (Bonferroni)
+interval beside its Holm-adjusted p. Run it on a study of the validation split to choose;
+report the test split once, for the chosen settings only.
 
     .venv/bin/xaicxr study examples/phantom-localisation-study.toml --out runs/loc-val
     .venv/bin/python benchmarks/localisation.py runs/loc-val [--markdown tables.md]
@@ -28,7 +31,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from xaicxr.analysis.intervals import describe, wholly_above
+import h5py
+import numpy as np
+
+from xaicxr.analysis.intervals import describe, estimate, paired_exceedance_p, wholly_above
+from xaicxr.analysis.stats import holm
 
 LESION_CLASSES = ("bacteria", "virus", "covid")
 
@@ -49,8 +56,49 @@ def settings(out: Path) -> list[dict[str, Any]]:
         config = tomllib.loads((Path(row["run_dir"]) / "config.toml").read_text())
         spec = next(e for e in config["explain"] if e["name"] == row["explainer"])
         found.append({"variant": row["variant"], "explainer": row["explainer"], "layer": row["layer"],
-                      "split": spec["split"], "metrics": metrics})
+                      "split": spec["split"], "metrics": metrics, "run_dir": Path(row["run_dir"])})
     return found
+
+
+def paired_pointing(run_dir: Path, store: str, cls: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-image pointing hits of a store's maps and of the class prior on the same images, from
+    the run's ``quality.h5`` (the prior's are kept under the first store that explained them)."""
+    path = run_dir / "quality.h5"
+    if not path.exists():
+        return None
+    with h5py.File(path, "r") as h5:
+        own = h5.get(f"scores/{store}/{cls}")
+        if own is None or "pointing" not in own:
+            return None
+        ids = own["ids"][...]
+        for first in h5.get("baselines", {}):
+            prior = h5.get(f"baselines/{first}/{cls}/class_prior/pointing")
+            same = h5.get(f"scores/{first}/{cls}/ids")
+            if prior is not None and same is not None and np.array_equal(same[...], ids):
+                return own["pointing"][...], prior[...]
+    return None
+
+
+def holm_selection(rows: list[dict[str, Any]], pairs: list[tuple[np.ndarray, np.ndarray] | None], *,
+                   min_effect: float, seed: int = 0) -> None:
+    """Per row: ``skill_p`` (one-sided bootstrap p of skill over the prior > ``min_effect``),
+    ``skill_p_holm`` over the rows that have per-image scores, and ``skill_simultaneous``
+    (Bonferroni interval at 95 % for all of them together)."""
+    have = [i for i, pair in enumerate(pairs) if pair is not None]
+    p = [paired_exceedance_p(*pairs[i], margin=min_effect, seed=seed) for i in have]
+    adjusted = holm(p) if p else []
+    alpha = 0.05 / max(len(have), 1)
+    for i, raw, adj in zip(have, p, adjusted):
+        a, b = pairs[i]
+        keep = np.isfinite(a) & np.isfinite(b)
+        diff = a[keep] - b[keep]
+        rng = np.random.default_rng(seed)
+        means = diff[rng.integers(0, len(diff), size=(4000, len(diff)))].mean(axis=1) if len(diff) > 1 else diff
+        rows[i].update(skill_p=raw, skill_p_holm=float(adj), skill_simultaneous=estimate(
+            diff.mean() if len(diff) else None, np.percentile(means, 100 * alpha / 2) if len(diff) > 1 else None,
+            np.percentile(means, 100 * (1 - alpha / 2)) if len(diff) > 1 else None, len(diff)))
+    for i in set(range(len(rows))) - set(have):
+        rows[i].update(skill_p=None, skill_p_holm=None, skill_simultaneous=None)
 
 
 def name_settings(found: list[dict[str, Any]]) -> None:
@@ -69,6 +117,10 @@ def _cell(estimate: Any) -> str:
     return est(estimate).replace(" ", "&nbsp;", 1) if estimate else "-"
 
 
+def _p(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def markdown(report: dict[str, Any]) -> str:
     """Per lesion class: the uninformed maps, then every setting; then one cascade table."""
     out = []
@@ -76,18 +128,19 @@ def markdown(report: dict[str, Any]) -> str:
         rel = data["reliance"]
         out.append(f"**{cls}** (n = {data['settings'][0]['pointing_game']['n']}"
                    + (f"; lesion removed: class-probability drop {est(rel['probability_drop'])}" if rel else "") + ")\n")
-        out.append("| map | pointing game | pointing game @ tolerance | skill over the class prior | energy lift "
-                   "| ROAD deletion AUC |")
-        out.append("|---|---|---|---|---|---|")
+        out.append("| map | pointing game | pointing game @ tolerance | skill over the class prior | "
+                   "simultaneous 95 % (Bonferroni) | Holm p (skill > min effect) | energy lift | ROAD deletion AUC |")
+        out.append("|---|---|---|---|---|---|---|---|")
         for name in ("class_prior", "lungs", "lungs_blurred", "uniform", "random"):
             b = data["baselines"].get(name, {})
             faith = (b.get("faithfulness") or {}).get("road", {})
             out.append(f"| *{name}* | {_cell(b.get('pointing_game'))} | {_cell(b.get('pointing_game_tolerance'))} | "
-                       f"| {_cell(b.get('energy_lift'))} | {_cell(faith.get('deletion_auc'))} |")
+                       f"| | | {_cell(b.get('energy_lift'))} | {_cell(faith.get('deletion_auc'))} |")
         for r in data["settings"]:
-            mark = "**" if r["beats_prior"] and r["cascade_passes"] else ""
+            mark = "**" if r.get("beats_prior_holm") and r["cascade_passes"] else ""
             out.append(f"| {mark}{r['setting']}{mark} | {_cell(r['pointing_game'])} | "
-                       f"{_cell(r['pointing_game_tolerance'])} | {_cell(r['skill'])} | {_cell(r['energy_lift'])} | "
+                       f"{_cell(r['pointing_game_tolerance'])} | {_cell(r['skill'])} | "
+                       f"{_cell(r.get('skill_simultaneous'))} | {_p(r.get('skill_p_holm'))} | {_cell(r['energy_lift'])} | "
                        f"{_cell(r['deletion_auc'])} |")
         out.append(f"\nselected: {data['selected'] or 'none'}\n")
     first = next(iter(report["classes"].values()))["settings"]
@@ -104,6 +157,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("study_out", type=Path)
     ap.add_argument("--fill", default="road")
+    ap.add_argument("--min-effect", type=float, default=0.05,
+                    help="the pointing-game skill over the class prior a setting must exceed (default 0.05)")
     ap.add_argument("--markdown", type=Path, help="also write the tables as Markdown here")
     ap.add_argument("--variant", default="", help="only the variants whose name matches this "
                     "regular expression: one model at a time in a study over backbones, since "
@@ -156,10 +211,17 @@ def main() -> None:
                   f"cascade {'pass' if row['cascade_passes'] else 'FAIL'} ({est(row['cascade_spearman'])} vs ref "
                   f"{est(row['reference_spearman'])}) random-logit {est(row['random_logit_spearman'])}"
                   f"{'  <- beats the prior' if row['beats_prior'] else ''}")
-        eligible = [r for r in rows if r["beats_prior"] and r["cascade_passes"]]
+        holm_selection(rows, [paired_pointing(f["run_dir"], f["explainer"], cls) for f in found],
+                       min_effect=args.min_effect)
+        for row in rows:
+            row["beats_prior_holm"] = row["skill_p_holm"] is not None and row["skill_p_holm"] < 0.05
+            if row["skill_p_holm"] is not None:
+                print(f"   {row['setting']:24s} skill (simultaneous 95 %) {est(row['skill_simultaneous'])}, "
+                      f"p(skill > {args.min_effect}) {row['skill_p']:.4f}, Holm {row['skill_p_holm']:.4f}")
+        eligible = [r for r in rows if r["beats_prior_holm"] and r["cascade_passes"]]
         best = max(eligible, key=lambda r: r["pointing_game"]["value"]) if eligible else None
         chosen[cls] = best["setting"] if best else None
-        print(f"   selected: {chosen[cls] or 'none (no setting beats the class prior with non-overlapping intervals and passes the cascade)'}")
+        print(f"   selected: {chosen[cls] or 'none (no setting beats the class prior by the minimum effect after Holm, and passes the cascade)'}")
         report["classes"][cls] = {"prior": prior, "baselines": baselines, "reliance": reliance, "settings": rows,
                                   "selected": chosen[cls]}
     report["selected"] = chosen

@@ -96,6 +96,11 @@ def test_run_writes_every_contract_file(finished_run):
     assert set(reliance) == classes and not reliance["normal"]["has_lesion"]
     assert is_estimate(reliance["covid"]["probability_drop"])
     assert reliance["covid"]["split"] == "test", "the twins of the explained split, no other"
+    region = metrics["region_reliance"]
+    assert region["normal"]["relies_on_region"] is None and not region["normal"]["has_region"]
+    assert region["covid"]["has_region"] and region["covid"]["random_regions"] == 2
+    assert is_estimate(region["covid"]["fills"]["road"]["difference"])
+    assert {"iou_50", "iobb_hit_25"} <= set(metrics["per_image"]["gradcam"]["covid"])
     with h5py.File(out / "quality.h5") as h5:
         assert "scores/gradcam/virus/pointing" in h5 and "curves/gradcam/virus/road/deletion" in h5
     checker = SHARED_DATA.parent / "tools" / "check_run.py"

@@ -9,13 +9,14 @@ import pytest
 
 from xaicxr import plugins
 from xaicxr.analysis import baselines as base
-from xaicxr.analysis.intervals import bias_corrected, bootstrap_mean, bootstrap_ratio, paired_difference, proportion, wilson
+from xaicxr.analysis.intervals import (bias_corrected, bootstrap_mean, bootstrap_ratio, paired_difference,
+                                      paired_exceedance_p, proportion, wilson)
 from xaicxr.analysis.localisation import (Targets, class_figures, default_tolerance, energy_share, near,
                                           otsu_iou, pointing_hits)
 from xaicxr.analysis.lungs import dice, segment_lungs
 from xaicxr.analysis.reliability import consistency, spearman_brown, split_half
 from xaicxr.analysis.reliance import reliance_figures
-from xaicxr.analysis.stats import pearson
+from xaicxr.analysis.stats import holm, pearson
 from xaicxr.analysis.template_quality import distinctiveness, template_figures
 
 SHAPE = (32, 32)
@@ -62,6 +63,22 @@ def test_bootstrap_intervals_cover_and_pair():
 
 
 # --------------------------------------------------------------------------- localisation
+
+
+def test_holm_adjusts_step_down_and_keeps_the_order():
+    # Holm 1979 by hand: sorted 0.01, 0.02, 0.03, 0.5 times 4, 3, 2, 1 -> 0.04, 0.06, 0.06 (running max), 0.5
+    np.testing.assert_allclose(holm([0.03, 0.5, 0.01, 0.02]), [0.06, 0.5, 0.04, 0.06])
+    assert holm([0.9, 0.3]).tolist() == [0.9, 0.6]
+    assert holm([0.4] * 5).max() == 1.0
+
+
+def test_paired_exceedance_p_sees_a_margin_and_never_reaches_zero():
+    rng = np.random.default_rng(0)
+    base = rng.random(60)
+    better = base + 0.2 + rng.normal(0, 0.05, 60)
+    assert paired_exceedance_p(better, base, seed=1) == pytest.approx(1 / (2000 + 1))
+    assert paired_exceedance_p(better, base, margin=0.3, seed=1) > 0.99  # above 0, not above 0.3
+    assert paired_exceedance_p(base, base) == 1.0
 
 
 def test_pointing_energy_lift_and_iou_known_answers():

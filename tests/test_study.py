@@ -68,3 +68,43 @@ def test_a_matrix_key_with_one_value_sets_every_variant_and_stays_out_of_the_nam
     _, variants = load_study(study)
     assert [name for name, _ in variants] == ["seed=0", "seed=1"]
     assert [cfg["train"]["epochs"] for _, cfg in variants] == [7, 7]
+
+
+def test_the_localisation_benchmark_selects_with_holm_from_the_per_image_scores(tmp_path):
+    """benchmarks/localisation.py: each setting's skill over the class prior, paired per image
+    from quality.h5, gets a simultaneous interval and a Holm-adjusted p; a setting whose raw p
+    passes can fail once adjusted for the number of settings compared."""
+    import importlib.util
+    from pathlib import Path
+
+    import h5py
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location(
+        "localisation_benchmark", Path(__file__).parents[1] / "benchmarks" / "localisation.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(0)
+    prior = (rng.random(40) < 0.4).astype(float)
+    runs = []
+    for k, extra in enumerate((0.5, 0.18, 0.0)):  # clearly better, borderline, no better
+        hits = np.where(rng.random(40) < extra, 1.0, prior)
+        run = tmp_path / f"run{k}"
+        run.mkdir()
+        with h5py.File(run / "quality.h5", "w") as h5:
+            ids = np.array([f"i{i}" for i in range(40)], dtype=object)
+            h5.create_dataset("scores/gradcam/virus/ids", data=ids, dtype=h5py.string_dtype())
+            h5["scores/gradcam/virus/pointing"] = hits
+            h5["baselines/gradcam/virus/class_prior/pointing"] = prior
+        runs.append(run)
+    pairs = [bench.paired_pointing(run, "gradcam", "virus") for run in runs]
+    assert all(p is not None for p in pairs) and bench.paired_pointing(runs[0], "gradcam", "covid") is None
+    rows = [{} for _ in runs]
+    bench.holm_selection(rows, pairs, min_effect=0.05)
+    assert rows[0]["skill_p_holm"] < 0.01 and rows[2]["skill_p_holm"] > 0.5
+    assert all(r["skill_p_holm"] >= r["skill_p"] for r in rows)
+    lo, hi = rows[0]["skill_simultaneous"]["ci95"]
+    assert lo < rows[0]["skill_simultaneous"]["value"] < hi
+    single = [{}]
+    bench.holm_selection(single, [pairs[0]], min_effect=0.05)
+    assert single[0]["skill_simultaneous"]["ci95"][0] > lo  # one comparison: a narrower interval

@@ -18,6 +18,17 @@ executor, ``--rounds`` times, in interleaved order (local, dask-1, dask-2, local
 
     .venv/bin/python benchmarks/executor.py --out /tmp/xaicxr-executor --rounds 3
 
+``--quality`` measures the quality stage instead, on the demo's run (``xaicxr/default.toml``:
+1,000 phantoms at 64 px, Grad-CAM and LayerCAM of the test split, every quality figure) trained
+for one epoch: the stage with the local executor and with a local Dask cluster of 2 workers,
+``--rounds`` times interleaved (local, dask, local, ...). The cluster is started once and kept
+for every round (:func:`xaicxr.executors.shared_executors`, as a study keeps it): its first
+round includes the start and the workers' TensorFlow import, model load and tracing
+(``first_s``), the later ones do not (``warm_s``, median). ``identical``: ``quality.h5`` (every
+dataset and attribute) and the quality figures of ``metrics.json`` equal the local ones.
+
+    .venv/bin/python benchmarks/executor.py --quality --out /tmp/xaicxr-quality --rounds 2
+
 The last line printed is a JSON object with the figures.
 """
 
@@ -63,6 +74,71 @@ def store_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def file_digest(path: Path) -> str:
+    """Every dataset (bytes, dtype, shape) and attribute of an HDF5 file, groups included."""
+    digest = hashlib.sha256()
+
+    def visit(name: str, obj: h5py.HLObject) -> None:
+        digest.update(name.encode() + repr(sorted((k, str(v)) for k, v in obj.attrs.items())).encode())
+        if isinstance(obj, h5py.Dataset):
+            data = obj[()]
+            digest.update(repr(data.tolist()).encode() if data.dtype == object else data.tobytes())
+            digest.update(f"{obj.dtype}{obj.shape}".encode())
+
+    with h5py.File(path, "r") as h5:
+        h5.visititems(visit)
+        digest.update(repr(sorted((k, str(v)) for k, v in h5.attrs.items())).encode())
+    return digest.hexdigest()
+
+
+def figures_digest(metrics: Path) -> str:
+    """``metrics.json`` but its timings."""
+    figures = json.loads(metrics.read_text())
+    figures.pop("timings_s", None)
+    return hashlib.sha256(json.dumps(figures, sort_keys=True).encode()).hexdigest()
+
+
+def quality_benchmark(args: argparse.Namespace) -> dict:
+    """The quality stage on the demo's run, local against a kept 2-worker Dask cluster."""
+    from xaicxr.config import load_config
+    from xaicxr.executors import shared_executors
+    from xaicxr.pipeline import run_pipeline
+    from xaicxr.rundir import RunDir
+
+    base = load_config()
+    base["train"] = {**base["train"], "epochs": 1}
+    base["probe"] = {**base["probe"], "enabled": False}
+    rundir = RunDir(args.out)
+    start = time.perf_counter()
+    run_pipeline(base, args.out, until="templates")
+    prepare_s = time.perf_counter() - start
+    configs = {"local": base, "dask-2": {**base, "run": {**base["run"], "executor": "dask", "workers": 2}}}
+    seconds: dict[str, list[float]] = {name: [] for name in configs}
+    digests: dict[str, set] = {name: set() for name in configs}
+    with shared_executors():
+        for _ in range(args.rounds):
+            for name, cfg in configs.items():
+                start = time.perf_counter()
+                run_pipeline(cfg, args.out, until="quality", force="quality")
+                seconds[name].append(time.perf_counter() - start)
+                digests[name].add((file_digest(rundir.quality), figures_digest(rundir.metrics)))
+                print(name, [round(x, 2) for x in seconds[name]], file=sys.stderr, flush=True)
+    from xaicxr.io.imagecache import open_image_cache
+
+    test_images = len(open_image_cache(rundir.image_cache(int(base["backbone"]["input_size"]))).rows("test"))
+    local = statistics.median(seconds["local"])
+    warm = statistics.median(seconds["dask-2"][1:]) if args.rounds > 1 else None
+    return {"test_images": test_images, "explained": [e["name"] for e in base["explain"]], "rounds": args.rounds,
+            "cpus": os.cpu_count(), "load_average": os.getloadavg(), "prepare_s": round(prepare_s, 1),
+            "local_s": round(local, 2), "local_rounds_s": [round(x, 2) for x in seconds["local"]],
+            "dask-2_first_s": round(seconds["dask-2"][0], 2),
+            "dask-2_warm_s": round(warm, 2) if warm is not None else None,
+            "dask-2_rounds_s": [round(x, 2) for x in seconds["dask-2"]],
+            "dask-2_first_over_local": round(seconds["dask-2"][0] / local, 3),
+            "dask-2_warm_over_local": round(warm / local, 3) if warm is not None else None,
+            "identical": len(digests["local"]) == 1 and digests["dask-2"] == digests["local"]}
+
+
 class BatchSizedResult:
     """A task that does nothing but return what an explain batch returns."""
 
@@ -85,7 +161,12 @@ def main() -> None:
     parser.add_argument("--overhead-tasks", type=int, default=100)
     parser.add_argument("--templates-only", action="store_true", help="only the template reduction "
                         "(on the store an earlier run of this script left in --out)")
+    parser.add_argument("--quality", action="store_true", help="the quality stage of the demo's run instead "
+                        "(local against 2 Dask workers)")
     args = parser.parse_args()
+    if args.quality:
+        print(json.dumps(quality_benchmark(args)))
+        return
 
     from xaicxr.executors import LocalExecutor
     from xaicxr.executors.dask_cluster import DaskExecutor

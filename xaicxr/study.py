@@ -14,7 +14,8 @@ sets it in every variant and is left out of the variant names (a base file with 
 
 Each variant is a run directory under the study's output folder. Variants that differ only in
 explain/template options share one trained model: the first run's data, split, model and
-predictions are linked into the others, whose pipelines then skip those stages.
+predictions are linked into the others, whose pipelines then skip those stages. Variants with
+the same ``[run]`` table share one executor: a Dask cluster is started once for the study.
 
 After the variants ran, every variant's templates are compared with every other variant's
 (``xaicxr compare``, all pairs: a study over seeds or sites asks how far any two runs drift,
@@ -40,6 +41,7 @@ from urllib.parse import quote
 from .compare import compare_runs, comparison_rows
 from .config import absolute_paths, chosen_metrics, make_metric, resolve, store_name
 from .errors import ConfigError
+from .executors import shared_executors
 from .io import atomic
 from .pipeline import run_pipeline, stage_hashes
 from .progress import console
@@ -169,18 +171,19 @@ def run_study(path: Path, out: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     trained: dict[str, RunDir] = {}
     rows = []
-    for name, cfg in resolved:
-        run_dir = RunDir(out / name)
-        digest = _shared_digest(cfg)
-        if digest in trained and not run_dir.model.exists():
-            _link_trained(trained[digest], run_dir)
-            console.print(f"[cyan]variant[/] {name}: reusing the model of {trained[digest].root.name}")
-        else:
-            console.print(f"[cyan]variant[/] {name}")
-        start = time.perf_counter()
-        summary = run_pipeline(cfg, run_dir.root)
-        trained.setdefault(digest, run_dir)
-        rows.extend(_rows(name, run_dir, cfg, summary, time.perf_counter() - start))
+    with shared_executors():  # one cluster for every variant, not one each
+        for name, cfg in resolved:
+            run_dir = RunDir(out / name)
+            digest = _shared_digest(cfg)
+            if digest in trained and not run_dir.model.exists():
+                _link_trained(trained[digest], run_dir)
+                console.print(f"[cyan]variant[/] {name}: reusing the model of {trained[digest].root.name}")
+            else:
+                console.print(f"[cyan]variant[/] {name}")
+            start = time.perf_counter()
+            summary = run_pipeline(cfg, run_dir.root)
+            trained.setdefault(digest, run_dir)
+            rows.extend(_rows(name, run_dir, cfg, summary, time.perf_counter() - start))
     table = {"study": str(path), "out": str(out), "variants": rows}
     comparison = _compare_variants(out, [name for name, _ in resolved])
     if comparison is not None:

@@ -22,13 +22,16 @@ builds the perturbed batch from the images, their pixel ranks and a removal rang
 and runs the model, with a relaxed batch dimension so that no call retraces it. Curve points
 shared by deletion and insertion (the original image, the fully removed one) are computed
 once. A fill's randomness is drawn per (seed, image, perturbation), so results do not depend on the
-batching (ROAD: up to its solver's tolerance).
+batching (ROAD: up to its solver's tolerance). The rows are scored in fixed spans of one batch
+each, in this process or on a cluster (``executor``, :mod:`xaicxr.executors.model_passes`):
+the same batches either way, so the same figures.
 Results are per image; :mod:`xaicxr.analysis.intervals` turns them into figures.
 """
 
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,6 +40,8 @@ from scipy import ndimage
 from xaicxr.plugins.fill import Fill, make_fill
 
 FRACTIONS = np.linspace(0.0, 1.0, 11)
+BATCH = 64
+"""Perturbed images per call of the compiled scorer, and per executor task, of the curves."""
 REFERENCE_SIZE = 224
 REGION_SIGMA = 8.0
 """Random lung regions: smoothing of the noise field in pixels at 224 px, scaled."""
@@ -111,23 +116,45 @@ def scoring_function(model: Any, fill: Fill | str, shape: tuple[int, int]) -> An
 
 def _perturbed_scores(model: Any, images: np.ndarray, targets: np.ndarray, fill: Fill | str,
                       rows: dict[str, np.ndarray], rank_maps: np.ndarray, *, batch_size: int,
-                      seed: int) -> np.ndarray:
+                      seed: int, executor: Any = None) -> np.ndarray:
     """p(target) of every row: ``rows`` holds per-row ``image`` (index into ``images``),
     ``ranks`` (index into ``rank_maps``), ``low``, ``high`` (removed rank range) and ``tag``
-    (a fill's randomness comes from (seed, image, tag), so it does not depend on the batching)."""
+    (a fill's randomness comes from (seed, image, tag), so it does not depend on the batching).
+    ``executor`` (a :class:`~xaicxr.executors.model_passes.ModelExecutor`) computes the rows,
+    one :class:`PerturbedScores` task per ``batch_size`` rows; None: ``model`` in this process,
+    the same batches."""
     fill = make_fill(fill)
-    fn = scoring_function(model, fill, images.shape[1:])
-    prepared = fill.prepare(images)
-    out = np.empty(len(rows["image"]), np.float32)
-    for start in range(0, len(out), batch_size):
-        part = slice(start, start + batch_size)
-        image_rows = rows["image"][part]
-        fill_values = fill.values(images, prepared, image_rows, rows["tag"][part], seed)
-        out[part] = fn(images[image_rows], np.asarray(fill_values, np.float32),
-                       rank_maps[rows["ranks"][part]],
-                       rows["low"][part].astype(np.int32), rows["high"][part].astype(np.int32),
-                       targets[image_rows]).numpy()
-    return out
+    task = PerturbedScores(images, fill.prepare(images), targets, fill, rows, rank_maps, seed)
+    n = len(rows["image"])
+    if executor is None:
+        parts = [task(model, (start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
+    else:
+        parts = executor.map_spans(task, n, batch_size)
+    return np.concatenate(parts) if parts else np.empty(0, np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class PerturbedScores:
+    """p(target) of one batch of perturbation rows (see :func:`_perturbed_scores`): a picklable
+    task of ``ModelExecutor.map_spans``, so the rows can be scored on a cluster's workers.
+    The images, the fill's prepared values and the rows travel once per call, not per batch."""
+
+    images: np.ndarray
+    prepared: Any
+    targets: np.ndarray
+    fill: Fill
+    rows: dict[str, np.ndarray]
+    rank_maps: np.ndarray
+    seed: int
+
+    def __call__(self, model: Any, span: tuple[int, int]) -> np.ndarray:
+        part = slice(*span)
+        image_rows = self.rows["image"][part]
+        fill_values = self.fill.values(self.images, self.prepared, image_rows, self.rows["tag"][part], self.seed)
+        fn = scoring_function(model, self.fill, self.images.shape[1:])
+        return fn(self.images[image_rows], np.asarray(fill_values, np.float32),
+                  self.rank_maps[self.rows["ranks"][part]], self.rows["low"][part].astype(np.int32),
+                  self.rows["high"][part].astype(np.int32), self.targets[image_rows]).numpy()
 
 
 def _as_batch(images: np.ndarray) -> np.ndarray:
@@ -174,7 +201,8 @@ def curve_perturbations(fractions: np.ndarray, n_pixels: int) -> tuple[np.ndarra
 
 def perturbation_curves(model: Any, images: np.ndarray, maps: np.ndarray, targets: np.ndarray,
                         *, fill: Fill | str = "road", fractions: np.ndarray = FRACTIONS,
-                        batch_size: int = 64, seed: int = 0) -> dict[str, Any]:
+                        batch_size: int | None = None, seed: int = 0,
+                        executor: Any = None) -> dict[str, Any]:
     """Deletion and insertion curves of ``maps`` (Petsiuk et al. 2018) with a ``fill``.
 
     ``images`` (N, H, W) or (N, H, W, 1) in [0, 1], ``maps`` (N, H, W), ``targets`` (N,).
@@ -182,7 +210,9 @@ def perturbation_curves(model: Any, images: np.ndarray, maps: np.ndarray, target
     target, their trapezoid areas ``deletion_auc`` (lower = more faithful) and
     ``insertion_auc`` (higher = more faithful) (N,), and ``passes_per_image``: the forward
     passes each image cost (2F - 2 for fractions that include 0 and 1). ``fill`` is a fill
-    plugin's name (with its default options) or a :class:`~xaicxr.plugins.Fill`.
+    plugin's name (with its default options) or a :class:`~xaicxr.plugins.Fill`; ``executor``
+    computes the forward passes, ``batch_size`` (default :data:`BATCH`) per task (None: ``model``
+    in this process, the same batches).
     """
     images = _as_batch(images)
     maps = np.asarray(maps)
@@ -199,7 +229,7 @@ def perturbation_curves(model: Any, images: np.ndarray, maps: np.ndarray, target
             "tag": np.tile(np.arange(n_ranges), n)}
     rank_maps = _ranks(relevance_order(maps, seed), (height, width))
     scores = _perturbed_scores(model, images, targets, fill, rows, rank_maps,
-                               batch_size=batch_size, seed=seed).reshape(n, n_ranges)
+                               batch_size=batch_size or BATCH, seed=seed, executor=executor).reshape(n, n_ranges)
     deletion, insertion = scores[:, deletion_row], scores[:, insertion_row]
     return {"fractions": fractions, "deletion": deletion, "insertion": insertion,
             "deletion_auc": np.trapezoid(deletion, fractions, axis=1),
@@ -211,7 +241,8 @@ def perturbation_curves(model: Any, images: np.ndarray, maps: np.ndarray, target
 
 
 def _region_scores(model: Any, images: np.ndarray, targets: np.ndarray,
-                   regions: list[np.ndarray], *, fill: Fill | str, batch_size: int, seed: int) -> np.ndarray:
+                   regions: list[np.ndarray], *, fill: Fill | str, batch_size: int, seed: int,
+                   executor: Any = None) -> np.ndarray:
     """(1 + len(regions), N) p(target): the original images, then each (N, H, W) region set
     removed and filled."""
     n = len(images)
@@ -225,7 +256,7 @@ def _region_scores(model: Any, images: np.ndarray, targets: np.ndarray,
             "low": np.zeros(sets * n, np.int64),
             "high": np.repeat(np.minimum(np.arange(sets), 1), n)}
     return _perturbed_scores(model, images, targets, fill, rows, rank_maps,
-                             batch_size=batch_size, seed=seed).reshape(sets, n)
+                             batch_size=batch_size, seed=seed, executor=executor).reshape(sets, n)
 
 
 def _region_batch(regions: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -238,13 +269,14 @@ def _region_batch(regions: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def region_drop(model: Any, images: np.ndarray, targets: np.ndarray, regions: np.ndarray, *,
-                fill: Fill | str = "road", batch_size: int = 64, seed: int = 0) -> np.ndarray:
+                fill: Fill | str = "road", batch_size: int = 64, seed: int = 0,
+                executor: Any = None) -> np.ndarray:
     """(N,) p(target | image) - p(target | image with ``regions`` removed and filled);
     ``regions`` (N, H, W) or one (H, W) region for every image."""
     images = _as_batch(images)
     targets = _as_targets(targets, len(images))
     scores = _region_scores(model, images, targets, [_region_batch(regions, images.shape)],
-                            fill=fill, batch_size=batch_size, seed=seed)
+                            fill=fill, batch_size=batch_size, seed=seed, executor=executor)
     return scores[0] - scores[1]
 
 
@@ -286,7 +318,8 @@ def template_region(template: np.ndarray, area: int, seed: int = 0) -> np.ndarra
 def template_faithfulness(model: Any, images: np.ndarray, targets: np.ndarray,
                           template: np.ndarray, lungs: np.ndarray, *, q: float = 0.05,
                           fill: Fill | str = "road", draws: int = 3, seed: int = 0,
-                          batch_size: int = 64, region_sigma: float | None = None) -> dict[str, Any]:
+                          batch_size: int = 64, region_sigma: float | None = None,
+                          executor: Any = None) -> dict[str, Any]:
     """Does the model need the region a class template claims?
 
     ``images`` of one class, ``targets`` that class, ``template`` (H, W), ``lungs`` (N, H, W)
@@ -312,7 +345,7 @@ def template_faithfulness(model: Any, images: np.ndarray, targets: np.ndarray,
     random_regions = [random_lung_regions(lungs, area, seed=int(s), sigma=sigma)
                       for s in draw_seeds]
     scores = _region_scores(model, images, targets, [template_regions, *random_regions],
-                            fill=fill, batch_size=batch_size, seed=seed)
+                            fill=fill, batch_size=batch_size, seed=seed, executor=executor)
     drops = scores[0] - scores[1:]
     random_drop = drops[1:].mean(axis=0) if draws else np.full(n, np.nan)
     random_drop = np.where(lungs.reshape(n, -1).any(axis=1), random_drop, np.nan)

@@ -30,13 +30,18 @@ learning.
 Speed: the model is cloned once into a working copy, the randomised arrays are assigned to its
 variables in place step by step, so the explainer's compiled function for the copy is traced
 once and reused at every step (and for the trained maps, made with the copy before the first
-step).
+step). The images are taken :data:`BATCH` at a time, each span through the whole cascade, in
+this process or on a cluster's workers (``executor``); the reference pairs, the random other
+classes and the bootstrap are drawn here, from ``seed`` alone.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import random
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
@@ -176,23 +181,63 @@ def explained_layer_step(model: Any, steps: list[Step], layer_path: str) -> int 
 # --------------------------------------------------------------------------- the cascade
 
 
-def cascade(model: Any, seed: int, steps: list[Step] | None = None) -> Iterator[tuple[int, Any]]:
+def fresh_weights(model: Any, seed: int, steps: list[Step]) -> dict[str, list[np.ndarray]]:
+    """The randomised weights of every layer of ``steps``, by path: fresh draws of each layer's
+    own initializers, those of ``keras.models.clone_model`` under
+    ``keras.utils.set_random_seed(seed)`` (the same seed draws the same weights)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    with _own_randint(seed):
+        layers = leaf_layers(keras.models.clone_model(model))
+    return {path: layers[path].get_weights() for step in steps for path in step.layers}
+
+
+@contextmanager
+def _own_randint(seed: int) -> Iterator[None]:
+    """``random.randint`` from a generator of this thread alone, seeded with ``seed``, for the
+    duration. Keras draws the seed of every unseeded initializer with ``random.randint`` of
+    Python's shared generator, which other threads of the process draw from too (a Dask client's
+    did, between ``set_random_seed`` and the clone, and the weights changed from one call to the
+    next); the sequence is the one ``random.seed(seed)`` gives a quiet process."""
+    own, shared, thread = random.Random(seed), random.randint, threading.get_ident()
+
+    def randint(a: int, b: int) -> int:
+        return own.randint(a, b) if threading.get_ident() == thread else shared(a, b)
+
+    random.randint = randint
+    try:
+        yield
+    finally:
+        random.randint = shared
+
+
+def cascade(model: Any, seed: int, steps: list[Step] | None = None, *,
+            fresh: dict[str, list[np.ndarray]] | None = None,
+            keep: dict[Any, Any] | None = None) -> Iterator[tuple[int, Any]]:
     """Randomise ``model``'s steps cumulatively in one working copy; ``model`` is left as it is.
 
     Yields ``(-1, copy)`` with the trained weights, then ``(i, copy)`` once step ``i`` is
     randomised as well (the same copy every time: use it before asking for the next step).
-    The randomised values are fresh draws of each layer's own initializers, those of
-    ``keras.models.clone_model`` under ``keras.utils.set_random_seed(seed)`` (the same seed
-    draws the same weights). They are assigned to the copy's variables in place: a function
-    compiled for the copy is traced once for the whole cascade."""
+    The randomised values are ``fresh`` (default: :func:`fresh_weights` of ``seed``). They are
+    assigned to the copy's variables in place: a function compiled for the copy is traced once
+    for the whole cascade. With ``keep`` (a dict) the copy is kept there for the next cascade of
+    the same model (a span of images at a time, :class:`CascadeSpan`), so it is traced once for
+    all of them. The global seed is set to ``seed`` before the first yield, so an explainer that
+    draws from it starts from the same state at every cascade."""
     import keras
 
     steps = cascade_steps(model) if steps is None else steps
-    keras.utils.set_random_seed(seed)
-    working = keras.models.clone_model(model)
+    if fresh is None:
+        fresh = fresh_weights(model, seed, steps)
+    working = None if keep is None else keep.get(id(model))
+    if working is None:
+        working = keras.models.clone_model(model)
+        if keep is not None:
+            keep[id(model)] = working
     layers = leaf_layers(working)
-    fresh = {path: layers[path].get_weights() for step in steps for path in step.layers}
     working.set_weights(model.get_weights())
+    keras.utils.set_random_seed(seed)
     yield -1, working
     for i, step in enumerate(steps):
         for path in step.layers:
@@ -264,12 +309,24 @@ def ssim_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
+def similarity_rows(a: RankedMaps, b: RankedMaps) -> dict[str, np.ndarray]:
+    """Spearman, Spearman of absolute values and SSIM of each pair of maps (NaN where a map is
+    constant)."""
+    return {"spearman": _rank_correlation(a.ranks, b.ranks),
+            "spearman_abs": _rank_correlation(a.abs_ranks, b.abs_ranks),
+            "ssim": ssim_rows(a.maps, b.maps)}
+
+
+def summarise(rows: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
+    """Each figure of :func:`similarity_rows` as a mean with a bootstrap 95 % interval; pairs
+    with a constant map are left out."""
+    return {name: bootstrap_mean(values, seed=seed) for name, values in rows.items()}
+
+
 def similarity(a: RankedMaps, b: RankedMaps, seed: int) -> dict[str, Any]:
     """Spearman, Spearman of absolute values and SSIM of paired maps, each a mean with a
     bootstrap 95 % interval; pairs with a constant map are left out."""
-    return {"spearman": bootstrap_mean(_rank_correlation(a.ranks, b.ranks), seed=seed),
-            "spearman_abs": bootstrap_mean(_rank_correlation(a.abs_ranks, b.abs_ranks), seed=seed),
-            "ssim": bootstrap_mean(ssim_rows(a.maps, b.maps), seed=seed)}
+    return summarise(similarity_rows(a, b), seed)
 
 
 def _degenerate(maps: np.ndarray) -> np.ndarray:
@@ -315,7 +372,7 @@ def _missing() -> dict[str, Any]:
 def randomisation_test(model: Any, explainer: Any, images: np.ndarray, targets: np.ndarray,
                        labels: np.ndarray, classes: list[str], *, layer: str | None,
                        train_seed: int, draw: int = 0, max_steps: int | None = None,
-                       seed: int = 0, target: Any = None) -> dict[str, Any]:
+                       seed: int = 0, target: Any = None, executor: Any = None) -> dict[str, Any]:
     """The cascade, the reference level and the random-logit test of ``explainer`` on ``images``
     (see the module docstring); a JSON-ready dict.
 
@@ -326,7 +383,9 @@ def randomisation_test(model: Any, explainer: Any, images: np.ndarray, targets: 
     other classes and the bootstrap. ``max_steps`` stops the cascade early, but never before
     the explained-layer step, which the pass rule needs. ``target``: the score the maps explain
     (a :class:`~xaicxr.plugins.targets.Target`, bound to each batch's classes; None: the
-    explainer's default).
+    explainer's default). ``executor`` (a :class:`~xaicxr.executors.model_passes.ModelExecutor`)
+    runs the cascade on spans of :data:`BATCH` images (:class:`CascadeSpan`), in this process when
+    None: the same spans either way, so the same figures.
     """
     images = np.asarray(images, np.float32)
     targets = np.asarray(targets, np.int64)
@@ -344,37 +403,95 @@ def randomisation_test(model: Any, explainer: Any, images: np.ndarray, targets: 
                 "random_logit": {**_no_similarity(), "n": 0}, "degenerate_trained": 0,
                 "template_r": {}, "mean_template_r": None, "passes": False, "reading": READING}
 
-    explain_layer = path or None
-    trained = other = at_cut = None
     others = other_classes(targets, n_classes, seed) if n_classes > 1 else None
-    for i, working in cascade(model, randomisation_seed(train_seed, draw), steps[:n_run]):
-        maps = explain_batches(explainer, working, images, targets, explain_layer, target)
-        if i < 0:
-            trained = RankedMaps.of(maps)
-            if others is not None:
-                other = RankedMaps.of(explain_batches(explainer, working, images, others, explain_layer, target))
-            continue
-        result["steps"].append({"step": i, "name": steps[i].name, "randomised": list(steps[i].layers),
+    weights_seed = randomisation_seed(train_seed, draw)
+    task = CascadeSpan(explainer, images, targets, others, path or None, target, weights_seed,
+                       tuple(steps[:n_run]), fresh_weights(model, weights_seed, steps[:n_run]), cut)
+    if executor is None:
+        spans = [task(model, (start, min(start + BATCH, len(images)))) for start in range(0, len(images), BATCH)]
+    else:
+        spans = executor.map_spans(task, len(images), BATCH)
+    trained = RankedMaps.of(np.concatenate([s["trained"] for s in spans]))
+    other_rows = _joined([s["random_logit"] for s in spans]) if others is not None else None
+    for i, step in enumerate(steps[:n_run]):
+        rows = _joined([s["steps"][i] for s in spans])
+        degenerate = rows.pop("degenerate")
+        result["steps"].append({"step": i, "name": step.name, "randomised": list(step.layers),
                                 "above_explained_layer": cut is not None and i <= cut,
-                                **similarity(trained, RankedMaps.of(maps), seed),
-                                "degenerate": int(_degenerate(maps).sum())})
-        if i == cut:
-            at_cut = maps
+                                **summarise(rows, seed), "degenerate": int(degenerate.sum())})
+    at_cut = np.concatenate([s["at_cut"] for s in spans]) if cut is not None and cut < n_run else None
 
     pairs = reference_pairs(labels, targets, seed)
     reference = (similarity(trained[pairs[:, 0]], trained[pairs[:, 1]], seed) if len(pairs)
                  else _no_similarity())
-    random_logit = similarity(trained, other, seed) if other is not None else _no_similarity()
+    random_logit = summarise(other_rows, seed) if other_rows is not None else _no_similarity()
     template_r = _template_r(trained.maps, at_cut, labels, classes) if at_cut is not None else {}
     finite = [r for r in template_r.values() if r is not None]
     return {**result,
             "reference": {**reference, "pairs": int(len(pairs))},
-            "random_logit": {**random_logit, "n": int(len(images)) if other is not None else 0},
+            "random_logit": {**random_logit, "n": int(len(images)) if other_rows is not None else 0},
             "degenerate_trained": int(_degenerate(trained.maps).sum()),
             "template_r": template_r,
             "mean_template_r": float(np.mean(finite)) if finite else None,
             "passes": _passes(result["steps"], cut, reference),
             "reading": READING}
+
+
+@dataclass(frozen=True, eq=False)
+class CascadeSpan:
+    """The cascade on one span of images: a picklable task of ``ModelExecutor.map_spans``, so
+    spans can run on a cluster's workers. Returns
+    the trained maps, per step the per-image similarity to them and degenerate flags, the
+    random-logit similarity and the maps at the explained-layer step: the figures over all
+    images are computed from these by the caller."""
+
+    explainer: Any
+    images: np.ndarray
+    targets: np.ndarray
+    others: np.ndarray | None
+    """A random other class per image (random logit); None with one class."""
+    layer: str | None
+    target: Any
+    weights_seed: int
+    steps: tuple[Step, ...]
+    fresh: dict[str, list[np.ndarray]]
+    """The randomised weights, drawn once by the caller: a worker's own draw could differ (its
+    other threads share Python's random state, which Keras draws initializer seeds from)."""
+    cut: int | None
+    working_copies: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+    """The cascade's working copy, kept from one span to the next in the process that runs them
+    (:func:`cascade`'s ``keep``); empty when the task is sent to a worker."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "working_copies": {}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __call__(self, model: Any, span: tuple[int, int]) -> dict[str, Any]:
+        part = slice(*span)
+        images, targets = self.images[part], self.targets[part]
+        out: dict[str, Any] = {"steps": [], "random_logit": None, "at_cut": None}
+        trained = None
+        for i, working in cascade(model, self.weights_seed, list(self.steps), fresh=self.fresh,
+                                  keep=self.working_copies):
+            maps = explain_batches(self.explainer, working, images, targets, self.layer, self.target)
+            if i < 0:
+                trained = RankedMaps.of(maps)
+                out["trained"] = maps
+                if self.others is not None:
+                    other = explain_batches(self.explainer, working, images, self.others[part], self.layer, self.target)
+                    out["random_logit"] = similarity_rows(trained, RankedMaps.of(other))
+                continue
+            out["steps"].append({**similarity_rows(trained, RankedMaps.of(maps)), "degenerate": _degenerate(maps)})
+            if i == self.cut:
+                out["at_cut"] = maps
+        return out
+
+
+def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-image arrays of consecutive spans, joined by name."""
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
 def _no_similarity() -> dict[str, Any]:

@@ -13,15 +13,22 @@ or ``"dask"`` (a Dask distributed cluster at ``address``, or a local one with ``
 processes started on the spot; ``pip install xaicxr[dask]``).
 
 A function sent to a cluster must be picklable and find what it needs on the worker: the
-model is loaded once per worker process through :func:`worker_cached`.
+model is loaded once per worker process through :func:`worker_cached`
+(:class:`~xaicxr.executors.model_passes.ModelExecutor` does it for a model's passes).
+
+Within :func:`shared_executors` (a study's variants), :func:`make_executor` hands out one
+executor per ``[run]`` table and stops them only when the block ends, so a cluster is started
+once, not once per run.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
 from ..errors import ConfigError
@@ -89,8 +96,18 @@ def check_available(run_cfg: dict[str, Any] | None) -> None:
 
 
 def make_executor(run_cfg: dict[str, Any] | None) -> Executor:
-    """The executor a resolved ``[run]`` table asks for."""
+    """The executor a resolved ``[run]`` table asks for (within :func:`shared_executors`, the
+    block's one executor for that table)."""
     run_cfg = run_cfg or {}
+    if _shared is not None:
+        key = json.dumps(run_cfg, sort_keys=True, default=str)
+        if key not in _shared:
+            _shared[key] = _start_executor(run_cfg)
+        return Borrowed(_shared[key])
+    return _start_executor(run_cfg)
+
+
+def _start_executor(run_cfg: dict[str, Any]) -> Executor:
     kind = run_cfg.get("executor", "local")
     check_available(run_cfg)
     if kind == "local":
@@ -101,6 +118,53 @@ def make_executor(run_cfg: dict[str, Any] | None) -> Executor:
         return DaskExecutor(address=run_cfg.get("address"), workers=run_cfg.get("workers"),
                             partition_rows=run_cfg.get("partition_rows", DEFAULT_PARTITION_ROWS))
     raise ConfigError(f"[run] executor = {kind!r}: use one of {', '.join(map(repr, EXECUTORS))}")
+
+
+_shared: dict[str, Executor] | None = None
+
+
+@contextmanager
+def shared_executors() -> Iterator[None]:
+    """Runs inside the block share their executors: the first run that asks for a ``[run]``
+    table starts it, later runs with the same table get the same one (a study's variants on one
+    cluster), and every executor started is closed when the block ends."""
+    global _shared
+    if _shared is not None:  # nested: the outer block owns them
+        yield
+        return
+    _shared = {}
+    try:
+        yield
+    finally:
+        started, _shared = _shared, None
+        for executor in started.values():
+            executor.close()
+
+
+class Borrowed:
+    """An executor lent by :func:`shared_executors`: used like any other, but :meth:`close`
+    leaves it running for the next run of the block."""
+
+    def __init__(self, executor: Executor) -> None:
+        self.inner = executor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+        return self.inner.map(fn, items)
+
+    def reduce(self, fn: Callable[[T], R], items: list[T], merge: Callable[[R, R], R]) -> R:
+        return self.inner.reduce(fn, items, merge)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "Borrowed":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 WORKER_CACHE_SIZE = 2

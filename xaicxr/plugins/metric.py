@@ -60,6 +60,9 @@ INPUTS: dict[str, str] = {
     "labels": "(N,) int: the true classes",
     "class_names": "list[str]: the model's classes, in output order",
     "model": "the Keras model (input (N, H, W, 1), a 'logits' layer, softmax 'probs' output)",
+    "executor": "xaicxr.executors.model_passes.ModelExecutor: the model's passes through the run's executor "
+                "([run] executor): predict(images), or map_spans(task, n, size) with a picklable "
+                "task(model, (start, stop)) that a cluster worker runs with the model loaded there",
     "explainer": "the xaicxr.plugins.Explainer of the store, made with its options",
     "layer": "str: the layer the store explains ('' for input-space methods)",
     "target": "xaicxr.plugins.Target or None: the score the store explains (None: the explainer's default)",

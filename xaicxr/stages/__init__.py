@@ -47,8 +47,9 @@ class Run:
         return self._model_sha256
 
     def executor(self) -> Any:
-        """Where the explain and templates stages compute (``[run] executor``), started on first
-        use and kept for the rest of the run; :meth:`close` stops it."""
+        """Where the explain and templates stages, and the quality stage's model passes, compute
+        (``[run] executor``), started on first use and kept for the rest of the run; :meth:`close`
+        stops it."""
         if self._executor is None:
             from ..executors import make_executor
 

@@ -23,12 +23,18 @@ A metric whose required input the run cannot give is listed with the reason unde
 
 A store of a binary task's score (``target = "binary:<task>"``) is not scored: its reason is
 under ``quality_skipped`` (see :data:`BINARY_SKIP_REASON`).
+
+Every metric is also given ``executor``: the model's passes through the run's executor
+(:class:`~xaicxr.executors.model_passes.ModelExecutor`; on a cluster the workers load
+``model.keras`` once each, :class:`ModelFile`). The metrics cut their passes into fixed spans,
+so ``quality.h5`` and the figures are the same whichever executor computes them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -38,7 +44,8 @@ import numpy as np
 from ..analysis import baselines as base
 from ..analysis.lungs import segment_lungs
 from ..config import build_plugin, chosen_metrics, make_metric
-from ..errors import MetricInputError
+from ..errors import MetricInputError, StoreError
+from ..executors.model_passes import ModelExecutor
 from ..io import atomic
 from ..io.heatmap_store import HeatmapStore
 from ..io.imagecache import SPLITS, ImageCache
@@ -93,6 +100,7 @@ def run(run: Run) -> dict[str, Any]:
     figures = Figures(metrics)
     sets: dict[tuple, ImageSet] = {}
     aggregators = [agg["name"] for agg in run.cfg["aggregate"]]
+    passes = model_executor(run)
     with atomic.atomic_path(run.dir.quality) as tmp, h5py.File(tmp, "w") as out:
         for job in run.jobs():
             with HeatmapStore(run.dir.heatmaps(job.store)) as store:
@@ -105,20 +113,51 @@ def run(run: Run) -> dict[str, Any]:
                     continue
                 key = (tuple(store.ids), store.targets.tobytes())
                 if key not in sets:
-                    sets[key] = ImageSet(store, cache, classes, opts, run.model, out.require_group(f"baselines/{job.store}"))
+                    sets[key] = ImageSet(store, cache, classes, opts, run.model, passes,
+                                         out.require_group(f"baselines/{job.store}"))
                 images, first = sets[key], next(iter(sets.values()))
                 figures.out["baselines"] = first.baseline_figures
                 _map_metrics(figures, images, store, job.store, out, own_baselines=images is not first)
                 for aggregator in aggregators:
                     _template_metrics(figures, images, run.dir.template(job.store, aggregator), f"{job.store}-{aggregator}")
-                _explainer_metrics(figures, run, job, store, cache, classes)
-        _run_metrics(figures, run, cache, classes)
+                _explainer_metrics(figures, run, job, store, cache, classes, passes)
+        _run_metrics(figures, run, cache, classes, passes)
         out.attrs["classes"] = list(classes)
     run.dir.update_metrics(figures.out)
     return {"explainers": list(figures.out["per_image"]),
             "sanity": {k: v["passes"] for k, v in figures.out.get("sanity", {}).items()},
             "reliance": {c: v["relies_on_lesion"] for c, v in figures.out.get("reliance", {}).items()},
             "not_measured": figures.out["not_measured"]}
+
+
+def model_executor(run: Run) -> ModelExecutor:
+    """The run's model passes on the run's executor (started on first use): the driver's model
+    here, ``model.keras`` on a cluster's workers."""
+    model_file = ModelFile(str(run.dir.model), run.model_sha256(), run.unsafe_load)
+    return ModelExecutor(run.executor, run.model, load=model_file, load_key=model_file.key)
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """The run's ``model.keras`` as a cluster worker loads it: checked against the digest the
+    driver read. Its :attr:`key` is the explain stage's, so a worker that explained keeps the
+    same loaded model for the quality passes."""
+
+    path: str
+    sha256: str
+    unsafe: bool
+
+    @property
+    def key(self) -> tuple:
+        return ("model", self.path, self.sha256, self.unsafe)
+
+    def __call__(self) -> Any:
+        from ..io.modelfile import load_model, model_sha256
+
+        if model_sha256(self.path) != self.sha256:
+            raise StoreError(f"{self.path} on this worker is not the model being measured "
+                             "(another file, or it changed during the run)")
+        return load_model(self.path, unsafe=self.unsafe)
 
 
 class Figures:
@@ -167,8 +206,8 @@ class ImageSet:
     every explainer that explained the same images for the same targets."""
 
     def __init__(self, store: HeatmapStore, cache: ImageCache, classes: list[str], opts: dict[str, Any],
-                 model: Callable[[], Any], out: h5py.Group) -> None:
-        self.classes, self.opts, self.model, self.out = classes, opts, model, out
+                 model: Callable[[], Any], passes: ModelExecutor, out: h5py.Group) -> None:
+        self.classes, self.opts, self.model, self.passes, self.out = classes, opts, model, passes, out
         self.seed = opts["seed"]
         self.size = store.shape[1]
         self.segmented: set[int] = set()
@@ -208,7 +247,8 @@ class ImageSet:
         return Inputs({"images": data["images"][pick], "lung": data["lung"][pick],
                        "lesion": None if data["lesion"] is None else data["lesion"][pick],
                        "prior": self.priors.get(k), "targets": np.full(n, k), "labels": np.full(n, k),
-                       "class_names": self.classes, "seed": self.seed, **given}, model=self.model)
+                       "class_names": self.classes, "seed": self.seed, "executor": self.passes, **given},
+                      model=self.model)
 
     def baselines(self, name: str, metric: MapMetric, k: int) -> dict[str, dict[str, np.ndarray]]:
         """The per-image scores of the uninformed maps ``metric`` names, on class ``k``'s images
@@ -363,7 +403,7 @@ def _template_metrics(figures: Figures, images: ImageSet, path: Path, name: str)
 
 
 def _explainer_metrics(figures: Figures, run: Run, job: Any, store: HeatmapStore, cache: ImageCache,
-                       classes: list[str]) -> None:
+                       classes: list[str], passes: ModelExecutor) -> None:
     """Every ``explainer`` metric on the rows it selects of the store, with the store's own
     explainer, layer and target."""
     for metric_name, metric in figures.of("explainer"):
@@ -372,14 +412,14 @@ def _explainer_metrics(figures: Figures, run: Run, job: Any, store: HeatmapStore
         inputs = Inputs({"images": cache.read(cache.rows_of([store.ids[r] for r in rows]))["images"],
                          "targets": store.targets[rows], "labels": store.labels[rows], "class_names": classes,
                          "explainer": job.explainer, "layer": store.layer, "target": job.target,
-                         "train_seed": run.cfg["train"]["seed"], "seed": run.cfg["quality"]["seed"]},
-                        model=run.model)
+                         "train_seed": run.cfg["train"]["seed"], "seed": run.cfg["quality"]["seed"],
+                         "executor": passes}, model=run.model)
         values = figures.evaluate(metric_name, metric, metric.evaluate, inputs)
         if values is not None:
             figures.merge(metric, (job.store,), values)
 
 
-def _run_metrics(figures: Figures, run: Run, cache: ImageCache, classes: list[str]) -> None:
+def _run_metrics(figures: Figures, run: Run, cache: ImageCache, classes: list[str], passes: ModelExecutor) -> None:
     """Every ``run`` metric on the images of the explained splits (a study that chooses on the
     validation split must not read the test split)."""
     metrics = figures.of("run")
@@ -407,7 +447,8 @@ def _run_metrics(figures: Figures, run: Run, cache: ImageCache, classes: list[st
             if changes and set(changes) <= set(dataset.counterfactuals) else None
         inputs = Inputs({"images": block["images"], "labels": cache.labels[rows], "lesion": block["lesion"],
                          "class_names": classes, "twins": twins, "split": "+".join(splits),
-                         "seed": run.cfg["quality"]["seed"]}, model=run.model, lung=lambda: lungs(block))
+                         "seed": run.cfg["quality"]["seed"], "executor": passes}, model=run.model,
+                        lung=lambda: lungs(block))
         values = figures.evaluate(metric_name, metric, metric.evaluate, inputs)
         if values is not None:
             figures.out[metric.key] = values

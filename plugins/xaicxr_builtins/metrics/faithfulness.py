@@ -6,6 +6,7 @@ as the pixels are removed most relevant first (deletion: a faithful map makes it
 kept most relevant first (insertion: rise early), at ``fractions`` evenly spaced fractions of the
 image. Each AUC stands next to the same curves of uninformed orders (``faithfulness_baselines``:
 ``uniform`` is a random order) on the same images, paired (:mod:`xaicxr.analysis.faithfulness`).
+The forward passes go through the run's executor (one task per batch of perturbed images).
 """
 
 from __future__ import annotations
@@ -66,11 +67,14 @@ class Faithfulness(MapMetric):
         self.baselines = tuple(self.faithfulness_baselines)
 
     def scores(self, maps: np.ndarray, images: np.ndarray, model: Any, targets: np.ndarray,
-               seed: int = 0) -> dict[str, np.ndarray]:
+               seed: int = 0, executor: Any = None) -> dict[str, np.ndarray]:
+        """Per fill, the curves and their AUCs; ``executor`` (the run's) computes the forward
+        passes."""
         out = {}
         for fill in self.fills:
             curves = perturbation_curves(model, images, np.ascontiguousarray(maps), targets, fill=fill,
-                                         fractions=np.linspace(0, 1, self.fractions), seed=seed)
+                                         fractions=np.linspace(0, 1, self.fractions), seed=seed,
+                                         executor=executor)
             for part in CURVES:
                 out[f"{fill}/{part}"] = curves[part]
                 out[f"{fill}/{part}_auc"] = curves[f"{part}_auc"]

@@ -3,8 +3,8 @@
 The cascading model-parameter randomisation test (Adebayo et al. 2018), its reference level (two
 different images' trained maps) and the random-logit test (Sixt et al. 2020), on a class-balanced
 sample of ``randomisation_images`` explained images, re-explained with the store's own explainer,
-layer and target (:mod:`xaicxr.analysis.randomisation`). Its one-line verdict goes to
-``metrics.json`` ``sanity``.
+layer and target (:mod:`xaicxr.analysis.randomisation`), through the run's executor. Its one-line
+verdict goes to ``metrics.json`` ``sanity``.
 """
 
 from __future__ import annotations
@@ -43,10 +43,12 @@ class Randomisation(Metric):
 
     def evaluate(self, model: Any, explainer: Any, images: np.ndarray, targets: np.ndarray, labels: np.ndarray,
                  class_names: list[str], layer: str, train_seed: int, target: Any = None,
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, executor: Any = None) -> dict[str, Any]:
+        """The test's figures; ``executor`` (the run's) runs the cascade, a span of images per
+        task."""
         result = randomisation_test(model, explainer, images[..., None], targets, labels, class_names,
                                     layer=layer, train_seed=train_seed, draw=self.randomisation_draw, seed=seed,
-                                    target=target)
+                                    target=target, executor=executor)
         result["cascade"] = result.pop("steps")
         return result
 

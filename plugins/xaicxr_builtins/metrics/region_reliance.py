@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from xaicxr.analysis.region_reliance import region_reliance
+from xaicxr.executors.model_passes import ModelExecutor
 from xaicxr.io import html
 from xaicxr.plugins import Metric, ReportPart
 from xaicxr.plugins.fill import make_fill
-from xaicxr.plugins.metric import predict_probabilities
 
 
 class RegionReliance(Metric):
@@ -44,7 +44,11 @@ class RegionReliance(Metric):
         self._made = {name: make_fill(name) for name in fills}
 
     def evaluate(self, model: Any, images: np.ndarray, lesion: np.ndarray, lung: np.ndarray, labels: np.ndarray,
-                 class_names: list[str], split: str = "", seed: int = 0) -> dict[str, Any]:
+                 class_names: list[str], split: str = "", seed: int = 0,
+                 executor: ModelExecutor | None = None) -> dict[str, Any]:
+        """Per class; the filled images are made here, their predictions computed by
+        ``executor`` (the run's)."""
+        predict = (executor or ModelExecutor.in_process(model)).predict
         has_region = lesion.reshape(len(lesion), -1).any(axis=1)
         rng = np.random.default_rng(seed)
         out: dict[str, Any] = {}
@@ -57,7 +61,7 @@ class RegionReliance(Metric):
                 continue
             if len(rows) > self.region_images:
                 rows = np.sort(rng.choice(rows, self.region_images, replace=False))
-            figures = region_reliance(lambda x: predict_probabilities(model, x), images[rows], lesion[rows],
+            figures = region_reliance(predict, images[rows], lesion[rows],
                                       lung[rows], k, self._made, regions=self.random_regions, margin=self.region_margin,
                                       seed=seed + k)
             out[cls] = {"has_region": True, **figures, "split": split}

@@ -4,7 +4,7 @@ Every explained image is re-made by its dataset with the lesion removed and with
 only inside its mask (datasets that can: the phantoms); the accuracy and the class-probability
 drop on those twins say, per class, whether the lesion is the model's evidence
 (:mod:`xaicxr.analysis.reliance`). Where it is not, a localisation figure of that class does not
-test the explainer.
+test the explainer. The predictions go through the run's executor.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from xaicxr.analysis.reliance import reliance_figures
+from xaicxr.executors.model_passes import ModelExecutor
 from xaicxr.io import html
 from xaicxr.plugins import Metric, ReportPart
-from xaicxr.plugins.metric import predict_probabilities
 
 CHANGES = ("lesion_removed", "lesion_in_mask_only")
 
@@ -33,11 +33,12 @@ class Reliance(Metric):
 
     def evaluate(self, model: Any, images: np.ndarray, twins: Mapping[str, np.ndarray], labels: np.ndarray,
                  class_names: list[str], lesion: np.ndarray | None = None, split: str = "",
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, executor: ModelExecutor | None = None) -> dict[str, Any]:
         has_lesion = (lesion.reshape(len(images), -1).any(axis=1) if lesion is not None
                       else np.zeros(len(images), bool))
-        probs = {"original": predict_probabilities(model, images),
-                 **{change: predict_probabilities(model, twins[change]) for change in self.changes}}
+        predict = (executor or ModelExecutor.in_process(model)).predict
+        probs = {"original": predict(images),
+                 **{change: predict(twins[change]) for change in self.changes}}
         figures = reliance_figures(labels, probs["original"], probs["lesion_removed"], probs["lesion_in_mask_only"],
                                    class_names, has_lesion, seed=seed)
         return {cls: {**f, "split": split} for cls, f in figures.items()}

@@ -76,12 +76,12 @@ class TemplateFaithfulness(Metric):
         self.template_draws = template_draws
 
     def evaluate(self, template: np.ndarray, images: np.ndarray, lung: np.ndarray, model: Any,
-                 targets: np.ndarray, seed: int = 0) -> dict[str, Any]:
+                 targets: np.ndarray, seed: int = 0, executor: Any = None) -> dict[str, Any]:
         if not np.ptp(template) > 0:
             return {}
         fill = self.fills[0]
         result = template_faithfulness(model, images, targets, template, lung, q=self.template_q, fill=fill,
-                                       draws=self.template_draws, seed=seed)
+                                       draws=self.template_draws, seed=seed, executor=executor)
         return {"faithfulness": {
             "q": self.template_q, "fill": fill,
             "template_drop": bootstrap_mean(result["template_drop"], seed=seed),

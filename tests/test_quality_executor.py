@@ -181,3 +181,22 @@ def test_a_study_starts_one_cluster_for_all_its_variants(shared_runs, tmp_path, 
     assert all("explain" in row["stages_run"] for row in variants), "each variant used the executor"
     assert len(counting_cluster.started) == 1, "one cluster for the study, not one per variant"
     assert counting_cluster.closed == counting_cluster.started
+
+
+def test_filled_passes_fill_each_row_as_the_fill_plugin_does_whatever_the_spans():
+    """Region reliance fills and scores on the executor: a row's fill (ROAD noise from (seed,
+    row, 0), blur from the whole set's prepared values) does not depend on how rows are cut."""
+    import numpy as np
+
+    from xaicxr.plugins import get
+
+    rng = np.random.default_rng(0)
+    images = rng.random((7, 16, 16)).astype(np.float32)
+    removed = rng.random(images.shape) < 0.3
+    model = lambda x, training=False: np.asarray(x).reshape(len(x), -1)[:, :3]  # noqa: E731  first pixels as "scores"
+    passes = ModelExecutor(LocalExecutor, model=lambda: model)
+    for fill in (get("fill", "road")(noise=0.05), get("fill", "blur")(sigma=20.0)):
+        whole = fill.fill(images, removed, seed=4).reshape(7, -1)[:, :3]
+        np.testing.assert_allclose(passes.predict_filled(images, removed, fill, 4, batch_size=3), whole, atol=2e-4)
+        np.testing.assert_array_equal(passes.predict_filled(images, removed, fill, 4, batch_size=3),
+                                      passes.predict_filled(images, removed, fill, 4, batch_size=3))

@@ -79,15 +79,24 @@ def paired_two_level(region_drops: np.ndarray, random_drops: np.ndarray, *, seed
     return estimate(per_image.mean(), np.percentile(replicates, 2.5), np.percentile(replicates, 97.5), n)
 
 
+def filled_in_process(probability: Callable[[np.ndarray], np.ndarray]) -> Callable[..., np.ndarray]:
+    """``filled(images, removed, fill, seed)`` -> (N, C): the images filled and scored here,
+    the noise of row i drawn from ``(seed, i, 0)`` as :meth:`Fill.fill` does."""
+    return lambda images, removed, fill, seed: probability(fill.fill(images, removed, seed=seed))
+
+
 def region_reliance(probability: Callable[[np.ndarray], np.ndarray], images: np.ndarray, region: np.ndarray,
                     lung: np.ndarray, k: int, fills: dict[str, Any], *, regions: int, margin: float,
-                    seed: int = 0) -> dict[str, Any]:
+                    seed: int = 0, filled: Callable[..., np.ndarray] | None = None) -> dict[str, Any]:
     """One class's figures on its images (N, H, W) with their annotated ``region`` masks and
     ``lung`` fields: per fill, the drop of the class-``k`` probability when the region is filled,
     when same-area random lung regions are, and their paired difference; ``relies_on_region``
     when the difference's lower 95 % bound exceeds ``margin`` for every fill.
 
-    ``probability(images)`` -> (N, C); ``fills`` ``{name: Fill}``."""
+    ``probability(images)`` -> (N, C); ``fills`` ``{name: Fill}``; ``filled(images, removed,
+    fill, seed)`` -> (N, C) fills and scores (:func:`filled_in_process` by default; the metric
+    passes one that does both on the run's executor)."""
+    filled = filled or filled_in_process(probability)
     rng = np.random.default_rng(seed)
     placed = [random_regions(r, l, regions, rng) for r, l in zip(region, lung)]
     usable = np.array([len(p) > 0 for p in placed])
@@ -106,11 +115,11 @@ def region_reliance(probability: Callable[[np.ndarray], np.ndarray], images: np.
     slot = np.concatenate([np.arange(len(p)) for p in placed])
     out["fills"] = {}
     for name, fill in fills.items():
-        filled = probability(fill.fill(images, region, seed=seed))[:, k]
-        shifted = probability(fill.fill(images[owner], np.concatenate(placed), seed=seed + 1))[:, k]
+        on_region = filled(images, region, fill, seed)[:, k]
+        shifted = filled(images[owner], np.concatenate(placed), fill, seed + 1)[:, k]
         random_drops = np.full((len(images), regions), np.nan)
         random_drops[owner, slot] = original[owner] - shifted
-        region_drops = original - filled
+        region_drops = original - on_region
         out["fills"][name] = {
             "drop_region": bootstrap_mean(region_drops, seed=seed),
             "drop_random": bootstrap_mean(np.nanmean(random_drops, axis=1), seed=seed),

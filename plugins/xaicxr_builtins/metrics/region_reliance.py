@@ -46,9 +46,8 @@ class RegionReliance(Metric):
     def evaluate(self, model: Any, images: np.ndarray, lesion: np.ndarray, lung: np.ndarray, labels: np.ndarray,
                  class_names: list[str], split: str = "", seed: int = 0,
                  executor: ModelExecutor | None = None) -> dict[str, Any]:
-        """Per class; the filled images are made here, their predictions computed by
-        ``executor`` (the run's)."""
-        predict = (executor or ModelExecutor.in_process(model)).predict
+        """Per class; the images are filled and scored by ``executor`` (the run's), in spans."""
+        passes = executor or ModelExecutor.in_process(model)
         has_region = lesion.reshape(len(lesion), -1).any(axis=1)
         rng = np.random.default_rng(seed)
         out: dict[str, Any] = {}
@@ -61,9 +60,9 @@ class RegionReliance(Metric):
                 continue
             if len(rows) > self.region_images:
                 rows = np.sort(rng.choice(rows, self.region_images, replace=False))
-            figures = region_reliance(predict, images[rows], lesion[rows],
-                                      lung[rows], k, self._made, regions=self.random_regions, margin=self.region_margin,
-                                      seed=seed + k)
+            figures = region_reliance(passes.predict, images[rows], lesion[rows], lung[rows], k, self._made,
+                                      regions=self.random_regions, margin=self.region_margin, seed=seed + k,
+                                      filled=passes.predict_filled)
             out[cls] = {"has_region": True, **figures, "split": split}
         return out
 

@@ -119,7 +119,7 @@ def _verdict(metrics: dict[str, Any]) -> list[str]:
     said = verdicts(metrics)
     if not said:
         return []
-    rows = [[cls, _reliance_cell(v), _explainer_cell(v["explainers"]),
+    rows = [[cls, _reliance_cell(v), _explainer_cell(v["explainers"], v["sanity"]),
              _sanity_cell(v["sanity"], v["explainers"]["beating"]), _shortcut_cell(v["shortcut"])]
             for cls, v in said.items()]
     regions = any(v["reliance_source"] == "region_reliance" for v in said.values())
@@ -148,13 +148,19 @@ def _reliance_cell(verdict: dict[str, Any]) -> html.Raw:
     return _mark(NOT_MEASURABLE, "none", verdict["reliance_why"])
 
 
-def _explainer_cell(explainers: dict[str, Any]) -> html.Raw:
+def _explainer_cell(explainers: dict[str, Any], sanity: dict[str, Any]) -> html.Raw:
+    """Green only for a setting that beats the uninformed maps *and* passes the randomisation
+    test: a map that survives the randomisation of the model does not show the model's evidence,
+    however well it points."""
     if explainers["figure"] is None:
         return _mark("not measured", "none", explainers["why"])
     if explainers["best"] is None:
         return _mark("none", "bad" if explainers["tests_explainer"] else "none", explainers["why"])
     also = explainers["beating"][1:]
     name = explainers["best"] + (f" (also {', '.join(also)})" if also else "")
+    passing = [s for s in explainers["beating"] if (sanity.get(s) or {}).get("passes")]
+    if not passing and sanity:
+        return _mark(name + ", but it fails the randomisation test", "none", explainers["why"])
     return _mark(name, "good" if explainers["tests_explainer"] else "none", explainers["why"])
 
 

@@ -147,23 +147,28 @@ def test_iou_at_a_threshold_and_the_iobb_of_a_map_against_a_box():
     assert iobb(inside, truth)[0] == 1.0 and iou_at(inside, truth, 0.5)[0] == pytest.approx(0.16)
     assert iobb(spread, truth)[0] == 0.5 and iou_at(spread, truth, 0.5)[0] == pytest.approx(0.5)
     assert iobb(np.zeros((1, 20, 20)), truth)[0] == 0.0
+    offset = spread + 0.6                  # a CAM's ReLU keeps an offset: min-max first, as CheXlocalize does
+    assert iou_at(offset, truth, 0.5)[0] == pytest.approx(0.5) and iobb(offset, truth)[0] == 0.5
     targets = Targets(np.repeat(truth, 2, 0), None, 0.0)
     figures = class_figures(targets.scores(np.concatenate([inside, spread])), targets)
     assert figures["iobb_hit_50"]["value"] == 1.0 and figures["iobb_hit_50"]["n"] == 2
     assert figures["iou_50"]["value"] == pytest.approx(0.33)
 
 
-def test_random_regions_keep_shape_and_area_lie_in_the_lungs_and_off_the_region():
-    region = np.zeros((40, 40), bool)
-    region[5:10, 5:12] = True
+def test_random_regions_keep_shape_and_area_match_the_lung_share_and_lie_off_the_region():
     lung = np.zeros((40, 40), bool)
     lung[15:38, 10:35] = True
-    placed = random_regions(region, lung, 6, np.random.default_rng(0))
-    assert len(placed) == 6
-    for shifted in placed:
-        assert shifted.sum() == region.sum()
-        assert (shifted & lung).sum() >= 0.5 * region.sum() and (shifted & region).sum() <= 0.25 * region.sum()
-    assert len(random_regions(region, np.zeros_like(lung), 6, np.random.default_rng(0))) == 0
+    in_lung = np.zeros((40, 40), bool)
+    in_lung[20:25, 15:22] = True
+    outside = np.zeros((40, 40), bool)
+    outside[2:7, 2:9] = True             # a "heart box" beside the lungs: compared with what else lies outside
+    for region, share in ((in_lung, 1.0), (outside, 0.0)):
+        placed = random_regions(region, lung, 6, np.random.default_rng(0))
+        assert len(placed) == 6
+        for shifted in placed:
+            assert shifted.sum() == region.sum() and (shifted & region).sum() <= 0.25 * region.sum()
+            assert abs((shifted & lung).sum() / region.sum() - share) <= 0.2
+    assert len(random_regions(in_lung, np.zeros_like(lung), 6, np.random.default_rng(0))) == 0
 
 
 def test_the_two_level_interval_carries_placement_variance():
@@ -200,7 +205,10 @@ def test_region_reliance_tells_a_model_reading_the_region_from_one_reading_elsew
                                 regions=6, margin=0.02)
     elsewhere = region_reliance(_Spot(slice(0, 3), slice(0, 3)), images, region, lung, 1, fills,
                                 regions=6, margin=0.02)
-    assert on_region["relies_on_region"] is True
+    assert on_region["relies_on_region"] is True and on_region["n"] == n
+    few = region_reliance(_Spot(slice(10, 16), slice(10, 16)), images[:4], region[:4], lung[:4], 1, fills,
+                          regions=6, margin=0.02)
+    assert few["relies_on_region"] is None and "fewer than 10" in few["note"]  # 4 images decide nothing
     assert on_region["fills"]["blur"]["difference"]["ci95"][0] > 0.3
     assert elsewhere["relies_on_region"] is False
     assert abs(elsewhere["fills"]["blur"]["difference"]["value"]) < 0.02
@@ -215,6 +223,7 @@ def test_a_run_on_annotated_real_style_films_measures_region_reliance_and_box_lo
                  "difficulty": None},
         split={"test": 0.5, "val": 0.25},
         quality={"metrics": ["region-reliance", "localisation"], "region_images": 4, "random_regions": 3,
+                 "region_min_images": 2,
                  "region_fills": ["blur"]}))
     result = CliRunner().invoke(app, ["run", str(config), "--out", str(tmp_path / "run"), "--json"])
     assert result.exit_code == 0, result.output
@@ -233,3 +242,32 @@ def test_a_run_on_annotated_real_style_films_measures_region_reliance_and_box_lo
     report = (tmp_path / "run" / "report" / "index.html").read_text()
     assert "Does the model rely on the annotated region?" in report
     assert "Without a lesion annotation only the lung energy is measured: normal 0." in report  # no row of dashes
+
+
+def test_odd_annotation_files_are_clear_errors_not_tracebacks_or_guesses(tmp_path):
+    from xaicxr.errors import DataError
+
+    root = _films(tmp_path / "films")
+    (root / "boxes.csv").write_text("file,finding,x,y,w,h\nfinding/f0.png,Mass,1,1,2,2,extra\n")
+    with pytest.raises(DataError, match="line 2 has more fields than its header"):
+        _folder(path=str(root), boxes="boxes.csv").scan()
+    (root / "boxes.csv").write_text("file,finding,x,y,w,h\n./finding/f0.png,Mass,1,1,2,2\n")
+    assert {r.id: r for r in _folder(path=str(root), boxes="boxes.csv").scan().records}["finding/f0.png"].boxes
+    (root / "normal" / "f0.png").write_bytes((root / "finding" / "f0.png").read_bytes())
+    (root / "boxes.csv").write_text("file,finding,x,y,w,h\nf0.png,Mass,1,1,2,2\n")  # which f0.png?
+    with pytest.raises(DataError, match="names 'f0.png' without its folder, and 2 images"):
+        _folder(path=str(root), boxes="boxes.csv").scan()
+
+
+def test_a_mask_of_another_shape_is_refused_and_an_unannotated_external_set_is_read(tmp_path):
+    root = _films(tmp_path / "films")
+    Image.fromarray(np.zeros((HEIGHT, HEIGHT), np.uint8), "L").save(root / "masks" / "lung" / "f0.png")
+    record = {r.id: r for r in _folder(path=str(root), lung_masks="masks/lung").scan().records}["finding/f0.png"]
+    assert "not the image's 64 x 48" in decode(record, 32).error
+    other = tmp_path / "other"
+    for label in ("finding", "normal"):
+        (other / label).mkdir(parents=True)
+        Image.fromarray(np.zeros((HEIGHT, WIDTH), np.uint8), "L").save(other / label / "x.png")
+    external = _folder(path=str(root), boxes="boxes.csv", lung_masks="masks/lung",
+                       patients="findings.csv:patient").external(str(other)).scan()
+    assert len(external.records) == 2 and all(r.boxes is None and r.lung_mask is None for r in external.records)

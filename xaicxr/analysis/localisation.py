@@ -13,10 +13,11 @@ Every function takes maps (N, H, W) and masks (N, H, W) bool and returns one val
   the lesion's share of the lungs it is the **lung lift** (1 = a map spread evenly over the
   lungs, which is what a model that merely "looks at the lungs" earns: lesions lie in the lungs).
 - **mIoU**: IoU of the Otsu-thresholded map with the lesion (as CheXlocalize thresholds maps).
-- **IoU at thresholds** (CheXlocalize's segmentation of a map by a fixed threshold): IoU of the
-  pixels at or above ``t`` times the map's maximum with the lesion, ``t`` in :data:`IOU_THRESHOLDS`.
-- **IoBB hit rate** (Wang et al. CVPR 2017, "ChestX-ray8"): the map thresholded at half its
-  maximum, the bounding box of its connected region holding the maximum, and the share of that
+- **IoU at thresholds** (CheXlocalize's segmentation of a map by a fixed threshold): the map
+  min-max normalised, then IoU of the pixels at or above ``t`` with the lesion, ``t`` in
+  :data:`IOU_THRESHOLDS`.
+- **IoBB hit rate** (in the style of Wang et al. CVPR 2017, "ChestX-ray8", who box every
+  region of a cut map): the min-max normalised map cut at half, the bounding box of its connected region holding the maximum, and the share of that
   box covered by the ground truth (intersection over the detected box); a hit when it reaches
   ``T`` in :data:`IOBB_THRESHOLDS`. It forgives a box that is too small, so it is read beside
   the IoU.
@@ -93,10 +94,20 @@ def otsu_iou(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return out
 
 
-def iou_at(maps: np.ndarray, masks: np.ndarray, threshold: float) -> np.ndarray:
-    """Per map: IoU with the mask of the pixels at or above ``threshold`` times its maximum (0
-    for a map without a positive maximum)."""
+def min_max(maps: np.ndarray) -> np.ndarray:
+    """Each map rescaled to [0, 1] by its own minimum and maximum (CheXlocalize normalises so
+    before cutting, Wang et al. rescale to [0, 255]); a flat map becomes all zeros."""
     flat = np.asarray(maps, np.float64).reshape(len(maps), -1)
+    low, high = flat.min(axis=1, keepdims=True), flat.max(axis=1, keepdims=True)
+    span = high - low
+    out = np.divide(flat - low, span, out=np.zeros_like(flat), where=span > EPS)
+    return out.reshape(np.shape(maps))
+
+
+def iou_at(maps: np.ndarray, masks: np.ndarray, threshold: float) -> np.ndarray:
+    """Per map: IoU with the mask of the pixels at or above ``threshold`` of the min-max
+    normalised map (0 for a flat map)."""
+    flat = min_max(maps).reshape(len(maps), -1)
     truth = np.asarray(masks, bool).reshape(len(maps), -1)
     peak = flat.max(axis=1, keepdims=True)
     region = (flat >= threshold * peak) & (peak > EPS)
@@ -106,10 +117,11 @@ def iou_at(maps: np.ndarray, masks: np.ndarray, threshold: float) -> np.ndarray:
 
 def iobb(maps: np.ndarray, masks: np.ndarray, cut: float = BOX_CUT) -> np.ndarray:
     """Per map: the share of its detected box inside the mask (Wang et al.'s intersection over
-    the detected bounding box); the box bounds the connected region, at or above ``cut`` times
-    the maximum, that holds the maximum. 0 for a map without a positive maximum."""
+    the detected bounding box, in the style of their box from a cut map); the box bounds the
+    connected region, at or above ``cut`` of the min-max normalised map, that holds the maximum.
+    0 for a flat map."""
     out = np.zeros(len(maps))
-    for i, (m, mask) in enumerate(zip(np.asarray(maps, np.float64), np.asarray(masks, bool))):
+    for i, (m, mask) in enumerate(zip(min_max(maps), np.asarray(masks, bool))):
         top = m.max()
         if top <= EPS:
             continue

@@ -3,8 +3,8 @@ twin can be rendered.
 
 The region an expert marked (a box or a mask) is filled (ROAD's imputation, or blur) and the
 class probability's drop is compared, image by image, with the drop when a region of the same
-shape and area, placed at random inside the lungs and away from the marked one, is filled the
-same way. A model whose evidence is the finding loses more when the finding goes than when the
+shape and area, placed at random away from the marked one with about the same share of lung
+(inside the lungs for a lesion in the lungs), is filled the same way. A model whose evidence is the finding loses more when the finding goes than when the
 same amount of lung goes; a model that reads something else (the film's source, text marks,
 the heart's size for a lung finding) loses about the same either way. The comparison is paired
 per image, and its interval resamples both the images and each image's random placements.
@@ -22,30 +22,36 @@ import numpy as np
 
 from .intervals import BOOTSTRAP, bootstrap_mean, estimate
 
-MIN_LUNG_SHARE = 0.5
-"""A random region counts when at least this share of it lies in the lungs..."""
+LUNG_SHARE_TOLERANCE = 0.2
+"""A random region counts when its share of lung is within this of the annotated region's own
+(a lesion in the lungs is compared with lung, a heart box with what else lies beside the lungs:
+filling bright mediastinum and filling lung are not the same change)..."""
 MAX_OVERLAP = 0.25
 """...and at most this share of it overlaps the annotated region."""
+MIN_IMAGES = 10
+"""Fewer images than this with a placement: reliance is not decided (a percentile interval of a
+handful of images is its extremes)."""
 TRIES = 400
 
 
 def random_regions(region: np.ndarray, lung: np.ndarray, count: int, rng: np.random.Generator, *,
-                   min_lung_share: float = MIN_LUNG_SHARE, max_overlap: float = MAX_OVERLAP,
+                   tolerance: float = LUNG_SHARE_TOLERANCE, max_overlap: float = MAX_OVERLAP,
                    tries: int = TRIES) -> np.ndarray:
-    """(k, H, W) bool, k <= ``count``: ``region`` shifted to random places that lie mostly in the
-    lungs and mostly off the region itself (same shape, same area; fewer than ``count`` when the
-    lungs leave no such place)."""
+    """(k, H, W) bool, k <= ``count``: ``region`` shifted to random places whose share of lung
+    is within ``tolerance`` of the region's own and that lie mostly off the region itself (same
+    shape, same area; fewer than ``count`` when the image leaves no such place)."""
     ys, xs = np.nonzero(region)
     height, width = region.shape
     area = len(ys)
     found: list[np.ndarray] = []
     if not area or not lung.any():
         return np.zeros((0, height, width), bool)
+    own_share = lung[ys, xs].sum() / area
     dy = rng.integers(-ys.min(), height - ys.max(), size=tries)
     dx = rng.integers(-xs.min(), width - xs.max(), size=tries)
     for oy, ox in zip(dy, dx):
         ty, tx = ys + oy, xs + ox
-        if lung[ty, tx].sum() < min_lung_share * area or region[ty, tx].sum() > max_overlap * area:
+        if abs(lung[ty, tx].sum() / area - own_share) > tolerance or region[ty, tx].sum() > max_overlap * area:
             continue
         shifted = np.zeros_like(region, dtype=bool)
         shifted[ty, tx] = True
@@ -87,7 +93,8 @@ def filled_in_process(probability: Callable[[np.ndarray], np.ndarray]) -> Callab
 
 def region_reliance(probability: Callable[[np.ndarray], np.ndarray], images: np.ndarray, region: np.ndarray,
                     lung: np.ndarray, k: int, fills: dict[str, Any], *, regions: int, margin: float,
-                    seed: int = 0, filled: Callable[..., np.ndarray] | None = None) -> dict[str, Any]:
+                    seed: int = 0, filled: Callable[..., np.ndarray] | None = None,
+                    min_images: int = MIN_IMAGES) -> dict[str, Any]:
     """One class's figures on its images (N, H, W) with their annotated ``region`` masks and
     ``lung`` fields: per fill, the drop of the class-``k`` probability when the region is filled,
     when same-area random lung regions are, and their paired difference; ``relies_on_region``
@@ -126,4 +133,8 @@ def region_reliance(probability: Callable[[np.ndarray], np.ndarray], images: np.
             "difference": paired_two_level(region_drops, random_drops, seed=seed)}
     lows = [f["difference"]["ci95"][0] for f in out["fills"].values()]
     out["relies_on_region"] = bool(all(lo is not None and lo > margin for lo in lows))
+    if out["n"] < min_images:
+        out["relies_on_region"] = None
+        out["note"] = (f"{out['n']} image(s) with room for a matched random region, fewer than {min_images}: "
+                       "not decided")
     return out

@@ -80,7 +80,7 @@ def _evidence(verdict: dict[str, Any]) -> str:
     drop = verdict.get("reliance_estimate")
     if drop is None:
         return verdict["reliance_why"]
-    beyond = " beyond random lung regions" if verdict["reliance_source"] == "region_reliance" else ""
+    beyond = " beyond matched random regions" if verdict["reliance_source"] == "region_reliance" else ""
     return f"probability drop {describe(drop)}{beyond}"
 
 
@@ -109,11 +109,11 @@ def _reliance(metrics: dict[str, Any], cls: str) -> dict[str, Any]:
         fills = {fill: f.get("difference") for fill, f in (region.get("fills") or {}).items() if f.get("difference")}
         if region.get("relies_on_region") is None or not fills:
             return _said(NOT_MEASURABLE, None, region.get("note") or "the annotated regions could not be compared "
-                                                                      "with random lung regions")
+                                                                      "with matched random regions")
         relies = bool(region["relies_on_region"])
         differences = ", ".join(f"{describe(d)} ({fill})" for fill, d in fills.items())
         why = (f"filling the annotated region lowers the class probability by {differences} more than filling "
-               f"same-area random lung regions (n = {region.get('n')})")
+               f"same-area random regions with its share of lung (n = {region.get('n')})")
         if not relies:
             why += f"; not clearly more than the margin {region.get('margin', 0)}"
         weakest = min(fills.values(), key=lambda d: _lower(d) if _lower(d) is not None else float("-inf"))
@@ -153,10 +153,15 @@ def _explainers(metrics: dict[str, Any], cls: str, reliance: dict[str, Any]) -> 
         out["why"] = f"{top}: {measured}"
     else:
         out["why"] = f"closest: {top}, {measured} (the best uninformed map)"
+    if len(out["skill"]) > 1:
+        out["why"] += f"; each of the {len(out['skill'])} settings judged on its own 95 % interval, not adjusted for their number"
     if reliance["reliance"] == DOES_NOT_RELY:
         out["tests_explainer"] = False
         out["why"] += (f"; the model does not rely on {_relied_on(reliance)} here, so localisation does not test "
                        "the explainer")
+    elif reliance["reliance"] == NOT_MEASURABLE:
+        out["tests_explainer"] = False
+        out["why"] += "; whether the model relies on the region is not measured, so this does not yet test the explainer"
     return out
 
 

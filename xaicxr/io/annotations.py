@@ -57,6 +57,8 @@ class Annotations:
     own_files: set[str] = field(default_factory=set)
     """Names directly under the dataset folder that are annotation files, not stray files."""
     bad_rows: list[Skipped] = field(default_factory=list)
+    matched_by_name: dict[str, list[str]] = field(default_factory=dict)
+    """Bare file names of the annotation files and the records they matched."""
 
     @classmethod
     def read(cls, root: Path, *, boxes: str | None = None, box_scale: float = 1.0,
@@ -91,7 +93,7 @@ class Annotations:
     def annotate(self, record: Record) -> Record:
         """``record`` with its boxes, masks and patient where the annotations have them."""
         changes: dict = {}
-        boxes = _lookup(self.boxes, record)
+        boxes = _lookup(self.boxes, record, self.matched_by_name)
         if boxes:
             changes["boxes"] = tuple(boxes)
         stem_path = PurePosixPath(record.id).with_suffix("").as_posix()
@@ -99,13 +101,20 @@ class Annotations:
             mask = files.get(stem_path) or files.get(PurePosixPath(record.id).stem)
             if mask is not None:
                 changes[f"{kind}_mask"] = mask
-        patient = _lookup(self.patients, record)
+        patient = _lookup(self.patients, record, self.matched_by_name)
         if patient:
             changes["patient"] = patient
         return replace(record, **changes) if changes else record
 
     def unused(self, records: Iterable[Record]) -> list[Skipped]:
-        """Bad box rows, and boxes of files that are not among the usable images."""
+        """Bad box rows, and boxes of files that are not among the usable images. A bare file
+        name that matched images in several folders is an error (which one was meant?)."""
+        ambiguous = {name: ids for name, ids in self.matched_by_name.items() if len(set(ids)) > 1}
+        if ambiguous:
+            name, ids = next(iter(ambiguous.items()))
+            raise DataError(f"folder dataset: an annotation names {name!r} without its folder, and "
+                            f"{len(set(ids))} images are called so ({', '.join(sorted(set(ids))[:3])}); "
+                            "give the path below the dataset folder in the file column")
         ids = set()
         for r in records:
             ids.update((r.id, PurePosixPath(r.id).name))
@@ -117,13 +126,25 @@ class Annotations:
         return out
 
 
+def _file_key(name: str) -> str:
+    """A ``file`` cell as a record id: a leading ``./`` dropped (not every leading dot)."""
+    return PurePosixPath(name.removeprefix("./")).as_posix()
+
+
 def _resolve(root: Path, name: str) -> Path:
     path = Path(name).expanduser()
     return path if path.is_absolute() else root / path
 
 
-def _lookup(table: dict, record: Record):
-    return table.get(record.id) or table.get(PurePosixPath(record.id).name)
+def _lookup(table: dict, record: Record, by_name: dict[str, list[str]] | None = None):
+    """``table``'s entry for the record's id, else for its bare file name (a file column without
+    folders); ``by_name`` collects which records a bare name matched, to refuse an ambiguous one."""
+    if record.id in table:
+        return table[record.id]
+    name = PurePosixPath(record.id).name
+    if name in table and by_name is not None:
+        by_name.setdefault(name, []).append(record.id)
+    return table.get(name)
 
 
 def _rows(path: Path) -> tuple[list[str], Iterable[tuple[int, dict[str, str]]]]:
@@ -138,6 +159,9 @@ def _rows(path: Path) -> tuple[list[str], Iterable[tuple[int, dict[str, str]]]]:
         with handle:
             try:
                 for line, row in enumerate(reader, start=2):
+                    if None in row:  # more fields than the header names
+                        raise DataError(f"folder dataset: {path} line {line} has more fields than its header "
+                                        f"({', '.join(columns)}); quote a file name that holds a comma")
                     yield line, {(k or "").strip(): (v or "").strip() for k, v in row.items()}
             except (UnicodeDecodeError, csv.Error) as exc:
                 raise DataError(f"folder dataset: cannot read {path}: {exc}") from None
@@ -164,7 +188,7 @@ def _read_boxes(path: Path, scale: float, bad: list[Skipped]) -> dict[str, list[
         if not row["file"]:
             bad.append(Skipped(f"{path}:{line}", "box row without a file"))
             continue
-        boxes[PurePosixPath(row["file"].lstrip("./")).as_posix()].append((x, y, w, h))
+        boxes[_file_key(row["file"])].append((x, y, w, h))
     return dict(boxes)
 
 
@@ -173,4 +197,4 @@ def _read_column(path: Path, column: str) -> dict[str, str]:
     for needed in ("file", column):
         if needed not in columns:
             raise DataError(f"folder dataset: {path} has no column {needed!r} (found {', '.join(columns) or 'none'})")
-    return {PurePosixPath(row["file"].lstrip("./")).as_posix(): row[column] for _, row in rows if row[column]}
+    return {_file_key(row["file"]): row[column] for _, row in rows if row[column]}

@@ -85,17 +85,17 @@ def _key(split: dict[str, list[str]], size: int, resize: str, mode: Mode = None,
 
 
 def _annotations(records: Sequence[Record]) -> list[tuple]:
-    """What the masks of the cache are made from, so that changed boxes or another mask folder
-    make a new cache: each record's boxes and its mask files' folder, name and size (the run's
-    own phantom masks move with a copied run directory, so no absolute path)."""
+    """What the masks of the cache are made from, so that changed boxes or a redrawn mask make a
+    new cache: each record's boxes and its mask files' folder, name and content digest (the
+    run's own phantom masks move with a copied run directory, so no absolute path or time)."""
     def file(path: Path | None) -> tuple | None:
         if path is None:
             return None
         try:
-            size = Path(path).stat().st_size
+            digest = hashlib.blake2b(Path(path).read_bytes(), digest_size=16).hexdigest()
         except OSError:
-            size = None
-        return Path(path).parent.name, Path(path).name, size
+            digest = None
+        return Path(path).parent.name, Path(path).name, digest
 
     return [(r.id, r.boxes, file(r.lesion_mask), file(r.lung_mask)) for r in records
             if r.boxes or r.lesion_mask is not None or r.lung_mask is not None]

@@ -570,5 +570,9 @@ def read_mask(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
     else:
         mask = gray > 0.0
     if shape is not None and tuple(shape) != mask.shape:
+        (height, width), (mask_height, mask_width) = shape, mask.shape
+        if abs(mask_width * height - width * mask_height) > max(width, height):  # aspect off by more than a pixel
+            raise ImageDecodeError(f"mask {Path(path).name} is {mask_width} x {mask_height}, not the image's "
+                                   f"{width} x {height} (nor a uniform scale of it)")
         mask = resize(mask.astype(np.float32), (int(shape[0]), int(shape[1])), "nearest") > 0.5
     return mask

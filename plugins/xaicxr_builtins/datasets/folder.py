@@ -56,8 +56,15 @@ class FolderDataset(Dataset):
         self.lesion_masks, self.lung_masks, self.patients = lesion_masks, lung_masks, patients
 
     def external(self, path: str) -> "FolderDataset":
+        """The same options on another folder; an annotation file or folder it does not have is
+        left out there (an external test set need not be annotated)."""
         clone = copy.copy(self)
         clone.path = path
+        for option in ("boxes", "lesion_masks", "lung_masks", "patients"):
+            value = getattr(clone, option)
+            name = value.rpartition(":")[0] if option == "patients" and value else value
+            if value and not (Path(name) if Path(name).is_absolute() else Path(path) / name).exists():
+                setattr(clone, option, None)
         return clone
 
     def scan(self, workdir: Path | None = None, progress: Progress | None = None) -> Scan:

@@ -26,10 +26,10 @@ class RegionReliance(Metric):
 
     key = "region_reliance"
     scope = "run"
-    title = "Does the model rely on the annotated region? (region filled vs. random lung regions)"
+    title = "Does the model rely on the annotated region? (region filled vs. matched random regions)"
 
     def __init__(self, region_fills: list[str] | None = None, random_regions: int = 8, region_images: int = 50,
-                 region_margin: float = 0.02) -> None:
+                 region_margin: float = 0.02, region_min_images: int = 10) -> None:
         fills = ["road", "blur"] if region_fills is None else list(region_fills)
         if not fills or len(set(fills)) != len(fills):
             raise ValueError(f"'region_fills' must name one or more distinct fill plugins, got {fills}")
@@ -40,7 +40,10 @@ class RegionReliance(Metric):
         if not (np.isfinite(region_margin) and 0 <= region_margin < 1):
             raise ValueError(f"'region_margin' must be a probability difference in [0, 1), got {region_margin}")
         self.region_fills, self.random_regions = fills, random_regions
+        if region_min_images < 2:
+            raise ValueError(f"'region_min_images' must be >= 2, got {region_min_images}")
         self.region_images, self.region_margin = region_images, region_margin
+        self.region_min_images = region_min_images
         self._made = {name: make_fill(name) for name in fills}
 
     def evaluate(self, model: Any, images: np.ndarray, lesion: np.ndarray, lung: np.ndarray, labels: np.ndarray,
@@ -62,7 +65,7 @@ class RegionReliance(Metric):
                 rows = np.sort(rng.choice(rows, self.region_images, replace=False))
             figures = region_reliance(passes.predict, images[rows], lesion[rows], lung[rows], k, self._made,
                                       regions=self.random_regions, margin=self.region_margin, seed=seed + k,
-                                      filled=passes.predict_filled)
+                                      filled=passes.predict_filled, min_images=self.region_min_images)
             out[cls] = {"has_region": True, **figures, "split": split}
         return out
 
@@ -74,20 +77,22 @@ class RegionReliance(Metric):
             if not r.get("has_region"):
                 continue
             for name, f in r.get("fills", {}).items():
-                rows.append([cls, name, r["n"], r.get("p_original"), f["drop_region"], f["drop_random"],
-                             f["difference"], r["relies_on_region"]])
+                rows.append([cls, name, r["n"], r.get("n_without_placement"), r.get("p_original"), f["drop_region"],
+                             f["drop_random"], f["difference"], r["relies_on_region"]])
         if not rows:
             return []
         return [f"<h2>{self.title}</h2>",
                 html.note("Each image's annotated region (the expert's box or mask) is filled, and so, in turn, are "
                           f"up to {next(iter(part.figures.values())).get('random_regions', '')} regions of the same "
-                          "shape placed at random in its lungs, away from the region. Difference: the region's drop "
+                          "shape placed at random away from the region with about its share of lung (within 0.2; in "
+                          "the lungs for a lesion in the lungs). Images without room for such a placement are left "
+                          "out, and counted. Difference: the region's drop "
                           "minus the random regions' mean drop, paired per image, 95 % interval over images and "
                           "placements. The model relies on the region when the difference's lower bound is above "
                           "the margin for every fill; where it does not, localisation figures of that class do not "
                           "test the explainer."),
-                html.table(["class", "fill", "n", "p (original)", "p drop (region)", "p drop (random lung regions)",
-                            "difference", "relies on region"], rows)]
+                html.table(["class", "fill", "n", "left out: no room for a matched region", "p (original)",
+                            "p drop (region)", "p drop (random regions)", "difference", "relies on region"], rows)]
 
     def row(self, figures: Any, cls: str) -> dict[str, Any]:
         reliance = (figures or {}).get(cls)

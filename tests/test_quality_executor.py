@@ -189,6 +189,7 @@ def test_filled_passes_fill_each_row_as_the_fill_plugin_does_whatever_the_spans(
     import numpy as np
 
     from xaicxr.plugins import get
+    from xaicxr_builtins.metrics.region_reliance import filled_on
 
     rng = np.random.default_rng(0)
     images = rng.random((7, 16, 16)).astype(np.float32)
@@ -197,6 +198,6 @@ def test_filled_passes_fill_each_row_as_the_fill_plugin_does_whatever_the_spans(
     passes = ModelExecutor(LocalExecutor, model=lambda: model)
     for fill in (get("fill", "road")(noise=0.05), get("fill", "blur")(sigma=20.0)):
         whole = fill.fill(images, removed, seed=4).reshape(7, -1)[:, :3]
-        np.testing.assert_allclose(passes.predict_filled(images, removed, fill, 4, batch_size=3), whole, atol=2e-4)
-        np.testing.assert_array_equal(passes.predict_filled(images, removed, fill, 4, batch_size=3),
-                                      passes.predict_filled(images, removed, fill, 4, batch_size=3))
+        filled = filled_on(passes, batch_size=3)
+        np.testing.assert_allclose(filled(images, removed, fill, 4), whole, atol=2e-4)
+        np.testing.assert_array_equal(filled(images, removed, fill, 4), filled(images, removed, fill, 4))

@@ -69,17 +69,6 @@ class ModelExecutor:
         (the last one shorter), in order."""
         return list(self.map(task, spans(n, size)))
 
-    def predict_filled(self, images: np.ndarray, removed: np.ndarray, fill: Any, seed: int,
-                       batch_size: int | None = None) -> np.ndarray:
-        """(N, C) class probabilities of ``images`` with their ``removed`` pixels filled by
-        ``fill`` (noise of row i from ``(seed, i, 0)``), filled and scored ``batch_size`` rows
-        per task."""
-        images = np.ascontiguousarray(images, np.float32)
-        if not len(images):
-            return np.zeros((0, self.model().output_shape[-1]), np.float32)
-        task = FilledProbabilities(images, np.ascontiguousarray(removed, bool), fill, fill.prepare(images), int(seed))
-        return np.concatenate(self.map_spans(task, len(images), batch_size or PREDICT_BATCH))
-
     def predict(self, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """(N, C) class probabilities of gray images (N, H, W) in [0, 1], ``batch_size``
         (default :data:`PREDICT_BATCH`) per task."""
@@ -106,33 +95,6 @@ class OnWorker:
 
     def __call__(self, item: Any) -> Any:
         return self.task(worker_cached(self.load_key, self.load), item)
-
-
-@dataclass(frozen=True)
-class FilledProbabilities:
-    """The class probabilities of one span of gray images whose ``removed`` pixels a fill plugin
-    fills (:mod:`xaicxr.plugins.fill`) on the worker: the fill's values of row i are drawn from
-    ``(seed, i, 0)`` with i the row in the whole array, so a span's rows are filled exactly as
-    :meth:`Fill.fill` fills them, whatever the spans."""
-
-    images: np.ndarray
-    removed: np.ndarray
-    fill: Any
-    prepared: Any
-    """``fill.prepare(images)`` of the whole array, made once on the driver."""
-    seed: int
-
-    def __call__(self, model: Any, span: tuple[int, int]) -> np.ndarray:
-        import keras
-
-        from ..plugins.fill import compiled_apply
-
-        start, stop = span
-        rows = np.arange(start, stop)
-        values = self.fill.values(self.images, self.prepared, rows, np.zeros(len(rows), np.int64), self.seed)
-        perturbed = compiled_apply(self.fill, self.images.shape[1:])(self.images[start:stop],
-                                                                    self.removed[start:stop], values)
-        return keras.ops.convert_to_numpy(model(perturbed[..., None], training=False))
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,52 @@ localisation figure of the class, as ``reliance`` does on the phantoms.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from xaicxr.analysis.region_reliance import region_reliance
-from xaicxr.executors.model_passes import ModelExecutor
+from xaicxr.executors.model_passes import PREDICT_BATCH, ModelExecutor
 from xaicxr.io import html
 from xaicxr.plugins import Metric, ReportPart
-from xaicxr.plugins.fill import make_fill
+from xaicxr.plugins.fill import compiled_apply, make_fill
+
+
+@dataclass(frozen=True)
+class FilledProbabilities:
+    """The class probabilities of one span of gray images whose ``removed`` pixels a fill plugin
+    fills (:mod:`xaicxr.plugins.fill`) on the worker: the fill's values of row i are drawn from
+    ``(seed, i, 0)`` with i the row in the whole array, so a span's rows are filled exactly as
+    :meth:`Fill.fill` fills them, whatever the spans."""
+
+    images: np.ndarray
+    removed: np.ndarray
+    fill: Any
+    prepared: Any
+    """``fill.prepare(images)`` of the whole array, made once on the driver."""
+    seed: int
+
+    def __call__(self, model: Any, span: tuple[int, int]) -> np.ndarray:
+        import keras
+
+        start, stop = span
+        rows = np.arange(start, stop)
+        values = self.fill.values(self.images, self.prepared, rows, np.zeros(len(rows), np.int64), self.seed)
+        perturbed = compiled_apply(self.fill, self.images.shape[1:])(self.images[start:stop],
+                                                                    self.removed[start:stop], values)
+        return keras.ops.convert_to_numpy(model(perturbed[..., None], training=False))
+
+
+def filled_on(passes: ModelExecutor, batch_size: int = PREDICT_BATCH) -> Any:
+    """``filled(images, removed, fill, seed)`` -> (N, C) for :func:`region_reliance`: the rows
+    filled and scored by ``passes`` (the run's executor), ``batch_size`` rows per task."""
+    def filled(images: np.ndarray, removed: np.ndarray, fill: Any, seed: int) -> np.ndarray:
+        images = np.ascontiguousarray(images, np.float32)
+        task = FilledProbabilities(images, np.ascontiguousarray(removed, bool), fill, fill.prepare(images), int(seed))
+        return np.concatenate(passes.map_spans(task, len(images), batch_size))
+
+    return filled
 
 
 class RegionReliance(Metric):
@@ -65,7 +102,7 @@ class RegionReliance(Metric):
                 rows = np.sort(rng.choice(rows, self.region_images, replace=False))
             figures = region_reliance(passes.predict, images[rows], lesion[rows], lung[rows], k, self._made,
                                       regions=self.random_regions, margin=self.region_margin, seed=seed + k,
-                                      filled=passes.predict_filled, min_images=self.region_min_images)
+                                      filled=filled_on(passes), min_images=self.region_min_images)
             out[cls] = {"has_region": True, **figures, "split": split}
         return out
 

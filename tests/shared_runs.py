@@ -129,6 +129,27 @@ def seed_first_variant(study: Path, run: Path, out: Path) -> Path:
     return copy_run(run, out / variants[0][0])
 
 
+def h5_contents(path: Path) -> dict[str, Any]:
+    """Every dataset's bytes (strings as a list), dtype, shape and attributes, every group's
+    attributes and the root's: what "the same file" means when two executors wrote it."""
+    import h5py
+
+    found: dict[str, Any] = {}
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            data = obj[()]
+            content = data.tolist() if data.dtype == object else data.tobytes()
+            found[name] = (content, str(obj.dtype), obj.shape, sorted((k, str(v)) for k, v in obj.attrs.items()))
+        else:
+            found[name] = sorted((k, str(v)) for k, v in obj.attrs.items())
+
+    with h5py.File(path, "r") as h5:
+        h5.visititems(visit)
+        found["/"] = sorted((k, str(v)) for k, v in h5.attrs.items())
+    return found
+
+
 def session_root(tmp_path_factory: Any) -> Path:
     """A folder every xdist worker of this session sees (and only this session)."""
     base = tmp_path_factory.getbasetemp()

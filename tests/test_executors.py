@@ -14,7 +14,7 @@ import pytest
 import tomli_w
 from typer.testing import CliRunner
 
-from shared_runs import LIGHT, copy_run, tiny_config
+from shared_runs import LIGHT, copy_run, h5_contents, tiny_config
 from xaicxr.cli import app
 from xaicxr.errors import ConfigError
 from xaicxr.rundir import RunDir, Shard
@@ -28,22 +28,6 @@ pytestmark = pytest.mark.xdist_group("light")  # the LIGHT run's readers on one 
 def local_run(shared_runs, tmp_path):
     """The session's LIGHT run, computed by the local executor."""
     return tmp_path, shared_runs.run(LIGHT)
-
-
-def _datasets(path) -> dict[str, object]:
-    """Every dataset's bytes (strings as a list), dtype and shape, every attribute."""
-    found = {}
-
-    def visit(name, obj):
-        if isinstance(obj, h5py.Dataset):
-            data = obj[()]
-            content = data.tolist() if data.dtype == object else data.tobytes()
-            found[name] = (content, str(obj.dtype), obj.shape, sorted((k, str(v)) for k, v in obj.attrs.items()))
-
-    with h5py.File(path, "r") as h5:
-        h5.visititems(visit)
-        found["/"] = sorted((k, str(v)) for k, v in h5.attrs.items())
-    return found
 
 
 def test_dask_cluster_writes_the_local_heatmaps_and_templates(local_run, monkeypatch):
@@ -65,10 +49,10 @@ def test_dask_cluster_writes_the_local_heatmaps_and_templates(local_run, monkeyp
     assert list(scratch.iterdir()) == [], "the local cluster's scratch space is its own, and removed"
     with h5py.File(local / "heatmaps" / "gradcam.h5") as h5:
         assert len(h5["ids"]) > 5 * 2, "more rows than one template partition and one explain batch"
-    assert _datasets(cluster / "heatmaps" / "gradcam.h5") == _datasets(local / "heatmaps" / "gradcam.h5")
+    assert h5_contents(cluster / "heatmaps" / "gradcam.h5") == h5_contents(local / "heatmaps" / "gradcam.h5")
     for aggregator in ("mean", "median"):
         name = f"gradcam-{aggregator}.h5"
-        assert _datasets(cluster / "templates" / name) == _datasets(local / "templates" / name)
+        assert h5_contents(cluster / "templates" / name) == h5_contents(local / "templates" / name)
     with h5py.File(cluster / "templates" / "gradcam-std.h5") as a, h5py.File(local / "templates" / "gradcam-std.h5") as b:
         assert set(a) == set(b)
         for cls in a:

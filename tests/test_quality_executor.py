@@ -12,7 +12,7 @@ import pytest
 import tomli_w
 from typer.testing import CliRunner
 
-from shared_runs import LIGHT, copy_run, seed_first_variant, tiny_study
+from shared_runs import LIGHT, copy_run, h5_contents, seed_first_variant, tiny_study
 from xaicxr.cli import app
 from xaicxr.executors import LocalExecutor, make_executor, shared_executors
 from xaicxr.executors.model_passes import ModelExecutor
@@ -31,24 +31,6 @@ double the test's time."""
 SMALL_SPANS = {"xaicxr.analysis.faithfulness.BATCH": 8, "xaicxr.analysis.randomisation.BATCH": 2,
                "xaicxr.executors.model_passes.PREDICT_BATCH": 5}
 """Spans small enough that every metric cuts its passes into several tasks."""
-
-
-def _datasets(path) -> dict[str, object]:
-    """Every dataset's bytes (strings as a list), dtype, shape and attributes; the root's attributes."""
-    found = {}
-
-    def visit(name, obj):
-        if isinstance(obj, h5py.Dataset):
-            data = obj[()]
-            content = data.tolist() if data.dtype == object else data.tobytes()
-            found[name] = (content, str(obj.dtype), obj.shape, sorted((k, str(v)) for k, v in obj.attrs.items()))
-        else:
-            found[name] = sorted((k, str(v)) for k, v in obj.attrs.items())
-
-    with h5py.File(path, "r") as h5:
-        h5.visititems(visit)
-        found["/"] = sorted((k, str(v)) for k, v in h5.attrs.items())
-    return found
 
 
 def _quality(run_dir, config: dict, name: str) -> dict:
@@ -74,7 +56,7 @@ def test_quality_on_a_dask_cluster_writes_the_local_files(shared_runs, tmp_path,
     summary = _quality(cluster, {**config, "run": {"executor": "dask", "workers": 2}}, "dask")
     assert summary["stages_run"] == ["quality"]
 
-    assert _datasets(cluster / "quality.h5") == _datasets(local / "quality.h5")
+    assert h5_contents(cluster / "quality.h5") == h5_contents(local / "quality.h5")
     figures = [json.loads((run / "metrics.json").read_text()) for run in (local, cluster)]
     for metrics in figures:
         metrics.pop("timings_s")

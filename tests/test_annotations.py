@@ -224,7 +224,8 @@ def test_a_run_on_annotated_real_style_films_measures_region_reliance_and_box_lo
         split={"test": 0.5, "val": 0.25},
         quality={"metrics": ["region-reliance", "localisation"], "region_images": 4, "random_regions": 3,
                  "region_min_images": 2,
-                 "region_fills": ["blur"]}))
+                 "region_fills": ["blur"]},
+        probe={"enabled": False}))
     result = CliRunner().invoke(app, ["run", str(config), "--out", str(tmp_path / "run"), "--json"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -37,18 +37,18 @@ name = "gradcam"
 [[aggregate]]
 name = "mean"
 [quality]
-faithfulness = false
-randomisation = false
+metrics = ["localisation"]
 [probe]
 enabled = false
 """
 # input_size 64, not 32: DenseNet121 downsamples 32x, so at 32 px the target layer ``relu`` is
 # 1x1 and every map is constant (degenerate). freeze_until = "relu" trains only the head on
 # cached features: a full DenseNet121 train step takes about a minute to trace on 2 cores.
-# Faithfulness and the randomisation cascade (about 120 steps on DenseNet121, 13 s per variant)
-# are covered with VGG19 and nested models elsewhere and left out here for time (nothing here
-# reads their figures); so is the shortcut probe (it reads the images' file and pixel
-# statistics, never the backbone: test_probe.py).
+# The quality metrics that pass images through the model (faithfulness, the randomisation
+# cascade: about 120 steps on DenseNet121, reliance, region reliance) are covered with VGG19 and
+# nested models elsewhere and left out here for time (nothing here reads their figures); so is
+# the shortcut probe (it reads the images' file and pixel statistics, never the backbone:
+# test_probe.py).
 
 
 def _load(name: str):

@@ -159,7 +159,8 @@ def session_root(tmp_path_factory: Any) -> Path:
 
 
 LIGHT = tiny_config(explain=[{"name": "gradcam", "layer": "block4_conv4", "split": "all", "batch_size": 4}],
-                    aggregate=[{"name": "mean"}, {"name": "median"}, {"name": "std"}], quality={"faithfulness": False, "randomisation": False, "reliance": False},
+                    aggregate=[{"name": "mean"}, {"name": "median"}, {"name": "std"}],
+                    quality={"faithfulness": False, "randomisation": False, "reliance": False, "template_resamples": 100},
                     probe={"enabled": False})
 """Every image explained in batches of 4, three templates, no model-pass quality figures and no
 shortcut probe (the FULL run and test_probe.py have it): the run that compare, hardening,
@@ -170,15 +171,16 @@ FULL = tiny_config(
     explain=[{"name": "gradcam", "layer": "block4_conv4"}, {"name": "layercam", "layer": "block3_conv4"},
              {"name": "gradcam", "layer": "block4_conv4", "target": "binary:covid-vs-rest"}],
     aggregate=[{"name": "mean"}, {"name": "median"}],
-    quality={"randomisation_images": 4, "fractions": 4, "faithfulness_images": 3, "random_regions": 2,
-             "region_images": 4})
+    quality={"randomisation_images": 4, "randomisation_draws": 2, "fractions": 4, "faithfulness_images": 3,
+             "random_regions": 2, "region_images": 4, "template_resamples": 100})
 """Every stage and every quality figure end to end, on a barely trained model (2 epochs, 32
 training phantoms): the checks are of the contract, not of what the figures say."""
 
 STUDY = tiny_study(
     {"explain": [[{"name": "gradcam", "layer": "block4_conv4", "split": "all"}],
                  [{"name": "gradcam", "layer": "block3_conv4", "split": "all"}]]},
-    quality={"randomisation_images": 4, "fills": ["blur"], "fractions": 5, "faithfulness_images": 4,
-             "region_fills": ["blur"], "random_regions": 2, "region_images": 4},
+    quality={"randomisation_images": 4, "randomisation_draws": 1, "fills": ["blur"], "fractions": 5,
+             "faithfulness_images": 4, "region_fills": ["blur"], "random_regions": 2, "region_images": 4,
+             "template_resamples": 100},
     probe={"enabled": False})
 """Two variants that share their model and differ in the layer explained."""

@@ -90,8 +90,11 @@ def test_run_writes_every_contract_file(finished_run):
     cascade = metrics["randomisation"]["gradcam"]
     assert [s["name"] for s in cascade["cascade"]][:2] == ["logits", "fc1"] and len(cascade["cascade"]) == 18
     assert is_estimate(cascade["reference"]["spearman"]) and is_estimate(cascade["random_logit"]["ssim"])
+    assert cascade["draws"] == 2 and is_estimate(cascade["pass_rule"]["difference"])
+    assert is_estimate(cascade["random_logit"]["difference_from_reference"])
     assert set(metrics["sanity"]) == {"gradcam", "layercam"}
     assert isinstance(metrics["sanity"]["gradcam"]["passes"], bool)
+    assert isinstance(metrics["sanity"]["gradcam"]["random_logit_passes"], bool)
     reliance = metrics["reliance"]
     assert set(reliance) == classes and not reliance["normal"]["has_lesion"]
     assert is_estimate(reliance["covid"]["probability_drop"])

@@ -10,6 +10,7 @@ import pytest
 
 from xaicxr import plugins
 from xaicxr.analysis.randomisation import (
+    RankedMaps,
     Step,
     cascade,
     cascade_steps,
@@ -17,7 +18,7 @@ from xaicxr.analysis.randomisation import (
     other_classes,
     randomisation_seed,
     randomisation_test,
-    reference_pairs,
+    reference_rows,
     spearman_rows,
 )
 
@@ -179,9 +180,14 @@ def test_helpers_known_answers():
     assert (others != targets).all()
     assert {(t, o) for t, o in zip(targets, others)} == {(t, o) for t in range(4) for o in range(4) if o != t}
     labels = np.array([0, 0, 0, 1, 1, 2, 0, 0])
-    pairs = reference_pairs(labels, labels, seed=0)
-    assert len(pairs) == 3 and len(set(pairs.ravel())) == 6
-    assert (labels[pairs[:, 0]] == labels[pairs[:, 1]]).all()
+    targets = np.array([0, 0, 0, 1, 1, 2, 0, 3])
+    maps = rng.random((8, 8, 8))
+    rows, pairs = reference_rows(RankedMaps.of(maps), labels, targets)
+    assert pairs == 4 * 3 // 2 + 1  # the four (0, 0) images pair up six ways, the two (1, 1) once
+    assert np.isnan(rows["spearman"][[5, 7]]).all() and np.isfinite(rows["spearman"][[0, 1, 2, 3, 4, 6]]).all()
+    by_hand = np.mean([spearman_rows(maps[[0]], maps[[j]])[0] for j in (1, 2, 6)])
+    assert rows["spearman"][0] == pytest.approx(by_hand)
+    assert rows["spearman"][3] == pytest.approx(spearman_rows(maps[[3]], maps[[4]])[0])
 
 
 def test_untrained_model_trained_vs_randomised_equals_randomised_vs_randomised():
@@ -217,8 +223,7 @@ def test_untrained_model_trained_vs_randomised_equals_randomised_vs_randomised()
     similarity = lambda a, b: float(np.nanmean(spearman_rows(a, b)))  # noqa: E731
     trained_vs_random = np.mean([similarity(trained, m) for m in drawn])
     random_vs_random = np.mean([similarity(drawn[a], drawn[b]) for a, b in ((0, 1), (0, 2), (1, 2))])
-    pairs = reference_pairs(labels, labels, seed=0)
-    reference = similarity(trained[pairs[:, 0]], trained[pairs[:, 1]])
+    reference = float(np.nanmean(reference_rows(RankedMaps.of(trained), labels, labels)[0]["spearman"]))
     assert trained_vs_random < 0.5
     assert abs(trained_vs_random - random_vs_random) < 0.25, (trained_vs_random, random_vs_random)
     assert reference > trained_vs_random + 0.2, (reference, trained_vs_random)
@@ -242,3 +247,60 @@ def test_trained_gradcam_loses_its_maps_once_the_head_is_randomised(trained):
     assert result["reference"]["spearman"]["ci95"][0] > 0.5, result["reference"]
     assert result["passes"]
     assert run() == result
+
+
+def test_the_figures_average_the_draws_and_the_interval_carries_their_variance():
+    """Two re-initialisations: each step's figure is the mean of the two single-draw runs'
+    (every image scored in every draw), the draws differ, and what does not depend on the draw
+    (the reference, the random-logit test) is that of one draw. The interval's resampling of the
+    draws: test_crossed_bootstrap_carries_variance_shared_by_every_image."""
+    model = _model(batchnorm=True)
+    images, labels = quadrant_images(12, seed=4)
+    explainer = plugins.get("explainer", "layercam")()  # no degenerate map here, so no image drops out of a draw
+    run = lambda **kw: randomisation_test(model, explainer, images, labels, labels, CLASSES,  # noqa: E731
+                                          layer="block5_conv4", train_seed=0, max_steps=2, **kw)
+    single = [run(draw=d, draws=1) for d in range(2)]
+    both = run(draws=2)
+    assert all(step["degenerate"] == 0 for step in both["steps"])
+    assert both["draws"] == 2 and [s["draws"] for s in single] == [1, 1]
+    for step in range(2):
+        expected = np.mean([s["steps"][step]["spearman"]["value"] for s in single])
+        assert both["steps"][step]["spearman"]["value"] == pytest.approx(expected)
+    assert single[0]["steps"][1]["spearman"] != single[1]["steps"][1]["spearman"], "the draws differ"
+    assert both["reference"] == single[0]["reference"] and both["random_logit"] == single[0]["random_logit"]
+    lo, hi = both["steps"][1]["spearman"]["ci95"]
+    assert lo <= both["steps"][1]["spearman"]["value"] <= hi
+
+
+def test_crossed_bootstrap_carries_variance_shared_by_every_image():
+    from xaicxr.analysis.intervals import bootstrap_mean, crossed_bootstrap_mean
+
+    rng = np.random.default_rng(0)
+    shared = rng.normal(0, 0.3, size=3)  # a draw moves every image alike
+    values = rng.normal(0, 0.02, size=(40, 1)) + shared[None, :]
+    crossed = crossed_bootstrap_mean(values, seed=0)
+    images_only = bootstrap_mean(values.mean(axis=1), seed=0)
+    assert crossed["value"] == pytest.approx(images_only["value"])
+    width = lambda e: e["ci95"][1] - e["ci95"][0]  # noqa: E731
+    assert width(crossed) > 5 * width(images_only)
+    assert crossed_bootstrap_mean(np.full((5, 3), np.nan))["n"] == 0
+    one_draw = rng.random((30, 1))
+    assert crossed_bootstrap_mean(one_draw)["value"] == pytest.approx(one_draw.mean())
+
+
+def test_pass_rules_are_paired_per_image_with_a_fixed_margin():
+    """An effect below the margin does not pass however many images there are (interval overlap
+    would pass it at this n); a clear one does; the random-logit rule mirrors it."""
+    from xaicxr.analysis.randomisation import cascade_rule, random_logit_rule
+
+    rng = np.random.default_rng(1)
+    reference = 0.5 + rng.normal(0, 0.1, size=2000)
+    small = reference[:, None] - 0.02 + rng.normal(0, 0.05, size=(2000, 3))
+    large = reference[:, None] - 0.3 + rng.normal(0, 0.05, size=(2000, 3))
+    assert not cascade_rule(reference, small, 0.05)["passes"]
+    assert cascade_rule(reference, small, 0.0)["passes"]
+    assert cascade_rule(reference, large, 0.05)["passes"]
+    assert cascade_rule(reference, large, 0.05)["difference"]["value"] == pytest.approx(0.3, abs=0.01)
+    same_map = np.ones(2000)
+    assert not random_logit_rule(same_map, reference, 0.05)["passes"]  # the class changes nothing
+    assert random_logit_rule(reference + rng.normal(0, 0.05, 2000), reference, 0.05)["passes"]

@@ -10,6 +10,7 @@ both, so the interval is that of the difference, not of two independent means.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -54,6 +55,37 @@ def bootstrap_mean(values: np.ndarray, *, seed: int = 0, n_boot: int = BOOTSTRAP
         return estimate(values[0], None, None, 1)
     means = _resampled_means(values[None], n_boot, seed)[0]
     return estimate(values.mean(), np.percentile(means, 2.5), np.percentile(means, 97.5), n)
+
+
+def crossed_bootstrap_mean(values: np.ndarray, *, seed: int = 0, n_boot: int = BOOTSTRAP) -> dict[str, Any]:
+    """The mean over images of each image's mean over draws, for ``values`` (images, draws) where
+    every draw is shared by all images (one re-initialisation of the weights explains every
+    image), with a percentile interval that resamples images and draws independently, both with
+    replacement (the bootstrap of a crossed design: McCullagh 2000, Owen 2007). Resampling the
+    images alone would leave out the draw-to-draw variance; NaN entries are left out of their
+    image's mean, and images with none finite out of the figure (``n`` counts the rest)."""
+    values = np.asarray(values, np.float64)
+    values = values[:, None] if values.ndim == 1 else values
+    values = values[np.isfinite(values).any(axis=1)]
+    n, draws = values.shape
+    if n == 0:
+        return estimate(None, None, None, 0)
+    value = float(np.mean(np.nanmean(values, axis=1)))
+    if n * draws == 1:
+        return estimate(value, None, None, 1)
+    rng = np.random.default_rng(seed)
+    replicates = np.empty(n_boot)
+    step = max(1, 2_000_000 // (n * draws))
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample whose draws are all NaN for an image
+        for start in range(0, n_boot, step):
+            size = min(step, n_boot - start)
+            rows = rng.integers(0, n, size=(size, n))
+            cols = rng.integers(0, draws, size=(size, draws))
+            sample = values[rows[:, :, None], cols[:, None, :]]
+            replicates[start:start + size] = np.nanmean(np.nanmean(sample, axis=2), axis=1)
+    lo, hi = np.nanpercentile(replicates, [2.5, 97.5])
+    return estimate(value, lo, hi, n)
 
 
 def bias_corrected(value: float, replicates: np.ndarray, n: int,

@@ -10,22 +10,40 @@ Three questions, one answer each, all measured on the same images:
   signed maps (gradients) the sign can flip while the magnitudes stay; for maps in [0, 1], as
   every xaicxr explainer returns, the two coincide, and both are kept for comparison with the
   literature.
-* **Reference level**: the same figures between the trained maps of two *different* images of
-  the same class (and the same target). Every map shares a layout (the centre of the image, the
-  border of the receptive fields, the upsampling grid), so two unrelated maps are already far
-  from uncorrelated; a randomised map that stays at or above this level has not been shown to
-  depend on the weights at all. A fixed pass line (say r < 0.5) cannot tell a faithful
-  explainer from one that only shows image structure: LayerCAM's trained-vs-randomised Spearman
-  (0.43-0.47 on cxr3-real) equalled that of two different images' trained maps (0.49).
+* **Reference level**: the same figures between the trained map of each image and the trained
+  maps of *every other* image of the same class (and the same target), averaged per image. Every
+  map shares a layout (the centre of the image, the border of the receptive fields, the
+  upsampling grid), so two unrelated maps are already far from uncorrelated; a randomised map
+  that stays at or above this level has not been shown to depend on the weights at all. A fixed
+  pass line (say r < 0.5) cannot tell a faithful explainer from one that only shows image
+  structure: LayerCAM's trained-vs-randomised Spearman (0.43-0.47 on cxr3-real) equalled that of
+  two different images' trained maps (0.49).
 * **Random logit** (Sixt et al. 2020, "When Explanations Lie: Why Many Modified BP
   Attributions Fail"): each image is also explained for a random *other* class with the
   trained model; maps that stay alike do not depend on the class.
 
-``passes`` holds when, once every layer above the explained layer is randomised, the upper end
-of the Spearman interval lies below the lower end of the reference interval. For Grad-CAM-like
-methods these are the steps that matter: the layers below the explained layer supply the
-activations the map is made of, and randomising them destroys image structure as much as
-learning.
+**Draws.** The randomised weights are one draw of the initializers, and the figures move with
+the draw (the final step of one Grad-CAM cascade ranged from -0.02 to 0.20 over draws), so the
+cascade is run ``draws`` times (default 3), each with its own re-initialisation. A step's figure
+is the mean over images of each image's mean over the draws; its interval resamples images and
+draws (:func:`~xaicxr.analysis.intervals.crossed_bootstrap_mean`), so it carries the draw
+variance.
+
+**Pass rules**, both per image and paired, with a fixed margin (default 0.05), so that a larger
+sample narrows the interval without changing what is claimed:
+
+* ``passes`` (the cascade): once every layer above the explained layer is randomised, each
+  image's randomised map is less like its trained map than the other images' trained maps are:
+  the lower end of the interval of mean(reference - Spearman at the explained-layer step) lies
+  above the margin. For Grad-CAM-like methods these are the steps that matter: the layers below
+  the explained layer supply the activations the map is made of, and randomising them destroys
+  image structure as much as learning.
+* ``random_logit.passes``: the map of a random other class is no more like the explained
+  class's map than the other images' maps of the explained class are, up to the margin: the
+  upper end of the interval of mean(random-logit Spearman - reference) lies below the margin.
+  An explainer that ignores the class gives a random-logit Spearman near 1, far above the
+  reference. Two classes whose evidence lies in the same region can fail it with a faithful
+  explainer: read it beside the reliance figures.
 
 Speed: the model is cloned once into a working copy, the randomised arrays are assigned to its
 variables in place step by step, so the explainer's compiled function for the copy is traced
@@ -48,19 +66,26 @@ import numpy as np
 from scipy.stats import rankdata
 
 from ..kerasgraph import output_layer, parent_layers
-from .intervals import bootstrap_mean, estimate, wholly_above
+from .intervals import bootstrap_mean, crossed_bootstrap_mean, estimate, paired_difference
 from .stats import pearson
 
 METHOD = ("cascading model-parameter randomisation, top (logits) to input, explained again after "
-          "every step (Adebayo et al. 2018); reference: trained maps of two different images of "
-          "the same class; random logit: the map of a random other class (Sixt et al. 2020)")
+          "every step (Adebayo et al. 2018), averaged over several re-initialisations; reference: "
+          "each image's trained map against those of every other image of the same class; random "
+          "logit: the map of a random other class (Sixt et al. 2020)")
 READING = ("Spearman near the trained identity (1) at a step means the maps survived randomising "
            "every layer down to that step; the check passes when, with every layer above the "
-           "explained one randomised, the maps are less like the trained maps than another "
-           "image's trained maps are (the reference), and a random-logit similarity near 1 means "
-           "the maps ignore the class.")
+           "explained one randomised, each image's map is less like its trained map than the other "
+           "images' trained maps are (the reference), by more than the margin; the random-logit "
+           "check passes when the map of another class is no more like the explained class's map "
+           "than the reference, up to the margin (a random-logit similarity near 1 means the maps "
+           "ignore the class).")
 BATCH = 16
 """Images per explainer call: bounds the memory of the gradient tape at full size."""
+DRAWS = 3
+"""Re-initialisations of the weights the cascade is run with."""
+MARGIN = 0.05
+"""The pass rules' minimum effect, in Spearman."""
 
 
 @dataclass(frozen=True)
@@ -323,26 +348,48 @@ def summarise(rows: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
     return {name: bootstrap_mean(values, seed=seed) for name, values in rows.items()}
 
 
-def similarity(a: RankedMaps, b: RankedMaps, seed: int) -> dict[str, Any]:
-    """Spearman, Spearman of absolute values and SSIM of paired maps, each a mean with a
-    bootstrap 95 % interval; pairs with a constant map are left out."""
-    return summarise(similarity_rows(a, b), seed)
-
-
 def _degenerate(maps: np.ndarray) -> np.ndarray:
     return np.ptp(maps.reshape(len(maps), -1), axis=1) == 0
 
 
-def reference_pairs(labels: np.ndarray, targets: np.ndarray, seed: int) -> np.ndarray:
-    """(m, 2) rows of disjoint pairs of different images with the same label and target, drawn
-    at random (seeded). Disjoint, so the pairs are independent and the bootstrap over them is
-    honest; same target, so both maps explain the same class."""
-    rng = np.random.default_rng(seed)
-    pairs = []
+def reference_rows(trained: RankedMaps, labels: np.ndarray, targets: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
+    """Per image, the mean Spearman, Spearman of absolute values and SSIM between its map and the
+    map of every other image with the same label and target (NaN for an image without one), and
+    the number of such pairs. All pairs, not a sample of disjoint ones: each image gets its own
+    reference, so the pass rule can pair them."""
+    n = len(labels)
+    rows = {name: np.full(n, np.nan) for name in ("spearman", "spearman_abs", "ssim")}
+    pairs = 0
     for key in sorted(set(zip(labels.tolist(), targets.tolist()))):
-        rows = rng.permutation(np.flatnonzero((labels == key[0]) & (targets == key[1])))
-        pairs += [rows[i:i + 2] for i in range(0, len(rows) - 1, 2)]
-    return np.array(pairs, np.int64).reshape(-1, 2)
+        group = np.flatnonzero((labels == key[0]) & (targets == key[1]))
+        if len(group) < 2:
+            continue
+        pairs += len(group) * (len(group) - 1) // 2
+        for name, ranks in (("spearman", trained.ranks), ("spearman_abs", trained.abs_ranks)):
+            rows[name][group] = _mean_off_diagonal(_correlation_matrix(ranks[group]))
+        ssim = np.full((len(group), len(group)), np.nan)
+        for a in range(len(group)):
+            for b in range(a + 1, len(group)):
+                ssim[a, b] = ssim[b, a] = ssim_rows(trained.maps[group[a]][None], trained.maps[group[b]][None])[0]
+        rows["ssim"][group] = _mean_off_diagonal(ssim)
+    return rows, pairs
+
+
+def _correlation_matrix(centred: np.ndarray) -> np.ndarray:
+    norms = np.sqrt((centred * centred).sum(axis=1))
+    products = centred @ centred.T
+    outer = np.outer(norms, norms)
+    return np.divide(products, outer, out=np.full(products.shape, np.nan), where=outer > 0)
+
+
+def _mean_off_diagonal(matrix: np.ndarray) -> np.ndarray:
+    """Each row's mean over the other columns, NaN entries left out (NaN where none is left)."""
+    off = matrix.copy()
+    np.fill_diagonal(off, np.nan)
+    finite = np.isfinite(off)
+    total = np.where(finite, off, 0.0).sum(axis=1)
+    count = finite.sum(axis=1)
+    return np.divide(total, count, out=np.full(len(off), np.nan), where=count > 0)
 
 
 def other_classes(targets: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
@@ -371,22 +418,26 @@ def _missing() -> dict[str, Any]:
 
 def randomisation_test(model: Any, explainer: Any, images: np.ndarray, targets: np.ndarray,
                        labels: np.ndarray, classes: list[str], *, layer: str | None,
-                       train_seed: int, draw: int = 0, max_steps: int | None = None,
-                       seed: int = 0, target: Any = None, executor: Any = None) -> dict[str, Any]:
+                       train_seed: int, draw: int = 0, draws: int = DRAWS, margin: float = MARGIN,
+                       max_steps: int | None = None, seed: int = 0, target: Any = None,
+                       executor: Any = None) -> dict[str, Any]:
     """The cascade, the reference level and the random-logit test of ``explainer`` on ``images``
     (see the module docstring); a JSON-ready dict.
 
     ``targets`` are the classes the maps explain, ``labels`` the true classes (they define the
     reference pairs and the class-mean templates of ``template_r``, the figure of the earlier
-    one-cut check, kept for continuity). The weights are re-drawn with
-    ``randomisation_seed(train_seed, draw)``; ``seed`` draws the reference pairs, the random
-    other classes and the bootstrap. ``max_steps`` stops the cascade early, but never before
-    the explained-layer step, which the pass rule needs. ``target``: the score the maps explain
-    (a :class:`~xaicxr.plugins.targets.Target`, bound to each batch's classes; None: the
+    one-cut check, kept for continuity, averaged over the draws). The weights are re-drawn
+    ``draws`` times, with ``randomisation_seed(train_seed, draw + d)`` for d = 0, 1, ...;
+    ``margin`` is the pass rules' minimum effect; ``seed`` draws the random other classes and
+    the bootstrap. ``max_steps`` stops the cascade early, but never before the explained-layer
+    step, which the pass rule needs. ``target``: the score the maps explain (a
+    :class:`~xaicxr.plugins.targets.Target`, bound to each batch's classes; None: the
     explainer's default). ``executor`` (a :class:`~xaicxr.executors.model_passes.ModelExecutor`)
     runs the cascade on spans of :data:`BATCH` images (:class:`CascadeSpan`), in this process when
     None: the same spans either way, so the same figures.
     """
+    if draws < 1:
+        raise ValueError(f"'draws' must be at least 1, got {draws}")
     images = np.asarray(images, np.float32)
     targets = np.asarray(targets, np.int64)
     labels = np.asarray(labels, np.int64)
@@ -396,45 +447,93 @@ def randomisation_test(model: Any, explainer: Any, images: np.ndarray, targets: 
     n_run = len(steps) if max_steps is None else min(len(steps), max(max_steps, (cut or 0) + 1))
     n_classes = int(model.outputs[0].shape[-1])
     result: dict[str, Any] = {"method": METHOD, "layer": path, "n": int(len(images)),
-                              "draw": int(draw), "steps_total": len(steps), "steps": [],
-                              "explained_layer_step": cut}
+                              "draw": int(draw), "draws": int(draws), "margin": float(margin),
+                              "steps_total": len(steps), "steps": [], "explained_layer_step": cut}
     if len(images) == 0:
         return {**result, "reference": {**_no_similarity(), "pairs": 0},
-                "random_logit": {**_no_similarity(), "n": 0}, "degenerate_trained": 0,
+                "random_logit": {**_no_similarity(), "n": 0, "difference_from_reference": _missing(),
+                                 "passes": False},
+                "pass_rule": {"difference": _missing()}, "degenerate_trained": 0,
                 "template_r": {}, "mean_template_r": None, "passes": False, "reading": READING}
 
     others = other_classes(targets, n_classes, seed) if n_classes > 1 else None
-    weights_seed = randomisation_seed(train_seed, draw)
-    task = CascadeSpan(explainer, images, targets, others, path or None, target, weights_seed,
-                       tuple(steps[:n_run]), fresh_weights(model, weights_seed, steps[:n_run]), cut)
+    seeds = [randomisation_seed(train_seed, draw + d) for d in range(draws)]
+    task = CascadeSpan(explainer, images, targets, others, path or None, target, seeds[0],
+                       tuple(steps[:n_run]), tuple(fresh_weights(model, s, steps[:n_run]) for s in seeds), cut)
     if executor is None:
         spans = [task(model, (start, min(start + BATCH, len(images)))) for start in range(0, len(images), BATCH)]
     else:
         spans = executor.map_spans(task, len(images), BATCH)
     trained = RankedMaps.of(np.concatenate([s["trained"] for s in spans]))
-    other_rows = _joined([s["random_logit"] for s in spans]) if others is not None else None
+    by_draw = [[_joined([s["steps"][d][i] for s in spans]) for i in range(n_run)] for d in range(draws)]
     for i, step in enumerate(steps[:n_run]):
-        rows = _joined([s["steps"][i] for s in spans])
+        rows = {name: np.stack([by_draw[d][i][name] for d in range(draws)], axis=1)
+                for name in by_draw[0][i]}
         degenerate = rows.pop("degenerate")
         result["steps"].append({"step": i, "name": step.name, "randomised": list(step.layers),
                                 "above_explained_layer": cut is not None and i <= cut,
-                                **summarise(rows, seed), "degenerate": int(degenerate.sum())})
-    at_cut = np.concatenate([s["at_cut"] for s in spans]) if cut is not None and cut < n_run else None
+                                **{name: crossed_bootstrap_mean(v, seed=seed) for name, v in rows.items()},
+                                "degenerate": int(degenerate.sum())})
 
-    pairs = reference_pairs(labels, targets, seed)
-    reference = (similarity(trained[pairs[:, 0]], trained[pairs[:, 1]], seed) if len(pairs)
-                 else _no_similarity())
-    random_logit = summarise(other_rows, seed) if other_rows is not None else _no_similarity()
-    template_r = _template_r(trained.maps, at_cut, labels, classes) if at_cut is not None else {}
+    reference_per_image, pairs = reference_rows(trained, labels, targets)
+    reference = summarise(reference_per_image, seed)
+    random_logit = _random_logit(spans, reference_per_image["spearman"], margin, seed) if others is not None \
+        else {**_no_similarity(), "n": 0, "difference_from_reference": _missing(), "passes": False}
+    at_cut = cut is not None and cut < n_run
+    rule = {"difference": _missing(), "passes": False}
+    template_r: dict[str, float | None] = {}
+    if at_cut:
+        spearman_at_cut = np.stack([by_draw[d][cut]["spearman"] for d in range(draws)], axis=1)
+        rule = cascade_rule(reference_per_image["spearman"], spearman_at_cut, margin, seed=seed)
+        maps_at_cut = [np.concatenate([s["at_cut"][d] for s in spans]) for d in range(draws)]
+        template_r = _mean_template_r([_template_r(trained.maps, m, labels, classes) for m in maps_at_cut])
     finite = [r for r in template_r.values() if r is not None]
     return {**result,
-            "reference": {**reference, "pairs": int(len(pairs))},
-            "random_logit": {**random_logit, "n": int(len(images)) if other_rows is not None else 0},
+            "reference": {**reference, "pairs": int(pairs)},
+            "random_logit": random_logit,
+            "pass_rule": {"difference": rule["difference"]},
             "degenerate_trained": int(_degenerate(trained.maps).sum()),
             "template_r": template_r,
             "mean_template_r": float(np.mean(finite)) if finite else None,
-            "passes": _passes(result["steps"], cut, reference),
+            "passes": rule["passes"],
             "reading": READING}
+
+
+def cascade_rule(reference: np.ndarray, at_cut: np.ndarray, margin: float, *, seed: int = 0) -> dict[str, Any]:
+    """The cascade's pass rule: ``reference`` (images,) each image's Spearman with the other
+    images' trained maps, ``at_cut`` (images, draws) its Spearman with its own map once every
+    layer above the explained one is randomised. Passes when the lower end of the interval of
+    mean(reference - at_cut) (images and draws resampled) lies above ``margin``."""
+    at_cut = np.asarray(at_cut, np.float64)
+    at_cut = at_cut[:, None] if at_cut.ndim == 1 else at_cut
+    difference = crossed_bootstrap_mean(np.asarray(reference, np.float64)[:, None] - at_cut, seed=seed)
+    lower = difference["ci95"][0]
+    return {"difference": difference, "passes": lower is not None and lower > margin}
+
+
+def random_logit_rule(random_logit: np.ndarray, reference: np.ndarray, margin: float, *,
+                      seed: int = 0) -> dict[str, Any]:
+    """The random-logit pass rule: ``random_logit`` (images,) each image's Spearman between the
+    maps of the explained class and of a random other class, ``reference`` as in
+    :func:`cascade_rule`. Passes when the upper end of the interval of
+    mean(random_logit - reference) lies below ``margin``."""
+    difference = paired_difference(random_logit, reference, seed=seed)
+    upper = difference["ci95"][1]
+    return {"difference_from_reference": difference, "passes": upper is not None and upper < margin}
+
+
+def _random_logit(spans: list[dict[str, Any]], reference: np.ndarray, margin: float, seed: int) -> dict[str, Any]:
+    rows = _joined([s["random_logit"] for s in spans])
+    return {**summarise(rows, seed), "n": int(len(reference)),
+            **random_logit_rule(rows["spearman"], reference, margin, seed=seed)}
+
+
+def _mean_template_r(per_draw: list[dict[str, float | None]]) -> dict[str, float | None]:
+    out = {}
+    for cls in per_draw[0]:
+        values = [r[cls] for r in per_draw if r.get(cls) is not None]
+        out[cls] = float(np.mean(values)) if values else None
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -453,10 +552,13 @@ class CascadeSpan:
     layer: str | None
     target: Any
     weights_seed: int
+    """The global seed set before every cascade (the first draw's): an explainer that draws
+    from it (RISE's masks) starts from the same state in every draw."""
     steps: tuple[Step, ...]
-    fresh: dict[str, list[np.ndarray]]
-    """The randomised weights, drawn once by the caller: a worker's own draw could differ (its
-    other threads share Python's random state, which Keras draws initializer seeds from)."""
+    fresh: tuple[dict[str, list[np.ndarray]], ...]
+    """The randomised weights of each draw, drawn once by the caller: a worker's own draw could
+    differ (its other threads share Python's random state, which Keras draws initializer seeds
+    from)."""
     cut: int | None
     working_copies: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
     """The cascade's working copy, kept from one span to the next in the process that runs them
@@ -471,22 +573,34 @@ class CascadeSpan:
     def __call__(self, model: Any, span: tuple[int, int]) -> dict[str, Any]:
         part = slice(*span)
         images, targets = self.images[part], self.targets[part]
-        out: dict[str, Any] = {"steps": [], "random_logit": None, "at_cut": None}
+        out: dict[str, Any] = {"steps": [], "random_logit": None, "at_cut": []}
         trained = None
-        for i, working in cascade(model, self.weights_seed, list(self.steps), fresh=self.fresh,
-                                  keep=self.working_copies):
-            maps = explain_batches(self.explainer, working, images, targets, self.layer, self.target)
-            if i < 0:
-                trained = RankedMaps.of(maps)
-                out["trained"] = maps
-                if self.others is not None:
-                    other = explain_batches(self.explainer, working, images, self.others[part], self.layer, self.target)
-                    out["random_logit"] = similarity_rows(trained, RankedMaps.of(other))
-                continue
-            out["steps"].append({**similarity_rows(trained, RankedMaps.of(maps)), "degenerate": _degenerate(maps)})
-            if i == self.cut:
-                out["at_cut"] = maps
+        for fresh in self.fresh:
+            steps, at_cut = [], None
+            for i, working in cascade(model, self.weights_seed, list(self.steps), fresh=fresh,
+                                      keep=self.working_copies):
+                if i < 0:
+                    if trained is None:
+                        trained = self._trained(working, images, targets, part, out)
+                    continue
+                maps = explain_batches(self.explainer, working, images, targets, self.layer, self.target)
+                steps.append({**similarity_rows(trained, RankedMaps.of(maps)), "degenerate": _degenerate(maps)})
+                if i == self.cut:
+                    at_cut = maps
+            out["steps"].append(steps)
+            out["at_cut"].append(at_cut)
         return out
+
+    def _trained(self, working: Any, images: np.ndarray, targets: np.ndarray, part: slice,
+                 out: dict[str, Any]) -> RankedMaps:
+        """The trained maps (the same in every draw: made once) and the random-logit rows."""
+        maps = explain_batches(self.explainer, working, images, targets, self.layer, self.target)
+        trained = RankedMaps.of(maps)
+        out["trained"] = maps
+        if self.others is not None:
+            other = explain_batches(self.explainer, working, images, self.others[part], self.layer, self.target)
+            out["random_logit"] = similarity_rows(trained, RankedMaps.of(other))
+        return trained
 
 
 def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -496,11 +610,3 @@ def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 def _no_similarity() -> dict[str, Any]:
     return {"spearman": _missing(), "spearman_abs": _missing(), "ssim": _missing()}
-
-
-def _passes(steps: list[dict[str, Any]], cut: int | None, reference: dict[str, Any]) -> bool:
-    """Whether the Spearman interval at the explained-layer step lies wholly below the
-    reference interval (False when either is missing)."""
-    if cut is None or cut >= len(steps):
-        return False
-    return wholly_above(reference["spearman"], steps[cut]["spearman"])

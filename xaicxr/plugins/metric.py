@@ -50,7 +50,8 @@ SCOPES: dict[str, str] = {
 """Where a metric's figures sit in ``metrics.json``, by scope."""
 
 INPUTS: dict[str, str] = {
-    "maps": "(N, H, W) float32 in [0, 1]: the maps scored (an explainer's, or a baseline's)",
+    "maps": "(N, H, W) float32 in [0, 1]: the maps scored (an explainer's, or a baseline's); scope 'template': "
+            "the (M, H, W) heatmaps the template aggregated (M = n), as the store holds them",
     "degenerate": "(N,) bool: maps that came back without signal; they count as misses",
     "images": "(N, H, W) float32 in [0, 1]: the images as the model takes them, without the channel",
     "lesion": "(N, H, W) bool: lesion masks (every image of the set has them)",
@@ -68,6 +69,11 @@ INPUTS: dict[str, str] = {
     "target": "xaicxr.plugins.Target or None: the score the store explains (None: the explainer's default)",
     "template": "(H, W) float: one class's template",
     "n": "int: heatmaps aggregated into the template",
+    "aggregator": "xaicxr.plugins.Aggregator: the aggregator that built the template, with its options "
+                  "(init, update, finalize rebuild it from resampled maps)",
+    "paired": "bool: scope 'template': whether maps[i] is of the same image as lesion[i] and lung[i], i.e. the "
+              "template aggregated exactly the class's scored images (by true label, none left out by "
+              "correct_only or max_images); False: two different sets of images",
     "templates": "{class name: (H, W)}: one aggregator's templates of every class",
     "twins": "{change: (N, H, W)}: counterfactual images (the dataset's counterfactual(); phantoms)",
     "train_seed": "int: the seed the model was trained with",

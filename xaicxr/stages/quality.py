@@ -12,7 +12,9 @@ them over by scope:
   of images: their figures go to ``metrics.json`` ``baselines`` (those of the first set of
   explained images; an explainer that explained other images carries its own under
   ``per_image[store][class]["baselines"]``);
-- ``template`` / ``templates``: each aggregator's template of a class / of every class;
+- ``template`` / ``templates``: each aggregator's template of a class / of every class; a
+  class's template comes with the heatmaps it aggregated (``maps``), the ``aggregator`` that built
+  it and whether those maps are of the class's scored images, row for row (``paired``);
 - ``explainer``: the store's explainer, layer and target, on the rows the metric selects;
 - ``run``: the explained images of the run, their labels and masks, and counterfactual twins
   where the dataset plugin can make them.
@@ -51,7 +53,7 @@ from ..io.heatmap_store import HeatmapStore
 from ..io.imagecache import SPLITS, ImageCache
 from ..io.resize import fit_square
 from ..io.template_store import is_multi_component, read_template_file
-from ..plugins import registry
+from ..plugins import Aggregator, registry
 from ..plugins.metric import MapMetric, Metric, call_with_inputs
 from ..progress import console, progress_bar
 from ..rundir import RunDir
@@ -99,7 +101,7 @@ def run(run: Run) -> dict[str, Any]:
     classes = run.dir.read_split()["classes"]
     figures = Figures(metrics)
     sets: dict[tuple, ImageSet] = {}
-    aggregators = [agg["name"] for agg in run.cfg["aggregate"]]
+    aggregators = {spec["name"]: build_plugin("aggregate", spec) for spec in run.cfg["aggregate"]}
     passes = model_executor(run)
     with atomic.atomic_path(run.dir.quality) as tmp, h5py.File(tmp, "w") as out:
         for job in run.jobs():
@@ -118,8 +120,9 @@ def run(run: Run) -> dict[str, Any]:
                 images, first = sets[key], next(iter(sets.values()))
                 figures.out["baselines"] = first.baseline_figures
                 _map_metrics(figures, images, store, job.store, out, own_baselines=images is not first)
-                for aggregator in aggregators:
-                    _template_metrics(figures, images, run.dir.template(job.store, aggregator), f"{job.store}-{aggregator}")
+                for agg_name, aggregator in aggregators.items():
+                    _template_metrics(figures, images, store, aggregator, run.dir.template(job.store, agg_name),
+                                      f"{job.store}-{agg_name}")
                 _explainer_metrics(figures, run, job, store, cache, classes, passes)
         _run_metrics(figures, run, cache, classes, passes)
         out.attrs["classes"] = list(classes)
@@ -366,7 +369,8 @@ def _map_metrics(figures: Figures, images: ImageSet, store: HeatmapStore, name: 
             per_image[images.classes[k]] = {"n": 0, "n_other_target": other}
 
 
-def _template_metrics(figures: Figures, images: ImageSet, path: Path, name: str) -> None:
+def _template_metrics(figures: Figures, images: ImageSet, store: HeatmapStore, aggregator: Aggregator,
+                      path: Path, name: str) -> None:
     """Every ``template`` metric on each class's template of one aggregator, and every
     ``templates`` metric on all of them."""
     per_class, together = figures.of("template"), figures.of("templates")
@@ -387,12 +391,27 @@ def _template_metrics(figures: Figures, images: ImageSet, path: Path, name: str)
             continue
         template, attrs = loaded[cls]
         n = int(attrs.get("n", 0))
+        aggregated = template_rows(store, k, str(attrs.get("by", "true")), bool(attrs.get("correct_only", False)))
+        read: dict[str, np.ndarray] = {}
+
+        def aggregated_maps() -> np.ndarray | None:
+            """The template's heatmaps, read once; none where the store no longer holds the n
+            maps the template counted (a stale template)."""
+            if len(aggregated) != n:
+                return None
+            if "maps" not in read:
+                read["maps"] = store.read(aggregated)
+            return read["maps"]
+
         for metric_name, metric in per_class:
             if n == 0:
                 figures.merge(metric, (name, cls), {"n": 0, "note": "no heatmap of this class was aggregated"})
                 continue
+            scored = images.data[k]["rows"][images.data[k]["sample"] if metric.sampled else slice(None)]
+            inputs = images.inputs(k, metric.sampled, template=template, n=n, aggregator=aggregator,
+                                   paired=bool(np.array_equal(aggregated, scored)))
             values = figures.evaluate(metric_name, metric, metric.evaluate,
-                                      images.inputs(k, metric.sampled, template=template, n=n))
+                                      Inputs(inputs.values, **inputs.makers, maps=aggregated_maps))
             if values is not None:
                 figures.merge(metric, (name, cls), values)
     templates = {c: t for c, (t, _) in loaded.items()}
@@ -400,6 +419,16 @@ def _template_metrics(figures: Figures, images: ImageSet, path: Path, name: str)
         values = figures.evaluate(metric_name, metric, metric.evaluate, {"templates": templates})
         if values is not None:
             figures.merge(metric, (name,), values)
+
+
+def template_rows(store: HeatmapStore, k: int, by: str, correct_only: bool) -> np.ndarray:
+    """The store rows class ``k``'s template aggregated, in store order: the rows
+    :func:`~xaicxr.analysis.aggregation.build_templates` groups under class ``k`` by true label
+    or prediction (``by``), with ``correct_only`` those predicted right."""
+    selected = (store.labels if by == "true" else store.predictions) == k
+    if correct_only:
+        selected &= store.labels == store.predictions
+    return np.flatnonzero(selected)
 
 
 def _explainer_metrics(figures: Figures, run: Run, job: Any, store: HeatmapStore, cache: ImageCache,

@@ -18,30 +18,43 @@ import numpy as np
 from xaicxr.analysis.faithfulness import template_faithfulness
 from xaicxr.analysis.intervals import bootstrap_mean, paired_difference
 from xaicxr.analysis.localisation import TOLERANCE_AT_224, Targets, default_tolerance
-from xaicxr.analysis.template_quality import distinctiveness, template_figures
+from xaicxr.analysis.template_quality import TEMPLATE_BOOT, distinctiveness, template_figures
 from xaicxr.io import html
-from xaicxr.plugins import Metric, ReportPart
+from xaicxr.plugins import Aggregator, Metric, ReportPart
+from xaicxr.plugins.options import at_least
 
 from .faithfulness import check_fills
 
 
 class TemplateLocalisation(Metric):
     """A template on its class's images: r with the lesion frequency map (bias-corrected), peak
-    in the lungs, and the localisation figures of the template used as every image's map."""
+    in the lungs, and the localisation figures of the template used as every image's map.
+
+    The interval of the r resamples images for the template too: give ``maps`` (the heatmaps the
+    template aggregated) and the ``aggregator`` that built it; ``paired`` (the default) says
+    ``maps[i]`` and ``lesion[i]`` are of the same image, False that they are of different sets
+    of images (a template by prediction, or of correct predictions only), resampled
+    independently. Without them only the masks are resampled, an interval that leaves out the
+    template's own noise (its ``resampled`` field says so). ``template_resamples``: the
+    bootstrap replicates of that interval (a fifth of them, at most 200, for an aggregator with a
+    large state, whose rebuilding dominates the cost)."""
 
     key = "templates"
     scope = "template"
     title = "The templates as maps"
 
-    def __init__(self, tolerance: float = TOLERANCE_AT_224) -> None:
+    def __init__(self, tolerance: float = TOLERANCE_AT_224, template_resamples: int = TEMPLATE_BOOT) -> None:
         if not np.isfinite(tolerance) or tolerance < 0:
             raise ValueError(f"'tolerance' must be a finite number of pixels >= 0, got {tolerance}")
         self.tolerance = tolerance
+        self.template_resamples = at_least("template_resamples", template_resamples, 20)
 
     def evaluate(self, template: np.ndarray, n: int, lung: np.ndarray, lesion: np.ndarray | None = None,
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, maps: np.ndarray | None = None, aggregator: Aggregator | None = None,
+                 paired: bool = True) -> dict[str, Any]:
         truth = Targets(lesion, lung, default_tolerance(lung.shape[-1], self.tolerance))
-        return template_figures(template, truth, n=n, seed=seed)
+        return template_figures(template, truth, n=n, seed=seed, maps=maps, aggregator=aggregator, paired=paired,
+                                n_boot=self.template_resamples)
 
     def section(self, part: ReportPart) -> list[str]:
         rows = [[agg, cls, t.get("n"), t.get("lesion_frequency_r"), t.get("peak_in_lungs"),

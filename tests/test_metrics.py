@@ -61,7 +61,7 @@ TINY = tiny_config(
     explain=[{"name": "gradcam", "layer": "block4_conv4"},
              {"name": "gradcam", "layer": "block4_conv4", "target": "probability"}],
     quality={"metrics": ["localisation", "corner-energy", "randomisation"], "randomisation_images": 4,
-             "corner-energy": {"corner": 3}})
+             "randomisation_draws": 1, "corner-energy": {"corner": 3}})
 
 
 def _blobs(n: int = 12, size: int = 32, seed: int = 0):

@@ -22,6 +22,7 @@ runner = CliRunner()
 QUALITY = {"metrics": ["reliance", "region-reliance", "localisation", "template-faithfulness", "faithfulness",
                        "randomisation"], "template_draws": 1,
            "fills": ["blur"], "fractions": 4, "faithfulness_images": 3, "randomisation_images": 4,
+           "randomisation_draws": 2,
            "region_fills": ["blur"], "region_images": 3, "random_regions": 2}
 """Every metric whose passes go through the executor, on the session's LIGHT run (its quality
 stage run again with these figures). One fill: ROAD and blur reach the workers the same way (a

@@ -126,7 +126,7 @@ def test_cascade_changes_exactly_each_steps_layers_and_never_the_model(plain):
 
 def test_one_trace_for_the_whole_cascade_and_json_ready_output(plain, monkeypatch):
     """The working copy is cloned once and its weights assigned in place, so the explainer
-    compiles (and traces) one function however many steps run; a clone per step would trace
+    compiles (and traces) one function however many steps and draws run; a clone per step would trace
     once per step. The random logit is a different class for every image."""
     from xaicxr.plugins import CAMExplainer
 
@@ -146,7 +146,7 @@ def test_one_trace_for_the_whole_cascade_and_json_ready_output(plain, monkeypatc
         compiled.clear()
         explainer = Recording(plugins.get("explainer", "gradcam")())
         result = randomisation_test(plain, explainer, images, labels, labels, CLASSES,
-                                    layer="block5_conv4", train_seed=0, max_steps=max_steps)
+                                    layer="block5_conv4", train_seed=0, max_steps=max_steps, draws=2)
         traces.append(sum(fn.experimental_get_tracing_count() for fn in compiled))
         assert len({id(model) for model, _ in explainer.calls}) == 1
         assert explainer.calls[0][0] is not plain

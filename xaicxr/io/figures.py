@@ -40,18 +40,21 @@ def template_panel(templates: dict[str, np.ndarray], backgrounds: dict[str, np.n
                    counts: dict[str, int], title: str, path: Path) -> str:
     """One column per class: the template over the class's mean image, with a colour bar."""
     names = list(templates)
-    fig, axes = plt.subplots(1, len(names), figsize=(3.1 * len(names), 3.4), squeeze=False)
+    width, height = 3.1 * len(names) + 1.0, 3.4
+    fig = plt.figure(figsize=(width, height))
     vmax = max(float(np.max(t)) for t in templates.values()) or 1.0
-    for ax, name in zip(axes[0], names):
+    for i, name in enumerate(names):
+        ax = fig.add_axes(((0.1 + 3.1 * i) / width, 0.1 / height, 2.9 / width, 2.75 / height))
         bg = backgrounds.get(name)
         if bg is not None:
             ax.imshow(bg, cmap="gray", vmin=0, vmax=1)
         im = ax.imshow(templates[name], cmap=CMAP, vmin=0, vmax=vmax, alpha=0.5 if bg is not None else 1.0)
         ax.set_title(f"{name} (n={counts.get(name, '?')})")
         ax.axis("off")
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="mean relevance")
-    fig.suptitle(title)
-    return save(fig, path)
+    bar = fig.add_axes(((3.1 * len(names) + 0.2) / width, 0.35 / height, 0.12 / width, 2.3 / height))
+    fig.colorbar(im, cax=bar, label="mean relevance")
+    fig.suptitle(title, y=1 - 0.05 / height, va="top")
+    return save(fig, path, tight=False)
 
 
 def template_comparison(templates: dict[str, np.ndarray], title: str, path: Path) -> str:
@@ -210,7 +213,7 @@ def perturbation_figure(per_class: dict, baselines: dict, name: str, path: Path)
     classes = list(per_class)
     fills = list(next(iter(per_class.values())))
     fig, axes = plt.subplots(len(fills), len(classes), figsize=(3.0 * len(classes), 2.6 * len(fills)),
-                             squeeze=False)
+                             squeeze=False, sharex=True, sharey=True)
     for row, fill in enumerate(fills):
         for col, cls in enumerate(classes):
             ax = axes[row][col]
@@ -230,5 +233,7 @@ def perturbation_figure(per_class: dict, baselines: dict, name: str, path: Path)
                 ax.set_ylabel("class probability")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"{name}: deletion (most relevant removed first) and insertion")
-    fig.tight_layout()
+    height = 2.6 * len(fills)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.5 / height, top=1 - 0.55 / height, wspace=0.08,
+                        hspace=0.3)
     return save(fig, path, tight=False)

@@ -292,3 +292,45 @@ def test_template_on_the_square_beats_random_lung_regions(square):
     np.testing.assert_array_equal(result["random_area"], 64)
     drop = fa.region_drop(square, images, np.ones(4, int), square_mask())
     np.testing.assert_allclose(drop, result["template_drop"], atol=1e-6)
+
+
+def test_lerf_is_insertion_read_backwards_and_the_gap_is_reported(square):
+    """ROAD's least-relevant-first removal of r of the pixels is the insertion point at 1 - r:
+    deleting in the reversed order gives the insertion curve backwards (a blur fill: no noise)."""
+    from xaicxr_builtins.metrics.faithfulness import Faithfulness
+
+    images = square_images(4, seed=3)
+    maps = np.random.default_rng(4).random(images.shape).astype(np.float32)
+    targets = np.ones(len(images), int)
+    blur = plugins.get("fill", "blur")(sigma=6.0 * 224 / SIZE)
+    forward = fa.perturbation_curves(square, images, maps, targets, fill=blur)
+    reversed_order = fa.perturbation_curves(square, images, -maps, targets, fill=blur)
+    np.testing.assert_allclose(reversed_order["deletion"], forward["insertion"][:, ::-1], atol=1e-6)
+
+    metric = Faithfulness(fills=["blur"], fractions=11, faithfulness_baselines=["uniform"])
+    on_square = np.broadcast_to(square_mask(), images.shape).astype(np.float32)
+    scores = metric.scores(on_square, images, square, targets)
+    uniform = metric.scores(np.zeros_like(on_square), images, square, targets)
+    figures = metric.figures(scores, {"uniform": uniform})["blur"]
+    gap = scores["blur/insertion_auc"] - scores["blur/deletion_auc"]
+    assert figures["morf_lerf_gap"]["value"] == pytest.approx(gap.mean())
+    assert figures["morf_lerf_gap_skill"]["baseline"] == "uniform" and figures["morf_lerf_gap_skill"]["ci95"][0] > 0
+
+
+def test_a_flat_map_is_scored_as_the_mean_of_several_random_orders(square):
+    """Rows whose map is flat average their curves over ``random_orders`` seeded orders; rows
+    with a map keep their one order."""
+    from xaicxr_builtins.metrics.faithfulness import Faithfulness
+
+    images = square_images(4, seed=5)
+    targets = np.ones(len(images), int)
+    maps = np.random.default_rng(6).random(images.shape).astype(np.float32)
+    maps[[1, 3]] = 0.0
+    three = Faithfulness(fills=["blur"], fractions=6, random_orders=3).scores(maps, images, square, targets, seed=7)
+    one = Faithfulness(fills=["blur"], fractions=6, random_orders=1).scores(maps, images, square, targets, seed=7)
+    np.testing.assert_array_equal(three["blur/deletion_auc"][[0, 2]], one["blur/deletion_auc"][[0, 2]])
+    more = [fa.perturbation_curves(square, images[[1, 3]], maps[[1, 3]], targets[[1, 3]], fill="blur",
+                                   fractions=np.linspace(0, 1, 6), seed=7 + k)["deletion_auc"] for k in (1, 2)]
+    by_order = [one["blur/deletion_auc"][[1, 3]], *more]
+    np.testing.assert_allclose(three["blur/deletion_auc"][[1, 3]], np.mean(by_order, axis=0), atol=1e-6)
+    assert not np.allclose(by_order[0], by_order[1]), "the orders differ"

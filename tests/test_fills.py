@@ -49,7 +49,7 @@ def test_the_built_in_fills_are_registered_plugins_of_their_kind(fresh_plugins):
     assert {"road", "blur"} <= set(plugins.registry().names("fill"))
     for name in ("road", "blur"):
         assert issubclass(plugins.get("fill", name), Fill)
-    assert make_fill("blur").options() == {"sigma": 5.0}
+    assert make_fill("blur").options() == {"sigma": 20.0}
     road = plugins.get("fill", "road")(noise=0.0)
     assert make_fill(road) is road
 

@@ -15,9 +15,15 @@ from xaicxr.plugins import Fill
 
 class Blur(Fill):
     """``sigma``: the Gaussian's standard deviation in pixels at 224 px, scaled with the image
-    size; reflected borders. No randomness."""
+    size; reflected borders. No randomness.
 
-    def __init__(self, sigma: float = 5.0) -> None:
+    The default, 20, is wide enough that the fully blurred image loses the lesion classes: on the
+    demo's model a fully blurred film keeps p(bacteria) 0.03 and p(virus) 0.02 at 20 against
+    0.29 and 0.02 at the earlier 5 (1.4 px at 64 px, barely a blur), and p(covid) 0.33 against
+    0.59; wider blurs do not go lower (a featureless film reads as normal or covid to it: 0.50
+    and 0.50 at 80)."""
+
+    def __init__(self, sigma: float = 20.0) -> None:
         if not (math.isfinite(sigma) and sigma > 0):
             raise ValueError(f"'sigma' must be a positive number of pixels, got {sigma}")
         self.sigma = sigma

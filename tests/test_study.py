@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import tomllib
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -108,3 +110,43 @@ def test_the_localisation_benchmark_selects_with_holm_from_the_per_image_scores(
     single = [{}]
     bench.holm_selection(single, [pairs[0]], min_effect=0.05)
     assert single[0]["skill_simultaneous"]["ci95"][0] > lo  # one comparison: a narrower interval
+
+
+def test_seeds_train_each_variant_n_times_and_report_between_seed_intervals(shared_runs, tmp_path):
+    """``seeds = 2``: two models (train.seed 0 and 1: the base's own plus 0 and 1; the seed-0
+    model is the shared LIGHT run's, copied in as a finished variant), and a table of each
+    figure's mean over them with a Student-t interval over the two per-model values."""
+    from scipy import stats
+
+    from shared_runs import LIGHT, copy_run, tiny_study
+
+    study = tmp_path / "seeds.toml"
+    study.write_text("seeds = 2\n" + tiny_study({"explain": [[{"name": "gradcam", "layer": "block4_conv4"}]]},
+                                                aggregate=[{"name": "mean"}], quality={"metrics": ["localisation"]},
+                                                probe={"enabled": False}))
+    out = tmp_path / "out"
+    names = ["explain=gradcam-block4_conv4__seed=0", "explain=gradcam-block4_conv4__seed=1"]
+    copy_run(shared_runs.run(LIGHT), out / names[0])
+    result = runner.invoke(app, ["study", str(study), "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.stderr
+    table = json.loads(result.stdout)
+    assert list(dict.fromkeys(v["variant"] for v in table["variants"])) == names
+    trained = {v["variant"]: "train" in v["stages_run"] for v in table["variants"]}
+    assert trained == {names[0]: False, names[1]: True}, "another seed is another model, not a shared one"
+    rows = {(r["variant"], r["class"]): r for r in table["variants"]}
+    over = {(e["variant"], e["class"]): e for e in table["seeds"]}
+    entry = over[("explain=gradcam-block4_conv4", "covid")]
+    assert entry["n_models"] == 2 and entry["seeds"] == [0, 1]
+    per_model = [rows[(n, "covid")]["pointing_game"] for n in names]
+    assert entry["pointing_game"]["mean"] == pytest.approx(np.mean(per_model))
+    half = stats.t.ppf(0.975, 1) * np.std(per_model, ddof=1) / np.sqrt(2)
+    assert entry["pointing_game"]["ci95"] == pytest.approx([np.mean(per_model) - half, np.mean(per_model) + half])
+    accuracies = [rows[(n, "covid")]["accuracy"] for n in names]
+    assert entry["accuracy"]["mean"] == pytest.approx(np.mean(accuracies))
+    assert [tomllib.loads((out / n / "config.toml").read_text())["train"]["seed"] for n in names] == [0, 1]
+    assert "Over the training seeds" in (out / "index.html").read_text()
+    assert (out / "seeds.csv").read_text().startswith("variant,store,class,n_models")
+    assert "Over the training seeds" in (out / "summary.md").read_text()
+    study.write_text("seeds = 0\n[base]\n[matrix]\n\"train.epochs\" = [1]\n")
+    bad = runner.invoke(app, ["study", str(study), "--out", str(out)])
+    assert bad.exit_code == 2 and "'seeds'" in bad.stderr and "at least 1" in bad.stderr

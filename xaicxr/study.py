@@ -20,6 +20,13 @@ the same ``[run]`` table share one executor: a Dask cluster is started once for 
 After the variants ran, every variant's templates are compared with every other variant's
 (``xaicxr compare``, all pairs: a study over seeds or sites asks how far any two runs drift,
 not how far each is from an arbitrary first one), into ``compare/`` of the study's folder.
+
+``seeds = N`` (top level of the study file) trains every variant N times, with ``train.seed``
+the variant's own plus 0, 1, ..., N - 1 (variants ``<name>__seed=<s>``), and adds a table over
+the seeds (``summary.json`` ``seeds``, ``seeds.csv``, ``index.html``): per variant, store and
+class, each figure's mean over the N models and its between-seed 95 % interval (Student's t
+over the N per-model values: what another training run would give, which no interval of one
+run contains), and for a verdict how many of the N models it holds for.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+import numpy as np
 
 from .compare import compare_runs, comparison_rows
 from .config import absolute_paths, chosen_metrics, make_metric, resolve, store_name
@@ -63,9 +72,9 @@ def load_study(path: Path) -> tuple[dict[str, Any], list[tuple[str, dict[str, An
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read study {path}: {exc}") from None
-    unknown = sorted(set(raw) - {"base", "matrix", "variants", "name"})
+    unknown = sorted(set(raw) - {"base", "matrix", "variants", "name", "seeds"})
     if unknown:
-        raise ConfigError(f"unknown key {unknown[0]!r} in {path}; a study has base, matrix, variants, name")
+        raise ConfigError(f"unknown key {unknown[0]!r} in {path}; a study has base, matrix, variants, name, seeds")
     spec = raw.get("base", {})
     if isinstance(spec, str):
         base_path = (path.parent / spec).resolve()
@@ -96,6 +105,7 @@ def load_study(path: Path) -> tuple[dict[str, Any], list[tuple[str, dict[str, An
         variants.append((entry["name"], cfg))
     if not variants:
         raise ConfigError(f"{path} defines no variants: add [matrix] or [[variants]]")
+    variants = _over_seeds(variants, raw.get("seeds", 1), path)
     variants = [(name, absolute_paths(cfg, path.parent)) for name, cfg in variants]
     for name, _ in variants:
         _check_name(name, path)
@@ -103,6 +113,27 @@ def load_study(path: Path) -> tuple[dict[str, Any], list[tuple[str, dict[str, An
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: two variants share a name")
     return base, variants
+
+
+SEED_SUFFIX = re.compile(r"__seed=(-?\d+)$")
+
+
+def _over_seeds(variants: list[tuple[str, dict[str, Any]]], seeds: Any, path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """Each variant ``seeds`` times, ``train.seed`` its own (default 0) plus 0 .. seeds - 1."""
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"'seeds' in {path} must be a whole number of trained models, at least 1; got {seeds!r}")
+    if seeds == 1:
+        return variants
+    out = []
+    for name, cfg in variants:
+        first = cfg.get("train", {}).get("seed", 0)
+        if isinstance(first, bool) or not isinstance(first, int):
+            raise ConfigError(f"{path}: variant {name!r} has train.seed {first!r}; 'seeds' needs a whole number")
+        for k in range(seeds):
+            seeded = copy.deepcopy(cfg)
+            _set(seeded, "train.seed", first + k, path)
+            out.append((f"{name}__seed={first + k}", seeded))
+    return out
 
 
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]{0,254}")
@@ -185,12 +216,56 @@ def run_study(path: Path, out: Path) -> dict[str, Any]:
             trained.setdefault(digest, run_dir)
             rows.extend(_rows(name, run_dir, cfg, summary, time.perf_counter() - start))
     table = {"study": str(path), "out": str(out), "variants": rows}
+    over_seeds = seed_table(rows)
+    if over_seeds:
+        table["seeds"] = over_seeds
     comparison = _compare_variants(out, [name for name, _ in resolved])
     if comparison is not None:
         table["compare"] = comparison
-    _write_tables(out, rows, comparison)
+    _write_tables(out, rows, comparison, over_seeds)
     atomic.write_json(out / "summary.json", table)
     return table
+
+
+SEED_KEYS = ("variant", "run_dir", "seconds", "stages_run", "test_set", "explainer", "store", "layer", "class")
+
+
+def seed_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of variants trained over several seeds (``<name>__seed=<s>``), one per variant, store
+    and class: each numeric figure's ``mean``, ``sd`` and between-seed 95 % interval (``lo``,
+    ``hi``: Student's t over the per-model values), each verdict's count of models it holds for
+    (``<figure>_true``) out of ``n_models``. Empty when no variant has seeds."""
+    from scipy import stats
+
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        match = SEED_SUFFIX.search(row["variant"])
+        if match:
+            key = (row["variant"][:match.start()], row.get("store"), row.get("class"))
+            groups.setdefault(key, []).append(row)
+    out = []
+    for (variant, store, cls), members in groups.items():
+        entry: dict[str, Any] = {"variant": variant, "store": store, "class": cls, "n_models": len(members),
+                                 "seeds": [int(SEED_SUFFIX.search(m["variant"]).group(1)) for m in members]}
+        names = [k for k in members[0] if k not in SEED_KEYS and not k.endswith(("_lo", "_hi"))]
+        for name in names:
+            values = [m.get(name) for m in members]
+            if all(isinstance(v, bool) for v in values if v is not None) and any(v is not None for v in values):
+                entry[f"{name}_true"] = sum(1 for v in values if v)
+                continue
+            numbers = np.array([v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)], float)
+            numbers = numbers[np.isfinite(numbers)]
+            if len(numbers) == 0:
+                continue
+            mean = float(numbers.mean())
+            sd = float(numbers.std(ddof=1)) if len(numbers) > 1 else None
+            half = (float(stats.t.ppf(0.975, len(numbers) - 1)) * sd / np.sqrt(len(numbers))
+                    if sd is not None else None)
+            entry[name] = {"mean": mean, "sd": sd, "ci95": [mean - half if half is not None else None,
+                                                             mean + half if half is not None else None],
+                           "n": int(len(numbers))}
+        out.append(entry)
+    return out
 
 
 def _compare_variants(out: Path, names: list[str]) -> dict[str, Any] | None:
@@ -233,7 +308,8 @@ def _rows(name: str, run_dir: RunDir, cfg: dict[str, Any], summary: dict[str, An
     return rows
 
 
-def _write_tables(out: Path, rows: list[dict[str, Any]], comparison: dict[str, Any] | None = None) -> None:
+def _write_tables(out: Path, rows: list[dict[str, Any]], comparison: dict[str, Any] | None = None,
+                  over_seeds: list[dict[str, Any]] | None = None) -> None:
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns and k not in ("run_dir", "stages_run")]
@@ -245,6 +321,7 @@ def _write_tables(out: Path, rows: list[dict[str, Any]], comparison: dict[str, A
     fmt = lambda v: "" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
     md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     md += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    md += _seeds_markdown(over_seeds or [])
     md += _comparison_markdown(comparison, fmt)
     atomic.write_text(out / "summary.md", "\n".join(md) + "\n")
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
@@ -259,8 +336,65 @@ td,th{{border:1px solid #ccc;padding:.25em .5em;text-align:right}}td:first-child
 <body><h1>xaicxr study</h1><p>Each variant links to its report. One row per explainer and class; _lo and _hi are
 95 % intervals; pointing_skill is the pointing game minus the best map that knows nothing about the lesion
 (pointing_baseline); randomisation_passes is the cascading randomisation test.</p>
-<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{_comparison_html(comparison, fmt)}</body></html>
+<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{_seeds_html(over_seeds or [])}{_comparison_html(comparison, fmt)}</body></html>
 """)
+    if over_seeds:
+        atomic.write_text(out / "seeds.csv", _seeds_csv(over_seeds))
+
+
+def _seed_cells(entry: dict[str, Any]) -> dict[str, str]:
+    """A row of the over-seeds table as text: ``mean [lo, hi]`` and ``k/N`` for verdicts."""
+    cells = {"variant": entry["variant"], "store": str(entry["store"]), "class": str(entry["class"]),
+             "n_models": str(entry["n_models"])}
+    for name, value in entry.items():
+        if isinstance(value, dict) and "mean" in value:
+            lo, hi = value["ci95"]
+            cells[name] = f"{value['mean']:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else "")
+        elif name.endswith("_true"):
+            cells[name] = f"{value}/{entry['n_models']}"
+    return cells
+
+
+def _seeds_csv(over_seeds: list[dict[str, Any]]) -> str:
+    rows = []
+    for entry in over_seeds:
+        row = {k: entry[k] for k in ("variant", "store", "class", "n_models")}
+        for name, value in entry.items():
+            if isinstance(value, dict) and "mean" in value:
+                row.update({f"{name}_mean": value["mean"], f"{name}_sd": value["sd"],
+                            f"{name}_lo": value["ci95"][0], f"{name}_hi": value["ci95"][1]})
+            elif name.endswith("_true"):
+                row[name] = value
+        rows.append(row)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _seeds_markdown(over_seeds: list[dict[str, Any]]) -> list[str]:
+    if not over_seeds:
+        return []
+    cells = [_seed_cells(e) for e in over_seeds]
+    columns = list(dict.fromkeys(k for c in cells for k in c))
+    return ["", "Over the training seeds (mean [between-seed 95 % interval]; a verdict: the models it holds for):", "",
+            "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns),
+            *["| " + " | ".join(c.get(k, "") for k in columns) + " |" for c in cells]]
+
+
+def _seeds_html(over_seeds: list[dict[str, Any]]) -> str:
+    if not over_seeds:
+        return ""
+    cells = [_seed_cells(e) for e in over_seeds]
+    columns = list(dict.fromkeys(k for c in cells for k in c))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c.get(k, ''))}</td>" for k in columns) + "</tr>" for c in cells)
+    return (f"<h2>Over the training seeds</h2><p>Each figure's mean over the models trained with different seeds and "
+            f"its between-seed 95 % interval (Student's t over the per-model values: what another training run would "
+            f"give); a verdict as the number of models it holds for (seeds.csv).</p>"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
 
 COMPARISON_COLUMNS = ("template", "class", "a", "b", "pearson", "ssim", "self_pearson_a", "self_pearson_b",

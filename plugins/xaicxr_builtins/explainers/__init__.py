@@ -2,11 +2,13 @@
 ``hirescam``, ``xgradcam``, ``eigencam``, ``ablationcam``, ``scorecam``) and
 tf-keras-vis backed ones (``gradcam-tfkv``, ``gradcam++-tfkv``, ``layercam-tfkv``,
 ``scorecam-tfkv``, ``saliency``, ``smoothgrad``) and native input-space ones
-(``integrated-gradients``, ``occlusion``, ``rise``). No TensorFlow import happens here."""
+(``integrated-gradients``, ``occlusion``, ``rise``, ``extremal``). No TensorFlow import happens
+here."""
 
 from xaicxr import hookimpl
 
 from .cams import AblationCAM, EigenCAM, HiResCAM, XGradCAM
+from .extremal import ExtremalPerturbation
 from .gradcam import GradCAM, GradCAMPlusPlus, LayerCAM
 from .perturbation import RISE, IntegratedGradients, Occlusion
 from .scorecam import ScoreCAM
@@ -34,4 +36,5 @@ def xaicxr_explainers():
         "integrated-gradients": IntegratedGradients,
         "occlusion": Occlusion,
         "rise": RISE,
+        "extremal": ExtremalPerturbation,
     }

@@ -20,9 +20,10 @@ def square():
     return square_model()
 
 
-def test_the_mask_of_the_squares_area_lies_on_the_square(square):
+@pytest.mark.parametrize("fill", ["blur", "fade"])
+def test_the_mask_of_the_squares_area_lies_on_the_square(square, fill):
     images = square_images(4)[..., None]
-    explainer = plugins.get("explainer", "extremal")(areas=[1 / 16, 0.2], blur_sigma=6.0 * 224 / SIZE)
+    explainer = plugins.get("explainer", "extremal")(areas=[1 / 16, 0.2], blur_sigma=6.0 * 224 / SIZE, fill=fill)
     masks = explainer.masks(square, images, ClassProbability(np.ones(4, int)))
     assert masks.shape == (4, 2, SIZE, SIZE) and 0.0 <= masks.min() and masks.max() <= 1.0
     on_square = square_mask()
@@ -42,7 +43,7 @@ def test_the_mask_of_the_squares_area_lies_on_the_square(square):
 
 @pytest.mark.parametrize("options, message", [({"areas": [0.0]}, "'areas'"), ({"areas": [1.0]}, "'areas'"),
                                               ({"steps": 0}, "'steps'"), ({"learning_rate": -1.0}, "learning_rate"),
-                                              ({"blur_sigma": 0.0}, "blur_sigma")])
+                                              ({"blur_sigma": 0.0}, "blur_sigma"), ({"fill": "road"}, "'fill'")])
 def test_options_that_cannot_work_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
         plugins.get("explainer", "extremal")(**options)

@@ -18,8 +18,8 @@ from xaicxr.errors import ConfigError, MetricInputError
 
 runner = CliRunner()
 
-BUILT_IN = {"reliance", "region-reliance", "localisation", "reliability", "template", "template-faithfulness", "faithfulness",
-            "randomisation", "distinctiveness"}
+BUILT_IN = {"reliance", "region-reliance", "localisation", "localisation-evidence", "reliability", "template",
+            "template-faithfulness", "faithfulness", "randomisation", "distinctiveness"}
 
 BORDER_METRIC = '''
 import numpy as np
@@ -153,7 +153,8 @@ def test_switches_leave_metrics_out():
     from xaicxr.config import chosen_metrics
 
     quality = resolve({"quality": {"faithfulness": False, "reliance": False}}, "q.toml")["quality"]
-    assert chosen_metrics(quality) == ["localisation", "reliability", "template", "randomisation", "distinctiveness"]
+    assert chosen_metrics(quality) == ["localisation", "localisation-evidence", "reliability", "template", "randomisation",
+                                       "distinctiveness"]
 
 
 @pytest.mark.xdist_group("light")  # starts from the LIGHT run's model

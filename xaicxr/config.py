@@ -64,8 +64,8 @@ ARRAY_TABLES = {"explain", "aggregate"}
 """Arrays of tables (``[[explain]]``): one entry per explainer / aggregator."""
 FREE_TABLES = {"binary"}
 """Tables whose keys are user-chosen names (binary tasks)."""
-DEFAULT_METRICS = ("reliance", "region-reliance", "localisation", "reliability", "template", "template-faithfulness", "faithfulness",
-                   "randomisation", "distinctiveness")
+DEFAULT_METRICS = ("reliance", "region-reliance", "localisation", "localisation-evidence", "reliability", "template",
+                   "template-faithfulness", "faithfulness", "randomisation", "distinctiveness")
 """``[quality] metrics`` when not given: every built-in metric, in report order."""
 METRIC_SWITCHES = {"faithfulness": ("faithfulness", "template-faithfulness"), "randomisation": ("randomisation",),
                    "reliance": ("reliance", "region-reliance")}

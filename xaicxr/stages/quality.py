@@ -8,16 +8,23 @@ them over by scope:
 - ``maps``: per explainer and true class, the maps that explain the image's own class (with
   ``targets = "predicted"`` a misclassified image's map explains another class and is counted in
   ``n_other_target``), with the images, masks (lungs segmented where the dataset has none) and
-  the class prior; also the uninformed maps a metric names (``baselines``), scored once per set
-  of images: their figures go to ``metrics.json`` ``baselines`` (those of the first set of
-  explained images; an explainer that explained other images carries its own under
-  ``per_image[store][class]["baselines"]``);
+  the class prior, and the class's counterfactual twins where the metric declares the
+  ``changes`` it needs and the dataset plugin can make them; also the uninformed maps a metric
+  names (``baselines``), scored once per set of images: their figures go to ``metrics.json``
+  ``baselines`` (those of the first set of explained images; an explainer that explained other
+  images carries its own under ``per_image[store][class]["baselines"]``). A map metric that
+  scores against a ground truth of its own, made by a ``ground_truth`` method from inputs named
+  as ``scores``'s are (the pixels a lesion-removed twin changes), gets as its ``class_prior``
+  baseline the mean of that ground truth over the class's training images;
 - ``template`` / ``templates``: each aggregator's template of a class / of every class; a
   class's template comes with the heatmaps it aggregated (``maps``), the ``aggregator`` that built
   it and whether those maps are of the class's scored images, row for row (``paired``);
 - ``explainer``: the store's explainer, layer and target, on the rows the metric selects;
 - ``run``: the explained images of the run, their labels and masks, and counterfactual twins
   where the dataset plugin can make them.
+
+Each twin is rendered once (:class:`TwinSource`): those a map metric asked for are kept for the
+run metrics (the reliance test), which see the same images.
 
 A metric whose required input the run cannot give is listed with the reason under
 ``metrics.json`` ``not_measured``. ``quality.h5`` keeps the per-image arrays each map metric keeps
@@ -103,6 +110,7 @@ def run(run: Run) -> dict[str, Any]:
     sets: dict[tuple, ImageSet] = {}
     aggregators = {spec["name"]: build_plugin("aggregate", spec) for spec in run.cfg["aggregate"]}
     passes = model_executor(run)
+    twins = TwinSource(run)
     with atomic.atomic_path(run.dir.quality) as tmp, h5py.File(tmp, "w") as out:
         for job in run.jobs():
             with HeatmapStore(run.dir.heatmaps(job.store)) as store:
@@ -116,7 +124,7 @@ def run(run: Run) -> dict[str, Any]:
                 key = (tuple(store.ids), store.targets.tobytes())
                 if key not in sets:
                     sets[key] = ImageSet(store, cache, classes, opts, run.model, passes,
-                                         out.require_group(f"baselines/{job.store}"))
+                                         out.require_group(f"baselines/{job.store}"), twins)
                 images, first = sets[key], next(iter(sets.values()))
                 figures.out["baselines"] = first.baseline_figures
                 _map_metrics(figures, images, store, job.store, out, own_baselines=images is not first)
@@ -124,7 +132,7 @@ def run(run: Run) -> dict[str, Any]:
                     _template_metrics(figures, images, store, aggregator, run.dir.template(job.store, agg_name),
                                       f"{job.store}-{agg_name}")
                 _explainer_metrics(figures, run, job, store, cache, classes, passes)
-        _run_metrics(figures, run, cache, classes, passes)
+        _run_metrics(figures, run, cache, classes, passes, twins)
         out.attrs["classes"] = list(classes)
     run.dir.update_metrics(figures.out)
     return {"explainers": list(figures.out["per_image"]),
@@ -209,14 +217,19 @@ class ImageSet:
     every explainer that explained the same images for the same targets."""
 
     def __init__(self, store: HeatmapStore, cache: ImageCache, classes: list[str], opts: dict[str, Any],
-                 model: Callable[[], Any], passes: ModelExecutor, out: h5py.Group) -> None:
+                 model: Callable[[], Any], passes: ModelExecutor, out: h5py.Group,
+                 twin_source: "TwinSource | None" = None) -> None:
         self.classes, self.opts, self.model, self.passes, self.out = classes, opts, model, passes, out
+        self.cache, self.twin_source = cache, twin_source
         self.seed = opts["seed"]
         self.size = store.shape[1]
         self.segmented: set[int] = set()
         rng = np.random.default_rng(self.seed)
         cache_rows = cache.rows_of(store.ids)
-        self.priors = class_priors(cache, len(classes), exclude=set(cache_rows.tolist()))
+        self.exclude = set(cache_rows.tolist())
+        self.priors = class_priors(cache, len(classes), exclude=self.exclude)
+        self._own_priors: dict[str, dict[int, np.ndarray]] = {}
+        self._twins: dict[tuple, _Twins | None] = {}
         self.data: dict[int, dict[str, Any]] = {}
         self.other_target: dict[int, int] = {}
         for k in range(len(classes)):
@@ -232,7 +245,7 @@ class ImageSet:
             if opts["faithfulness_images"] and len(rows) > opts["faithfulness_images"]:
                 sample = np.sort(rng.choice(len(rows), opts["faithfulness_images"], replace=False))
             self.data[k] = {"rows": rows, "images": block["images"], "lesion": block["lesion"],
-                            "lung": self._lungs(block, k), "sample": sample}
+                            "lung": self._lungs(block, k), "sample": sample, "ids": [store.ids[r] for r in rows]}
         self.baseline_figures: dict[str, dict[str, Any]] = {classes[k]: {} for k in self.data}
         self._baseline_scores: dict[tuple[str, int], dict[str, dict[str, np.ndarray]]] = {}
 
@@ -242,16 +255,55 @@ class ImageSet:
             self.segmented.add(k)
         return lung
 
-    def inputs(self, k: int, sampled: bool = False, **given: Any) -> "Inputs":
-        """The inputs of class ``k``'s images (its sample with ``sampled``), plus ``given``."""
+    def inputs(self, k: int, sampled: bool = False, changes: tuple[str, ...] = (), **given: Any) -> "Inputs":
+        """The inputs of class ``k``'s images (its sample with ``sampled``), plus ``given``;
+        with ``changes``, also their counterfactual ``twins`` (made on first use)."""
         data = self.data[k]
         pick = data["sample"] if sampled else slice(None)
         n = len(data["rows"][pick])
+        makers: dict[str, Callable[[], Any]] = {"model": self.model}
+        if changes:
+            makers["twins"] = lambda: self.twins(k, sampled, tuple(changes))
         return Inputs({"images": data["images"][pick], "lung": data["lung"][pick],
                        "lesion": None if data["lesion"] is None else data["lesion"][pick],
                        "prior": self.priors.get(k), "targets": np.full(n, k), "labels": np.full(n, k),
                        "class_names": self.classes, "seed": self.seed, "executor": self.passes, **given},
-                      model=self.model)
+                      **makers)
+
+    def twins(self, k: int, sampled: bool, changes: tuple[str, ...]) -> "_Twins | None":
+        """The counterfactual twins of class ``k``'s images (its sample with ``sampled``), the same
+        arrays for every metric that asks; None where the dataset cannot make ``changes``."""
+        key = (k, sampled, changes)
+        if key not in self._twins:
+            data = self.data[k]
+            ids = np.asarray(data["ids"], dtype=object)[data["sample"] if sampled else slice(None)]
+            self._twins[key] = None if self.twin_source is None else self.twin_source.of(list(ids), changes)
+        return self._twins[key]
+
+    def prior(self, name: str, metric: MapMetric, k: int) -> np.ndarray | None:
+        """The map of ``metric``'s ``class_prior`` baseline for class ``k``: the mean training
+        lesion mask, or for a metric with a ``ground_truth`` of its own, the mean of that over the
+        same training images (made once per metric)."""
+        truth = getattr(metric, "ground_truth", None)
+        if truth is None or "class_prior" not in metric.baselines:
+            return self.priors.get(k)
+        if name not in self._own_priors:
+            changes = tuple(getattr(metric, "changes", ()))
+            cache, source = self.cache, self.twin_source
+
+            def masks(rows: np.ndarray, block: dict[str, Any]) -> np.ndarray | None:
+                ids = [cache.ids[r] for r in rows]
+                inputs = Inputs({"images": block["images"], "lesion": block["lesion"], "labels": cache.labels[rows],
+                                 "class_names": self.classes},
+                                twins=lambda: None if source is None or not changes
+                                else source.of(ids, changes, keep=False))
+                return call_with_inputs(truth, inputs, metric)
+
+            try:
+                self._own_priors[name] = class_priors(cache, len(self.classes), self.exclude, masks)
+            except MetricInputError:  # not made for the training images: no class_prior baseline
+                self._own_priors[name] = {}
+        return self._own_priors[name].get(k)
 
     def baselines(self, name: str, metric: MapMetric, k: int) -> dict[str, dict[str, np.ndarray]]:
         """The per-image scores of the uninformed maps ``metric`` names, on class ``k``'s images
@@ -260,11 +312,11 @@ class ImageSet:
         if (name, k) in self._baseline_scores:
             return self._baseline_scores[(name, k)]
         cls, scored = self.classes[k], {}
-        inputs = self.inputs(k, metric.sampled)
+        inputs = self.inputs(k, metric.sampled, tuple(getattr(metric, "changes", ())))
         shape = (self.size, self.size)
         for b in metric.baselines:
-            maps = base.baseline_maps(b, inputs["lung"], self.priors.get(k), shape, len(inputs["targets"]),
-                                      seed=self.seed + k)
+            prior = self.prior(name, metric, k) if b == "class_prior" else None
+            maps = base.baseline_maps(b, inputs["lung"], prior, shape, len(inputs["targets"]), seed=self.seed + k)
             if maps is None:
                 continue
             maps = np.ascontiguousarray(np.broadcast_to(maps, (len(inputs["targets"]), *shape)))
@@ -315,14 +367,18 @@ class Inputs(Mapping):
         return len(set(self.values) | set(self.makers))
 
 
-def class_priors(cache: ImageCache, n_classes: int, exclude: set[int]) -> dict[int, np.ndarray]:
+def class_priors(cache: ImageCache, n_classes: int, exclude: set[int],
+                 masks: Callable[[np.ndarray, dict[str, Any]], np.ndarray | None] | None = None
+                 ) -> dict[int, np.ndarray]:
     """The mean lesion mask of every class over training images that are not scored (a prior
     must not have seen the images it is scored on); where the training split is what is scored,
-    over the other splits."""
+    over the other splits. ``masks(rows, block)``: another ground truth of the cache rows, from
+    their block (:meth:`ImageCache.read`), averaged instead of the lesion masks."""
     for splits in (("train",), tuple(s for s in SPLITS if s != "train")):
         rows = np.array([r for s in splits for r in cache.rows(s) if r not in exclude], dtype=np.int64)
         chunks = (rows[i:i + 256] for i in range(0, len(rows), 256))
-        priors = base.class_priors(((cache.read(c)["lesion"], cache.labels[c]) for c in chunks), n_classes)
+        truth = masks or (lambda rows, block: block["lesion"])
+        priors = base.class_priors(((truth(c, cache.read(c)), cache.labels[c]) for c in chunks), n_classes)
         if priors:
             return priors
     return {}
@@ -347,8 +403,8 @@ def _map_metrics(figures: Figures, images: ImageSet, store: HeatmapStore, name: 
                                                                          dtype=object), dtype=h5py.string_dtype())
             for metric_name, metric in metrics:
                 pick = data["sample"] if metric.sampled else slice(None)
-                inputs = images.inputs(k, metric.sampled, maps=np.ascontiguousarray(maps[pick]),
-                                       degenerate=degenerate[pick])
+                inputs = images.inputs(k, metric.sampled, tuple(getattr(metric, "changes", ())),
+                                       maps=np.ascontiguousarray(maps[pick]), degenerate=degenerate[pick])
                 scores = figures.evaluate(metric_name, metric, metric.scores, inputs)
                 if scores is not None:
                     reference = images.baselines(metric_name, metric, k)
@@ -448,7 +504,8 @@ def _explainer_metrics(figures: Figures, run: Run, job: Any, store: HeatmapStore
             figures.merge(metric, (job.store,), values)
 
 
-def _run_metrics(figures: Figures, run: Run, cache: ImageCache, classes: list[str], passes: ModelExecutor) -> None:
+def _run_metrics(figures: Figures, run: Run, cache: ImageCache, classes: list[str], passes: ModelExecutor,
+                 source: "TwinSource | None" = None) -> None:
     """Every ``run`` metric on the images of the explained splits (a study that chooses on the
     validation split must not read the test split)."""
     metrics = figures.of("run")
@@ -459,7 +516,7 @@ def _run_metrics(figures: Figures, run: Run, cache: ImageCache, classes: list[st
     by_id = {r.id: r for r in records}
     rows = np.array([r for split in splits for r in cache.rows(split) if cache.ids[r] in by_id], dtype=np.int64)
     block = cache.read(rows) if len(rows) else None
-    dataset = build_plugin("dataset", run.cfg["dataset"])
+    source = source or TwinSource(run)
     segmented: list[np.ndarray] = []
 
     def lungs(block: dict[str, Any]) -> np.ndarray:
@@ -471,9 +528,7 @@ def _run_metrics(figures: Figures, run: Run, cache: ImageCache, classes: list[st
         if block is None:
             figures.out["not_measured"][metric_name] = f"no explained image of the splits {', '.join(splits)}"
             continue
-        changes = tuple(getattr(metric, "changes", ()))
-        twins = _Twins(run, dataset, [by_id[cache.ids[r]] for r in rows], changes) \
-            if changes and set(changes) <= set(dataset.counterfactuals) else None
+        twins = source.of([cache.ids[r] for r in rows], tuple(getattr(metric, "changes", ())))
         inputs = Inputs({"images": block["images"], "labels": cache.labels[rows], "lesion": block["lesion"],
                          "class_names": classes, "twins": twins, "split": "+".join(splits),
                          "seed": run.cfg["quality"]["seed"], "executor": passes}, model=run.model,
@@ -484,18 +539,46 @@ def _run_metrics(figures: Figures, run: Run, cache: ImageCache, classes: list[st
             figures.out.update(metric.also(values))
 
 
-class _Twins(Mapping):
-    """Counterfactual images of ``records`` made by the dataset plugin, per change, on first
-    use, resized as the model was trained (:meth:`xaicxr.plugins.Dataset.counterfactual`)."""
+class TwinSource:
+    """Counterfactual images of the run's records, made by the dataset plugin on first use and
+    resized as the model was trained (:meth:`xaicxr.plugins.Dataset.counterfactual`). Twins of
+    the explained images are kept: a map metric's twins of one class and a run metric's of the
+    whole split are the same renders, made once; the training images' (a prior) are not kept."""
 
-    def __init__(self, run: Run, dataset: Any, records: list[Any], changes: tuple[str, ...]) -> None:
-        self.run, self.dataset, self.records, self.changes = run, dataset, records, changes
-        self.made: dict[str, np.ndarray] = {}
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.kept: dict[tuple[str, str], np.ndarray] = {}
+        """``(change, id)``: a kept twin, float16."""
+        self._dataset: Any = None
+        self._records: dict[str, Any] | None = None
 
-    def __getitem__(self, change: str) -> np.ndarray:
-        if change not in self.changes:
-            raise KeyError(change)
-        if change not in self.made:
+    @property
+    def dataset(self) -> Any:
+        if self._dataset is None:
+            self._dataset = build_plugin("dataset", self.run.cfg["dataset"])
+        return self._dataset
+
+    @property
+    def records(self) -> dict[str, Any]:
+        if self._records is None:
+            _, records, external = self.run.dir.records()
+            self._records = {r.id: r for r in (*records, *external)}
+        return self._records
+
+    def of(self, ids: list[str], changes: tuple[str, ...], *, keep: bool = True) -> "_Twins | None":
+        """The twins of the images ``ids`` by change, or None where the dataset cannot make
+        ``changes`` (or none is asked for)."""
+        changes = tuple(changes)
+        if not changes or not set(changes) <= set(self.dataset.counterfactuals) \
+                or any(i not in self.records for i in ids):
+            return None
+        return _Twins(self, list(ids), changes, keep)
+
+    def render(self, ids: list[str], change: str, keep: bool = True) -> np.ndarray:
+        """(N, S, S) float32: the ``change`` twins of ``ids``, rendering those not kept."""
+        missing = [i for i in dict.fromkeys(ids) if (change, i) not in self.kept]
+        made: dict[str, np.ndarray] = {}
+        if missing:
             train = self.run.dir.read_train_info()
             size, resize, mode = int(train["input_size"]), train["resize"], train.get("mode")
 
@@ -503,14 +586,36 @@ class _Twins(Mapping):
                 image = self.dataset.counterfactual(record, change, self.run.dir.data_dir)
                 return fit_square(image, size, policy=resize, mode=mode).astype(np.float16).astype(np.float32)
 
-            images = []
             with ThreadPoolExecutor() as pool, progress_bar(f"counterfactual twins ({change})",
-                                                            len(self.records)) as advance:
-                for image in pool.map(twin, self.records):
-                    images.append(image)
+                                                            len(missing)) as advance:
+                for i, image in zip(missing, pool.map(twin, [self.records[i] for i in missing])):
+                    made[i] = image
                     advance(1)
-            self.made[change] = np.stack(images)
+            if keep:  # float16 holds them exactly (they were rounded to it)
+                self.kept.update(((change, i), image.astype(np.float16)) for i, image in made.items())
+        if not ids:
+            size = int(self.run.dir.read_train_info()["input_size"])
+            return np.zeros((0, size, size), np.float32)
+        return np.stack([made[i] if i in made else self.kept[(change, i)].astype(np.float32) for i in ids])
+
+
+class _Twins(Mapping):
+    """Counterfactual images of the images ``ids`` per change, made on first use
+    (:class:`TwinSource`), the same arrays on every access."""
+
+    def __init__(self, source: TwinSource, ids: list[str], changes: tuple[str, ...], keep: bool = True) -> None:
+        self.source, self.ids, self.changes, self.keep = source, ids, changes, keep
+        self.made: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, change: str) -> np.ndarray:
+        if change not in self.changes:
+            raise KeyError(change)
+        if change not in self.made:
+            self.made[change] = self.source.render(self.ids, change, self.keep)
         return self.made[change]
+
+    def __contains__(self, change: object) -> bool:
+        return change in self.changes
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.changes)

@@ -32,7 +32,7 @@ three times dearer): give it a ``split = "val"`` study or a ``max_images`` of it
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -47,8 +47,10 @@ from .tfkv import logits_model
 class ExtremalPerturbation(Explainer):
     """Extremal perturbations, deletion game (see the module docstring). ``areas``: shares of
     the image, each in (0, 1); ``steps``: Adam steps; ``grid``: mask parameters per side;
-    ``learning_rate``; ``area_weight``: weight of the area constraint; ``blur_sigma``: the fill's
-    blur in px at 224 px, scaled; ``batch``: images per compiled call."""
+    ``learning_rate``; ``area_weight``: weight of the area constraint; ``fill``: what a removed
+    pixel becomes, the image blurred (``blur_sigma`` px at 224 px, scaled) or the image's mean
+    grey (``fade``, TorchRay's fade perturbation to a constant); ``batch``: images per compiled
+    call."""
 
     uses_layer = False
     signed = True
@@ -57,18 +59,21 @@ class ExtremalPerturbation(Explainer):
 
     def __init__(self, areas: list[float] = [0.05, 0.1, 0.2], steps: int = 300, grid: int = 16,  # noqa: B006
                  learning_rate: float = 0.1, area_weight: float = 10.0, blur_sigma: float = 20.0,
-                 batch: int = 16) -> None:
+                 fill: Literal["blur", "fade"] = "blur", batch: int = 16) -> None:
         if not areas or any(not 0.0 < a < 1.0 for a in areas):
             raise ValueError(f"'areas' must be shares of the image in (0, 1), got {areas}")
         if not (np.isfinite(learning_rate) and learning_rate > 0):
             raise ValueError(f"'learning_rate' must be a positive number, got {learning_rate}")
         if not (np.isfinite(area_weight) and area_weight >= 0):
             raise ValueError(f"'area_weight' must be a number >= 0, got {area_weight}")
+        if fill not in ("blur", "fade"):
+            raise ValueError(f"'fill' must be 'blur' or 'fade', got {fill!r}")
         if not (np.isfinite(blur_sigma) and blur_sigma > 0):
             raise ValueError(f"'blur_sigma' must be a positive number of pixels, got {blur_sigma}")
         self.areas = [float(a) for a in areas]
         self.steps, self.grid = at_least("steps", steps, 1), at_least("grid", grid, 2)
         self.learning_rate, self.area_weight, self.blur_sigma = learning_rate, area_weight, blur_sigma
+        self.fill = fill
         self.batch = at_least("batch", batch, 1)
 
     def masks(self, model: Any, images: Any, targets: Any) -> np.ndarray:
@@ -93,8 +98,11 @@ class ExtremalPerturbation(Explainer):
         cache = model_cache(model)
         if key not in cache:
             cache[key] = self._build(logits_model(model), tuple(images.shape[1:]), target)
-        sigma = scaled_sigma(self.blur_sigma, images.shape[1:3])
-        blurred = ndimage.gaussian_filter(images, (0, sigma, sigma, 0), mode="reflect").astype(np.float32)
+        if self.fill == "fade":
+            blurred = np.broadcast_to(images.mean(axis=(1, 2, 3), keepdims=True), images.shape).astype(np.float32)
+        else:
+            sigma = scaled_sigma(self.blur_sigma, images.shape[1:3])
+            blurred = ndimage.gaussian_filter(images, (0, sigma, sigma, 0), mode="reflect").astype(np.float32)
         classes = classes.astype(np.int32)
         return np.concatenate([cache[key](images[i:i + self.batch], blurred[i:i + self.batch],
                                           classes[i:i + self.batch]).numpy()

@@ -4,6 +4,7 @@ happens here."""
 
 from xaicxr import hookimpl
 
+from .evidence import EvidenceLocalisation
 from .faithfulness import Faithfulness
 from .localisation import Localisation
 from .randomisation import Randomisation
@@ -17,6 +18,7 @@ from .templates import Distinctiveness, TemplateFaithfulness, TemplateLocalisati
 def xaicxr_metric():
     return {
         "localisation": Localisation,
+        "localisation-evidence": EvidenceLocalisation,
         "reliability": Reliability,
         "template": TemplateLocalisation,
         "template-faithfulness": TemplateFaithfulness,

@@ -75,7 +75,9 @@ INPUTS: dict[str, str] = {
               "template aggregated exactly the class's scored images (by true label, none left out by "
               "correct_only or max_images); False: two different sets of images",
     "templates": "{class name: (H, W)}: one aggregator's templates of every class",
-    "twins": "{change: (N, H, W)}: counterfactual images (the dataset's counterfactual(); phantoms)",
+    "twins": ("{change: (N, H, W)}: counterfactual images (the dataset's counterfactual(); phantoms); for a map "
+              "metric, of its class's images, when it declares the ``changes`` it needs; a map metric with a "
+              "``ground_truth`` method gets the mean of it over the training images as its class_prior"),
     "train_seed": "int: the seed the model was trained with",
     "split": "str: the split the images come from ('test'; 'val' in a study that chooses on validation)",
     "seed": "int: [quality] seed, for every random draw and bootstrap",

@@ -21,7 +21,7 @@ PLUGIN_NAMES = {
     "GradCAM": "gradcam", "GradCAMPlusPlus": "gradcam++", "LayerCAM": "layercam", "HiResCAM": "hirescam",
     "XGradCAM": "xgradcam", "EigenCAM": "eigencam", "AblationCAM": "ablationcam", "ScoreCAM": "scorecam",
     "Saliency": "saliency", "SmoothGrad": "smoothgrad", "IntegratedGradients": "integrated-gradients",
-    "Occlusion": "occlusion", "RISE": "rise",
+    "Occlusion": "occlusion", "RISE": "rise", "ExtremalPerturbation": "extremal",
     "GradcamTfkv": "gradcam-tfkv", "GradcamPlusPlusTfkv": "gradcam++-tfkv", "LayercamTfkv": "layercam-tfkv",
     "ScorecamTfkv": "scorecam-tfkv",
 }

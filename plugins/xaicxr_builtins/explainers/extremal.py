@@ -25,9 +25,10 @@ every mask lies on the square; an area weight of 300 (TorchRay's, against logits
 to its area but left it nowhere near the square after 150 steps. Every area and
 image of a batch is optimised in one compiled function (``batch`` images at a time).
 
-Cost: ``steps`` forward and backward passes per image and area, the dearest explainer here by
-far (300 steps x 3 areas = 900 passes per image against RISE's 1,000 forward passes, each about
-three times dearer): give it a ``split = "val"`` study or a ``max_images`` of its own.
+Cost: ``steps`` forward and backward passes per image and area: with the defaults 2.6 to 5.6 s
+per 64 px image of the demo's model on 2 cores (50 covid films in 130 to 282 s, depending on the
+machine's load; benchmarks/extremal_covid.py): give it a ``split = "val"`` study or a
+``max_images`` of its own.
 """
 
 from __future__ import annotations

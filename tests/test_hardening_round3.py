@@ -132,6 +132,37 @@ def test_sigterm_unwinds_like_ctrl_c_and_leaves_no_lock(tmp_path):
     assert not (out / "xaicxr.lock").exists() and not (out / "model.keras").exists()
 
 
+def _signal_inside(package: str, signum: int, then=None) -> str:
+    """Send ``signum`` to this process from a frame that belongs to ``package``, run a few more
+    bytecodes there (where Python runs the handler), then ``then`` if given."""
+    namespace = {"__name__": f"{package}.fake", "os": os, "signal": signal}
+    exec("def call(signum, then):\n    os.kill(os.getpid(), signum)\n    total = 0\n"
+         "    for i in range(1000):\n        total += i\n    if then: then()\n    return 'finished'\n",
+         namespace)
+    return namespace["call"](signum, then)
+
+
+def test_a_signal_inside_tensorflow_waits_for_the_next_safe_point():
+    from xaicxr.interrupts import Terminated, interrupts_at_safe_points, raise_if_interrupted
+
+    with pytest.raises(Terminated):
+        with interrupts_at_safe_points():
+            assert _signal_inside("keras", signal.SIGTERM) == "finished"  # held, not raised in Keras
+            with pytest.raises(Terminated):
+                raise_if_interrupted()
+            raise_if_interrupted()  # nothing held any more
+            _signal_inside("tensorflow", signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt) as caught:  # a second signal while one is held: at once
+        with interrupts_at_safe_points():
+            _signal_inside("tensorflow", signal.SIGINT, then=lambda: _signal_inside("keras", signal.SIGINT))
+    assert not isinstance(caught.value, Terminated)
+    with pytest.raises(Terminated):  # outside the frameworks: where it arrives
+        with interrupts_at_safe_points():
+            _signal_inside("xaicxr", signal.SIGTERM)
+            pytest.fail("not raised where it arrived")
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
 def test_temporaries_of_writers_that_died_are_removed_when_the_run_is_next_locked(tmp_path):
     from xaicxr.io.runlock import QUIET_S, RunLock
 

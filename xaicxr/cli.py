@@ -15,7 +15,6 @@ import os
 import re
 import sys
 import tomllib
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -28,6 +27,7 @@ from . import __version__, plugins, tflog
 from .analysis.intervals import describe
 from .config import load_config
 from .errors import ConfigError, XaicxrError
+from .interrupts import Terminated, interrupts_at_safe_points
 from .io.imaging import DEFAULT_MAX_PIXELS
 from .io.runlock import RunLock
 from .plugins.options import check_options
@@ -91,7 +91,7 @@ def command(show: Callable[[dict[str, Any]], None] | None = None) -> Callable:
             tflog.configure(verbose)
             as_json = kwargs.get("as_json", False)
             try:
-                with _sigterm_as_interrupt():
+                with interrupts_at_safe_points():
                     result = fn(**kwargs)
             except (typer.Exit, typer.Abort):
                 raise
@@ -138,30 +138,6 @@ def _fail(kind: str, message: str, as_json: bool, *, code: int = 2, trace: bool 
     if as_json:
         _print_json({"error": {"type": kind, "message": line}})
     raise typer.Exit(code)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the process is, so every ``with`` block (the run lock, atomic
-    writes) unwinds as for Ctrl-C instead of the process dying where it stands."""
-
-
-@contextmanager
-def _sigterm_as_interrupt():
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def terminate(signum: int, frame: Any) -> None:
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _no_space(exc: BaseException) -> str | None:

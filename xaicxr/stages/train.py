@@ -28,6 +28,7 @@ from rich.markup import escape
 from ..analysis.metrics import default_binary_tasks
 from ..config import build_plugin
 from ..errors import ConfigError, LayerNotFoundError, TrainingError
+from ..interrupts import raise_if_interrupted
 from ..io import atomic
 from ..io.h5rows import create_rows, read_rows
 from ..io.imagecache import ImageCache
@@ -230,7 +231,8 @@ class StopOnDivergence(keras.callbacks.Callback):
 
 
 class EpochProgress(keras.callbacks.Callback):
-    """A rich progress bar over epochs on stderr, with the latest losses; records epoch times."""
+    """A rich progress bar over epochs on stderr, with the latest losses; records epoch times.
+    Each batch's end is a safe point for a held Ctrl-C or SIGTERM (:mod:`xaicxr.interrupts`)."""
 
     def __init__(self, advance) -> None:
         super().__init__()
@@ -240,6 +242,9 @@ class EpochProgress(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        raise_if_interrupted()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.seconds.append(round(time.perf_counter() - self._start, 4))

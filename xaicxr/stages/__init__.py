@@ -61,9 +61,11 @@ class Run:
             self._executor.close()
             self._executor = None
 
-    def forget_model(self) -> None:
-        """After training wrote a new ``model.keras``."""
-        self._model = self._model_sha256 = self._jobs = self._image_cache = None
+    def forget_model(self, replaced_by: Any = None) -> None:
+        """After training wrote a new ``model.keras``: the stages after it use ``replaced_by``
+        (the model just saved, still in memory) or load the file."""
+        self._model_sha256 = self._jobs = self._image_cache = None
+        self._model = replaced_by
 
     def jobs(self) -> list[Any]:
         """The ``[[explain]]`` entries, each resolved once into an

@@ -83,14 +83,15 @@ def run(run: Run) -> dict[str, Any]:
     dataset = run.cfg["dataset"]
     cache = cache_images(run, backbone.input_size)
     keras.utils.set_random_seed(run.cfg["train"]["seed"])
-    with distribution_strategy().scope():
+    strategy = distribution_strategy()
+    with strategy.scope():
         model = backbone.build(list(classes))
     check_later_stages(run.cfg, model, list(classes), backbone.default_layer)
     preprocessing = json.dumps({"backbone": run.cfg["backbone"]["name"], "input_size": backbone.input_size,
                                 "layer": _preprocess_config(model)}, sort_keys=True)
     result = fit(model, backbone.freeze_until, cache, run.dir, run.cfg["train"], preprocessing)
     save_model(model, run.dir.model)
-    run.forget_model()
+    run.forget_model(replaced_by=model if single_device(strategy) else None)
     atomic.write_json(run.dir.train_info, {
         "backbone": run.cfg["backbone"], "train": run.cfg["train"],
         "freeze_until": backbone.freeze_until, "default_layer": backbone.default_layer,
@@ -297,6 +298,15 @@ def distribution_strategy():
     if len(tf.config.list_physical_devices("GPU")) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def single_device(strategy) -> bool:
+    """Whether a model built under ``strategy`` can be used as it is after training (the saved
+    file has the same weights; reloading it cost 0.6 s for a small VGG19 and 3 s for a
+    DenseNet121 on 2 cores). Mirrored variables are left to be loaded afresh from the file."""
+    import tensorflow as tf
+
+    return strategy is tf.distribute.get_strategy()
 
 
 def compile_model(model: keras.Model, learning_rate: float) -> None:

@@ -62,3 +62,15 @@ def shared_runs(tmp_path_factory):
     from shared_runs import SharedRuns, session_root
 
     return SharedRuns(session_root(tmp_path_factory))
+
+
+@pytest.fixture(scope="session")
+def dask_address():
+    """The scheduler address of one local Dask cluster (2 worker processes) shared by the tests
+    that run stages on a cluster: each start costs every worker a TensorFlow import. Starting a
+    local cluster from ``[run] workers`` is tested on its own (test_quality_executor.py)."""
+    pytest.importorskip("distributed")
+    from xaicxr.executors.dask_cluster import DaskExecutor
+
+    with DaskExecutor(workers=2) as cluster:
+        yield cluster.client.scheduler.address

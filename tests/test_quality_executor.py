@@ -3,9 +3,12 @@ Dask cluster as locally; tasks run on the workers, in span order; a study starts
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import tomllib
+import warnings
 
 import h5py
 import pytest
@@ -45,16 +48,14 @@ def _quality(run_dir, config: dict, name: str) -> dict:
 
 
 @pytest.mark.xdist_group("light")  # the LIGHT run's readers on one worker: it is built once
-def test_quality_on_a_dask_cluster_writes_the_local_files(shared_runs, tmp_path, monkeypatch):
-    pytest.importorskip("distributed")
+def test_quality_on_a_dask_cluster_writes_the_local_files(shared_runs, tmp_path, monkeypatch, dask_address):
     for name, value in SMALL_SPANS.items():
         monkeypatch.setattr(name, value)
-    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     explained = shared_runs.run(LIGHT)
     config = {**tomllib.loads(shared_runs.config(explained).read_text()), "quality": QUALITY}
     local, cluster = copy_run(explained, tmp_path / "local"), copy_run(explained, tmp_path / "cluster")
     assert _quality(local, config, "local")["stages_run"] == ["quality"]
-    summary = _quality(cluster, {**config, "run": {"executor": "dask", "workers": 2}}, "dask")
+    summary = _quality(cluster, {**config, "run": {"executor": "dask", "address": dask_address}}, "dask")
     assert summary["stages_run"] == ["quality"]
 
     assert h5_contents(cluster / "quality.h5") == h5_contents(local / "quality.h5")
@@ -90,15 +91,27 @@ def _tasks():
 
 
 def test_model_passes_run_on_the_workers_in_span_order(tmp_path, monkeypatch):
+    """On a local cluster started from ``workers``: its scratch space is its own, and removed."""
     pytest.importorskip("distributed")
     from xaicxr.executors.dask_cluster import DaskExecutor
 
-    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))  # where the workers' scratch space may go
     on_worker, load = _tasks()
-    with DaskExecutor(workers=2) as cluster:
+    dask_port = socket.socket()
+    with contextlib.suppress(OSError):
+        dask_port.bind(("", 8787))  # as another cluster's scheduler would: Dask's default port is taken
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cluster = DaskExecutor(workers=2)
+    dask_port.close()
+    with cluster:
         passes = ModelExecutor(lambda: cluster, model=lambda: pytest.fail("the driver's model is not used"),
                                load=load, load_key=("test", str(tmp_path)))
         results = passes.map_spans(on_worker, 23, 2)
+        assert len(list(scratch.iterdir())) == 1, "the cluster's scratch space"
+    assert list(scratch.iterdir()) == [], "removed when the cluster closes"
     assert [span for span, _, _ in results] == [(i, min(i + 2, 23)) for i in range(0, 23, 2)]
     assert os.getpid() not in {pid for _, pid, _ in results}, "every task ran on a worker"
     assert all(pid == loaded_by for _, pid, loaded_by in results), "each worker loads its own model"

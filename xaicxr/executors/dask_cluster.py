@@ -69,7 +69,10 @@ class DaskExecutor:
             self._config = dask.config.set({"temporary-directory": self.scratch})  # what the nannies use too
             self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                         dashboard_address=None, silence_logs=logging.ERROR,
-                                        local_directory=self.scratch)
+                                        local_directory=self.scratch,
+                                        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+            # no dashboard, but the scheduler's HTTP server still starts: on a free local port,
+            # not Dask's 8787 (a warning when another cluster holds it, and open to the network)
             self.client = Client(self.cluster)
 
     @property

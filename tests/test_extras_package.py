@@ -94,14 +94,22 @@ def test_installed_package_is_discovered_through_entry_points(site, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_with_densenet121_explained_by_eigencam_and_gradcam(site, tmp_path):
-    """The third party's backbone through a whole run, in a process that finds it by its entry
-    point (a study of variants sharing a model is tested with VGG19 in test_study.py)."""
+def test_a_run_with_densenet121_explained_by_eigencam_and_gradcam(site, tmp_path, monkeypatch, fresh_plugins):
+    """The third party's backbone through a whole run, found by its entry point once the installed
+    package is on the path (here in this process, for the time of a TensorFlow import; a fresh
+    process finds it too: the test above). A study of variants sharing a model is tested with
+    VGG19 in test_study.py."""
+    from typer.testing import CliRunner
+
+    from xaicxr.cli import app
+
+    monkeypatch.syspath_prepend(str(site))
+    fresh_plugins.reset()
     config = tmp_path / "run.toml"
     config.write_text(TINY)
     out = tmp_path / "run"
-    done = _cli(site, "run", str(config), "--out", str(out), "--json", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = CliRunner().invoke(app, ["run", str(config), "--out", str(out), "--json"])
+    assert done.exit_code == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
     assert summary["stages_run"] == ["dataset", "split", "train", "evaluate", "explain", "templates", "quality",
                                      "probe", "report"]

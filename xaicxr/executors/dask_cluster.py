@@ -72,7 +72,7 @@ class DaskExecutor:
                                         local_directory=self.scratch,
                                         scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
             # no dashboard, but the scheduler's HTTP server still starts: on a free local port,
-            # not Dask's 8787 (a warning when another cluster holds it, and open to the network)
+            # not Dask's 8787 (a warning on stderr whenever another cluster holds that one)
             self.client = Client(self.cluster)
 
     @property

@@ -99,13 +99,11 @@ def test_model_passes_run_on_the_workers_in_span_order(tmp_path, monkeypatch):
     scratch.mkdir()
     monkeypatch.setattr("tempfile.tempdir", str(scratch))  # where the workers' scratch space may go
     on_worker, load = _tasks()
-    dask_port = socket.socket()
-    with contextlib.suppress(OSError):
-        dask_port.bind(("", 8787))  # as another cluster's scheduler would: Dask's default port is taken
-    with warnings.catch_warnings():
+    with socket.socket() as dask_port, warnings.catch_warnings():
+        with contextlib.suppress(OSError):
+            dask_port.bind(("", 8787))  # as another cluster's scheduler would: Dask's default port is taken
         warnings.simplefilter("error")
         cluster = DaskExecutor(workers=2)
-    dask_port.close()
     with cluster:
         passes = ModelExecutor(lambda: cluster, model=lambda: pytest.fail("the driver's model is not used"),
                                load=load, load_key=("test", str(tmp_path)))

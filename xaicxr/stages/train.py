@@ -89,7 +89,7 @@ def run(run: Run) -> dict[str, Any]:
     check_later_stages(run.cfg, model, list(classes), backbone.default_layer)
     preprocessing = json.dumps({"backbone": run.cfg["backbone"]["name"], "input_size": backbone.input_size,
                                 "layer": _preprocess_config(model)}, sort_keys=True)
-    result = fit(model, backbone.freeze_until, cache, run.dir, run.cfg["train"], preprocessing)
+    result = fit(model, backbone.freeze_until, cache, run.dir, run.cfg["train"], preprocessing, strategy)
     save_model(model, run.dir.model)
     run.forget_model(replaced_by=model if single_device(strategy) else None)
     atomic.write_json(run.dir.train_info, {
@@ -320,8 +320,11 @@ def compile_model(model: keras.Model, learning_rate: float) -> None:
 
 
 def fit(model: keras.Model, freeze_until: str | None, cache: ImageCache, rundir: RunDir,
-        opts: dict[str, Any], preprocessing: str) -> TrainResult:
-    """Train ``model`` in place on the train rows of ``cache``, validating on the val rows."""
+        opts: dict[str, Any], preprocessing: str, strategy: Any = None) -> TrainResult:
+    """Train ``model`` in place on the train rows of ``cache``, validating on the val rows, under
+    ``strategy``: the one the model was built under (a new ``MirroredStrategy`` is another
+    strategy, and its scope cannot compile a model whose variables the first one made)."""
+    strategy = strategy or distribution_strategy()
     keras.utils.set_random_seed(opts["seed"])
     train_rows, val_rows = cache.rows("train"), cache.rows("val")
     n_classes = model.output_shape[-1]
@@ -334,7 +337,7 @@ def fit(model: keras.Model, freeze_until: str | None, cache: ImageCache, rundir:
         feature_path, reused = build_feature_cache(model, freeze_until, cache, rundir, preprocessing,
                                                    opts["batch_size"])
         timings["feature_cache"] = round(time.perf_counter() - start, 3)
-        with distribution_strategy().scope():
+        with strategy.scope():
             trainable = keras.Model(model.get_layer(freeze_until).output, model.output)
         x_name, add_channel = "features", False
         source = feature_path
@@ -342,7 +345,7 @@ def fit(model: keras.Model, freeze_until: str | None, cache: ImageCache, rundir:
         trainable = model
         x_name, add_channel = "images", True
         source = cache.path
-    with distribution_strategy().scope():
+    with strategy.scope():
         compile_model(trainable, opts["learning_rate"])
     train = batches(source, x_name, train_rows, cache.labels[train_rows], opts["batch_size"],
                     shuffle=True, seed=opts["seed"], augment=opts["augment"], add_channel=add_channel)

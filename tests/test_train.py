@@ -169,10 +169,12 @@ def test_metrics_against_hand_computed_values():
     assert hi == 1.0 and lo == pytest.approx(0.342, abs=1e-3)
 
 
+# 100 per class: with 60, test accuracy ranged 0.46 to 0.71 over training seeds and TensorFlow
+# thread counts (the float order differs); with 100 it was 0.68 to 0.80 over 5 seeds and both
 TINY_RUN = """
 [dataset]
 name = "phantom"
-n_per_class = 60
+n_per_class = 100
 size = 48
 seed = 2
 difficulty = "easy"
@@ -210,7 +212,7 @@ def test_phantom_run_learns_and_evaluates(tmp_path):
     assert set(metrics["timings_s"]) >= {"dataset", "split", "train", "evaluate"}
     assert np.array(metrics["confusion"]).shape == (4, 4)
     with h5py.File(out / "predictions.h5") as h5:
-        assert h5["probs"].shape == (240, 4)
+        assert h5["probs"].shape == (400, 4)
     again = runner.invoke(app, ["evaluate", str(out), "--json"])
     assert again.exit_code == 0, again.stderr
     assert json.loads(again.stdout)["stages_run"] == ["evaluate"]

@@ -15,9 +15,18 @@ than two different images' maps are). The skill is shown with its simultaneous (
 interval beside its Holm-adjusted p. Run it on a study of the validation split to choose;
 report the test split once, for the chosen settings only.
 
+On a study with ``seeds = N`` (variants ``<name>__seed=<s>``, the same validation images for
+every trained model), a setting's figures pool its N models: the pointing game and the skill are
+means over seeds and images, their intervals a two-level bootstrap (seeds resampled, then the
+same images for every drawn seed), so they carry the training variance as well as the images'.
+Holm runs over the settings, not the setting-seed pairs, and a setting passes the cascade when
+it passes in every seed.
+
     .venv/bin/xaicxr study examples/phantom-localisation-study.toml --out runs/loc-val
     .venv/bin/python benchmarks/localisation.py runs/loc-val [--markdown tables.md]
     .venv/bin/python benchmarks/localisation.py runs/backbones-val --variant '^vgg19$'
+    .venv/bin/xaicxr study examples/phantom-localisation-seeds-study.toml --out runs/loc-val-seeds
+    .venv/bin/python benchmarks/localisation.py runs/loc-val-seeds
 
 ``--markdown`` also writes the per-class tables and the cascade table as docs/results.md shows them.
 """
@@ -36,6 +45,7 @@ import numpy as np
 
 from xaicxr.analysis.intervals import describe, estimate, paired_exceedance_p, wholly_above
 from xaicxr.analysis.stats import holm
+from xaicxr.study import SEED_SUFFIX
 
 LESION_CLASSES = ("bacteria", "virus", "covid")
 
@@ -55,9 +65,82 @@ def settings(out: Path) -> list[dict[str, Any]]:
         metrics = json.loads((Path(row["run_dir"]) / "metrics.json").read_text())
         config = tomllib.loads((Path(row["run_dir"]) / "config.toml").read_text())
         spec = next(e for e in config["explain"] if e["name"] == row["explainer"])
+        seed = SEED_SUFFIX.search(row["variant"])
         found.append({"variant": row["variant"], "explainer": row["explainer"], "layer": row["layer"],
-                      "split": spec["split"], "metrics": metrics, "run_dir": Path(row["run_dir"])})
+                      "split": spec["split"], "metrics": metrics, "run_dir": Path(row["run_dir"]),
+                      "seed": int(seed.group(1)) if seed else None,
+                      "model_free_variant": SEED_SUFFIX.sub("", row["variant"])})
     return found
+
+
+def by_setting(found: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The study's settings in order, each as the list of its seeds' entries (one without seeds)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for f in found:
+        groups.setdefault((f["model_free_variant"], f["explainer"]), []).append(f)
+    return list(groups.values())
+
+
+def seeded_scores(members: list[dict[str, Any]], cls: str, score: str = "pointing"
+                  ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(seeds, images) per-image ``score`` of a setting's maps and of the class prior, one row per
+    trained model, from each seed's ``quality.h5``; None when a seed lacks them. The seeds must
+    have scored the same images (the split does not depend on ``train.seed``)."""
+    own, prior, ids = [], [], None
+    for f in members:
+        with h5py.File(f["run_dir"] / "quality.h5", "r") as h5:
+            group = h5.get(f"scores/{f['explainer']}/{cls}")
+            if group is None or score not in group:
+                return None
+            these = group["ids"][...]
+            base = next((h5[f"baselines/{first}/{cls}/class_prior/{score}"][...] for first in h5.get("baselines", {})
+                         if f"baselines/{first}/{cls}/class_prior/{score}" in h5
+                         and np.array_equal(h5[f"scores/{first}/{cls}/ids"][...], these)), None)
+            if base is None:
+                return None
+            own.append(group[score][...])
+            prior.append(base)
+        if ids is not None and not np.array_equal(ids, these):
+            raise SystemExit(f"{f['variant']}: its {cls} images are not the other seeds' (a study over seeds "
+                             "keeps the split: do not vary split.seed with them)")
+        ids = these
+    return np.asarray(own, np.float64), np.asarray(prior, np.float64)
+
+
+def two_level_means(values: np.ndarray, *, n_boot: int = 4000, seed: int = 0) -> np.ndarray:
+    """Bootstrap means of a (seeds, images) array: seeds drawn with replacement, then images,
+    the same image draw for every drawn seed (they are the same images); NaN (no score) left out."""
+    rng = np.random.default_rng(seed)
+    n_seeds, n_images = values.shape
+    seeds = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+    images = rng.integers(0, n_images, size=(n_boot, n_images))
+    return np.nanmean(values[seeds[:, :, None], images[:, None, :]], axis=(1, 2))
+
+
+def pooled(values: np.ndarray, *, alpha: float = 0.05, seed: int = 0) -> dict[str, Any]:
+    """Mean over seeds and images with its two-level percentile interval at level 1 - alpha."""
+    means = two_level_means(values, seed=seed)
+    return estimate(float(np.nanmean(values)), float(np.percentile(means, 100 * alpha / 2)),
+                    float(np.percentile(means, 100 * (1 - alpha / 2))), int(np.isfinite(values).sum()))
+
+
+def seeded_holm_selection(rows: list[dict[str, Any]], pairs: list[tuple[np.ndarray, np.ndarray] | None], *,
+                          min_effect: float, seed: int = 0) -> None:
+    """:func:`holm_selection` over settings trained N times: the skill (setting minus prior, per
+    seed and image) pooled by :func:`two_level_means`; p is the share of resampled means at or
+    below ``min_effect``, (k + 1) / (B + 1)."""
+    have = [i for i, pair in enumerate(pairs) if pair is not None]
+    p, simultaneous = [], []
+    alpha = 0.05 / max(len(have), 1)
+    for i in have:
+        diff = pairs[i][0] - pairs[i][1]
+        means = two_level_means(diff, seed=seed)
+        p.append(float((np.sum(means <= min_effect) + 1) / (len(means) + 1)))
+        simultaneous.append(pooled(diff, alpha=alpha, seed=seed))
+    for i, raw, adj, sim in zip(have, p, holm(p) if p else [], simultaneous):
+        rows[i].update(skill_p=raw, skill_p_holm=float(adj), skill_simultaneous=sim)
+    for i in set(range(len(rows))) - set(have):
+        rows[i].update(skill_p=None, skill_p_holm=None, skill_simultaneous=None)
 
 
 def paired_pointing(run_dir: Path, store: str, cls: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -106,7 +189,7 @@ def name_settings(found: list[dict[str, Any]]) -> None:
     where one label names several settings (the same explainer in several models)."""
     labels = [_label(f) for f in found]
     for f, label in zip(found, labels):
-        f["setting"] = f"{f['variant']}/{label}" if labels.count(label) > 1 else label
+        f["setting"] = f"{f['model_free_variant']}/{label}" if labels.count(label) > 1 else label
 
 
 def _label(found: dict[str, Any]) -> str:
@@ -153,6 +236,69 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def seeded_report(groups: list[list[dict[str, Any]]], min_effect: float) -> dict[str, Any]:
+    """Per lesion class, every setting pooled over its seeds (:func:`seeded_scores`), Holm over
+    the settings, the cascade passed in every seed; printed as it goes."""
+    report: dict[str, Any] = {"seeds": sorted({f["seed"] for g in groups for f in g}), "classes": {}}
+    first = groups[0][0]["metrics"]
+    for cls in LESION_CLASSES:
+        baselines = first.get("baselines", {}).get(cls, {})
+        drops = [f["metrics"].get("reliance", {}).get(cls, {}).get("probability_drop") for f in groups[0]]
+        pairs = [seeded_scores(g, cls) for g in groups]
+        rows = []
+        for g, pair in zip(groups, pairs):
+            tolerance = seeded_scores(g, cls, "pointing_tolerance")
+            verdicts = [f["metrics"].get("sanity", {}).get(f["explainer"], {}).get("passes") for f in g]
+            rows.append({
+                "setting": g[0]["setting"], "seeds": len(g),
+                "pointing_game": pooled(pair[0]) if pair else None,
+                "pointing_game_per_seed": [float(np.nanmean(r)) for r in pair[0]] if pair else None,
+                "pointing_game_tolerance": pooled(tolerance[0]) if tolerance else None,
+                "skill": pooled(pair[0] - pair[1]) if pair else None,
+                "cascade_passes_in": sum(v is True for v in verdicts),
+                "cascade_passes": all(v is True for v in verdicts)})
+        seeded_holm_selection(rows, pairs, min_effect=min_effect)
+        prior = next((pooled(p[1]) for p in pairs if p), None)
+        for row in rows:
+            row["beats_prior_holm"] = row["skill_p_holm"] is not None and row["skill_p_holm"] < 0.05
+        eligible = [r for r in rows if r["beats_prior_holm"] and r["cascade_passes"]]
+        best = max(eligible, key=lambda r: r["pointing_game"]["value"]) if eligible else None
+        n_images = next((p[0].shape[1] for p in pairs if p), 0)
+        print(f"\n== {cls}: {n_images} images x {len(report['seeds'])} seeds; class prior {est(prior)}; "
+              f"lesion removed, p drop by seed: {', '.join(est(d) for d in drops)}")
+        for r in rows:
+            print(f"   {r['setting']:24s} PG {est(r['pointing_game']):20s} per seed "
+                  f"{' '.join(f'{v:.2f}' for v in r['pointing_game_per_seed'] or [])}  skill {est(r['skill'])} "
+                  f"simultaneous {est(r['skill_simultaneous'])} Holm p {_p(r['skill_p_holm'])} "
+                  f"cascade {r['cascade_passes_in']}/{r['seeds']}")
+        print(f"   selected: {best['setting'] if best else 'none'}")
+        report["classes"][cls] = {"prior": prior, "baselines": baselines, "probability_drop_by_seed": drops,
+                                  "n_images": n_images, "settings": rows, "selected": best["setting"] if best else None}
+    report["selected"] = {cls: data["selected"] for cls, data in report["classes"].items()}
+    return report
+
+
+def seeded_markdown(report: dict[str, Any]) -> str:
+    out = []
+    n_seeds = len(report["seeds"])
+    for cls, data in report["classes"].items():
+        drops = ", ".join(est(d) for d in data["probability_drop_by_seed"])
+        out.append(f"**{cls}** ({data['n_images']} images x {n_seeds} trained models; lesion removed: "
+                   f"class-probability drop {drops} by seed)\n")
+        out.append("| map | pointing game, pooled | by seed | pointing game @ tolerance | skill over the class prior | "
+                   "simultaneous 95 % (Bonferroni) | Holm p (skill > min effect) | cascade passes |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        out.append(f"| *class_prior* | {_cell(data['prior'])} | | | | | | |")
+        for r in data["settings"]:
+            mark = "**" if r["beats_prior_holm"] and r["cascade_passes"] else ""
+            per_seed = " / ".join(f"{v:.2f}" for v in r["pointing_game_per_seed"] or [])
+            out.append(f"| {mark}{r['setting']}{mark} | {_cell(r['pointing_game'])} | {per_seed} | "
+                       f"{_cell(r['pointing_game_tolerance'])} | {_cell(r['skill'])} | {_cell(r['skill_simultaneous'])} | "
+                       f"{_p(r['skill_p_holm'])} | {r['cascade_passes_in']} of {r['seeds']} |")
+        out.append(f"\nselected: {data['selected'] or 'none'}\n")
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("study_out", type=Path)
@@ -167,7 +313,18 @@ def main() -> None:
     found = [f for f in settings(args.study_out) if re.search(args.variant, f["variant"])]
     if not found:
         raise SystemExit(f"no variant of {args.study_out} matches {args.variant!r}")
-    name_settings(found)
+    groups = by_setting(found)
+    name_settings([g[0] for g in groups])
+    for g in groups:
+        for f in g:
+            f["setting"] = g[0]["setting"]
+    if any(len(g) > 1 for g in groups):
+        seeded = seeded_report(groups, args.min_effect)
+        seeded["study"] = str(args.study_out)
+        if args.markdown:
+            args.markdown.write_text(seeded_markdown(seeded))
+        print(json.dumps(seeded, default=str))
+        return
     chosen: dict[str, Any] = {}
     report: dict[str, Any] = {"study": str(args.study_out), "split": sorted({f["split"] for f in found}),
                               "classes": {}}

@@ -76,16 +76,9 @@ def test_the_localisation_benchmark_selects_with_holm_from_the_per_image_scores(
     """benchmarks/localisation.py: each setting's skill over the class prior, paired per image
     from quality.h5, gets a simultaneous interval and a Holm-adjusted p; a setting whose raw p
     passes can fail once adjusted for the number of settings compared."""
-    import importlib.util
-    from pathlib import Path
-
     import h5py
-    import numpy as np
 
-    spec = importlib.util.spec_from_file_location(
-        "localisation_benchmark", Path(__file__).parents[1] / "benchmarks" / "localisation.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _localisation_benchmark()
     rng = np.random.default_rng(0)
     prior = (rng.random(40) < 0.4).astype(float)
     runs = []
@@ -110,6 +103,59 @@ def test_the_localisation_benchmark_selects_with_holm_from_the_per_image_scores(
     single = [{}]
     bench.holm_selection(single, [pairs[0]], min_effect=0.05)
     assert single[0]["skill_simultaneous"]["ci95"][0] > lo  # one comparison: a narrower interval
+
+
+def _localisation_benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "localisation_benchmark", Path(__file__).parents[1] / "benchmarks" / "localisation.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_the_localisation_benchmark_pools_seeds_and_their_variance(tmp_path):
+    """Over seeds, a setting's skill is pooled over models and images, and its interval carries
+    the models' spread: a setting that points at the lesion for one trained model only is not
+    chosen, while its images alone (seed 0) would choose it; seeds that scored other images are
+    refused."""
+    import h5py
+
+    bench = _localisation_benchmark()
+    rng = np.random.default_rng(1)
+    prior = (rng.random(60) < 0.3).astype(float)
+    ids = np.array([f"i{i}" for i in range(60)], dtype=object)
+
+    def seed_run(name, hits, image_ids=ids):
+        run = tmp_path / name
+        run.mkdir()
+        with h5py.File(run / "quality.h5", "w") as h5:
+            h5.create_dataset("scores/rise/virus/ids", data=image_ids, dtype=h5py.string_dtype())
+            h5["scores/rise/virus/pointing"] = hits
+            h5["baselines/rise/virus/class_prior/pointing"] = prior
+        return {"run_dir": run, "explainer": "rise", "variant": name}
+
+    steady = [seed_run(f"steady{s}", np.where(rng.random(60) < 0.5, 1.0, prior)) for s in range(3)]
+    lucky = [seed_run("lucky0", np.where(rng.random(60) < 0.6, 1.0, prior))] + [
+        seed_run(f"lucky{s}", np.where(rng.random(60) < 0.3, 0.0, prior)) for s in (1, 2)]
+    pairs = [bench.seeded_scores(g, "virus") for g in (steady, lucky)]
+    assert pairs[0][0].shape == pairs[0][1].shape == (3, 60)
+    rows = [{}, {}]
+    bench.seeded_holm_selection(rows, pairs, min_effect=0.05)
+    assert rows[0]["skill_p_holm"] < 0.01 and rows[1]["skill_p_holm"] > 0.05
+    one_seed = [{}, {}]
+    bench.holm_selection(one_seed, [bench.paired_pointing(g[0]["run_dir"], "rise", "virus") for g in (steady, lucky)],
+                         min_effect=0.05)
+    assert one_seed[1]["skill_p_holm"] < 0.01  # seed 0 alone would have chosen it
+    spread = bench.pooled(pairs[1][0] - pairs[1][1])
+    first_seed_only = bench.pooled(pairs[1][0][:1] - pairs[1][1][:1])
+    assert np.diff(spread["ci95"])[0] > np.diff(first_seed_only["ci95"])[0]
+    assert spread["n"] == 180
+    shuffled = seed_run("other", np.ones(60), image_ids=ids[::-1].copy())
+    with pytest.raises(SystemExit, match="not the other seeds'"):
+        bench.seeded_scores(steady[:2] + [shuffled], "virus")
 
 
 def test_seeds_train_each_variant_n_times_and_report_between_seed_intervals(shared_runs, tmp_path):

@@ -66,6 +66,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from ..kerasgraph import output_layer, parent_layers
+from ..progress import progress_bar
 from .intervals import bootstrap_mean, crossed_bootstrap_mean, estimate, paired_difference
 from .stats import pearson
 
@@ -458,12 +459,16 @@ def randomisation_test(model: Any, explainer: Any, images: np.ndarray, targets: 
 
     others = other_classes(targets, n_classes, seed) if n_classes > 1 else None
     seeds = [randomisation_seed(train_seed, draw + d) for d in range(draws)]
-    task = CascadeSpan(explainer, images, targets, others, path or None, target, seeds[0],
-                       tuple(steps[:n_run]), tuple(fresh_weights(model, s, steps[:n_run]) for s in seeds), cut)
-    if executor is None:
-        spans = [task(model, (start, min(start + BATCH, len(images)))) for start in range(0, len(images), BATCH)]
-    else:
-        spans = executor.map_spans(task, len(images), BATCH)
+    n_spans = -(-len(images) // BATCH)
+    with progress_bar(f"cascade {path or type(explainer).__name__}", n_spans * (1 + draws * n_run),
+                      unit="step") as advance:
+        task = CascadeSpan(explainer, images, targets, others, path or None, target, seeds[0],
+                           tuple(steps[:n_run]), tuple(fresh_weights(model, s, steps[:n_run]) for s in seeds), cut,
+                           advance=advance)
+        if executor is None:
+            spans = [task(model, (start, min(start + BATCH, len(images)))) for start in range(0, len(images), BATCH)]
+        else:
+            spans = executor.map_spans(task, len(images), BATCH)
     trained = RankedMaps.of(np.concatenate([s["trained"] for s in spans]))
     by_draw = [[_joined([s["steps"][d][i] for s in spans]) for i in range(n_run)] for d in range(draws)]
     for i, step in enumerate(steps[:n_run]):
@@ -563,9 +568,16 @@ class CascadeSpan:
     working_copies: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
     """The cascade's working copy, kept from one span to the next in the process that runs them
     (:func:`cascade`'s ``keep``); empty when the task is sent to a worker."""
+    advance: Any = field(default=None, compare=False, repr=False)
+    """Called once per explained step (the trained maps and each draw's steps) in the process
+    that made the task: a long cascade shows its progress; None on a worker."""
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "working_copies": {}}
+        return {**self.__dict__, "working_copies": {}, "advance": None}
+
+    def _done_one(self) -> None:
+        if self.advance is not None:
+            self.advance(1)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -582,9 +594,11 @@ class CascadeSpan:
                 if i < 0:
                     if trained is None:
                         trained = self._trained(working, images, targets, part, out)
+                        self._done_one()
                     continue
                 maps = explain_batches(self.explainer, working, images, targets, self.layer, self.target)
                 steps.append({**similarity_rows(trained, RankedMaps.of(maps)), "degenerate": _degenerate(maps)})
+                self._done_one()
                 if i == self.cut:
                     at_cut = maps
             out["steps"].append(steps)

@@ -16,11 +16,12 @@ interval beside its Holm-adjusted p. Run it on a study of the validation split t
 report the test split once, for the chosen settings only.
 
 On a study with ``seeds = N`` (variants ``<name>__seed=<s>``, the same validation images for
-every trained model), a setting's figures pool its N models: the pointing game and the skill are
-means over seeds and images, their intervals a two-level bootstrap (seeds resampled, then the
-same images for every drawn seed), so they carry the training variance as well as the images'.
-Holm runs over the settings, not the setting-seed pairs, and a setting passes the cascade when
-it passes in every seed.
+every trained model), a setting's pointing game and skill are pooled over its N models and the
+images (crossed bootstrap: images and models resampled independently; with 3 models this
+describes these models), beside the t interval over the models (where another trained model
+may land). A setting is chosen when its skill exceeds the minimum effect for every model
+(intersection-union: its p is the largest per-model p), Holm-adjusted over the settings, and it
+passes the cascade for every model.
 
     .venv/bin/xaicxr study examples/phantom-localisation-study.toml --out runs/loc-val
     .venv/bin/python benchmarks/localisation.py runs/loc-val [--markdown tables.md]
@@ -43,7 +44,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from xaicxr.analysis.intervals import describe, estimate, paired_exceedance_p, wholly_above
+from xaicxr.analysis.intervals import (crossed_bootstrap_mean, describe, estimate, paired_exceedance_p,
+                                      wholly_above)
 from xaicxr.analysis.stats import holm
 from xaicxr.study import SEED_SUFFIX
 
@@ -82,65 +84,79 @@ def by_setting(found: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 
 
 def seeded_scores(members: list[dict[str, Any]], cls: str, score: str = "pointing"
-                  ) -> tuple[np.ndarray, np.ndarray] | None:
-    """(seeds, images) per-image ``score`` of a setting's maps and of the class prior, one row per
-    trained model, from each seed's ``quality.h5``; None when a seed lacks them. The seeds must
-    have scored the same images (the split does not depend on ``train.seed``)."""
+                  ) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """(seeds, images) per-image ``score`` of a setting's maps, one row per trained model, and
+    the class prior's on the same images (None where no store kept it), from each seed's
+    ``quality.h5``; None when a seed lacks the setting's own. The seeds must have scored the same
+    images (the split does not depend on ``train.seed``)."""
     own, prior, ids = [], [], None
     for f in members:
-        with h5py.File(f["run_dir"] / "quality.h5", "r") as h5:
+        path = f["run_dir"] / "quality.h5"
+        if not path.exists():
+            return None
+        with h5py.File(path, "r") as h5:
             group = h5.get(f"scores/{f['explainer']}/{cls}")
             if group is None or score not in group:
                 return None
             these = group["ids"][...]
-            base = next((h5[f"baselines/{first}/{cls}/class_prior/{score}"][...] for first in h5.get("baselines", {})
-                         if f"baselines/{first}/{cls}/class_prior/{score}" in h5
-                         and np.array_equal(h5[f"scores/{first}/{cls}/ids"][...], these)), None)
-            if base is None:
-                return None
             own.append(group[score][...])
-            prior.append(base)
+            prior.append(next((h5[f"baselines/{first}/{cls}/class_prior/{score}"][...]
+                               for first in h5.get("baselines", {})
+                               if f"baselines/{first}/{cls}/class_prior/{score}" in h5
+                               and np.array_equal(h5[f"scores/{first}/{cls}/ids"][...], these)), None))
         if ids is not None and not np.array_equal(ids, these):
             raise SystemExit(f"{f['variant']}: its {cls} images are not the other seeds' (a study over seeds "
                              "keeps the split: do not vary split.seed with them)")
         ids = these
-    return np.asarray(own, np.float64), np.asarray(prior, np.float64)
+    both = all(p is not None for p in prior)
+    return np.asarray(own, np.float64), np.asarray(prior, np.float64) if both else None
 
 
-def two_level_means(values: np.ndarray, *, n_boot: int = 4000, seed: int = 0) -> np.ndarray:
-    """Bootstrap means of a (seeds, images) array: seeds drawn with replacement, then images,
-    the same image draw for every drawn seed (they are the same images); NaN (no score) left out."""
-    rng = np.random.default_rng(seed)
-    n_seeds, n_images = values.shape
-    seeds = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
-    images = rng.integers(0, n_images, size=(n_boot, n_images))
-    return np.nanmean(values[seeds[:, :, None], images[:, None, :]], axis=(1, 2))
+SEEDED_BOOTSTRAP = 20_000
+"""Resamples for the seeded figures: Holm over 27 settings asks for p below 0.05 / 27."""
 
 
 def pooled(values: np.ndarray, *, alpha: float = 0.05, seed: int = 0) -> dict[str, Any]:
-    """Mean over seeds and images with its two-level percentile interval at level 1 - alpha."""
-    means = two_level_means(values, seed=seed)
-    return estimate(float(np.nanmean(values)), float(np.percentile(means, 100 * alpha / 2)),
-                    float(np.percentile(means, 100 * (1 - alpha / 2))), int(np.isfinite(values).sum()))
+    """Mean of a (seeds, images) array over both, with the crossed bootstrap's interval
+    (images and seeds resampled independently: :func:`crossed_bootstrap_mean`). With 3 seeds its
+    seed part can reach no further than the best and the worst model: it describes these
+    models, it does not generalise to others (:func:`between_seeds` does)."""
+    return crossed_bootstrap_mean(np.asarray(values, np.float64).T, seed=seed, n_boot=SEEDED_BOOTSTRAP, alpha=alpha)
 
 
-def seeded_holm_selection(rows: list[dict[str, Any]], pairs: list[tuple[np.ndarray, np.ndarray] | None], *,
+def between_seeds(values: np.ndarray) -> dict[str, Any]:
+    """The mean of the per-model means of a (seeds, images) array with Student's t interval over
+    the models (as ``xaicxr study`` reports seeds): how far another trained model may land."""
+    from scipy import stats
+
+    means = np.nanmean(values, axis=1)
+    mean = float(means.mean())
+    if len(means) < 2:
+        return estimate(mean, None, None, len(means))
+    half = float(stats.t.ppf(0.975, len(means) - 1)) * float(means.std(ddof=1)) / np.sqrt(len(means))
+    return estimate(mean, mean - half, mean + half, len(means))
+
+
+def seeded_holm_selection(rows: list[dict[str, Any]], pairs: list[tuple[np.ndarray, np.ndarray | None] | None], *,
                           min_effect: float, seed: int = 0) -> None:
-    """:func:`holm_selection` over settings trained N times: the skill (setting minus prior, per
-    seed and image) pooled by :func:`two_level_means`; p is the share of resampled means at or
-    below ``min_effect``, (k + 1) / (B + 1)."""
-    have = [i for i, pair in enumerate(pairs) if pair is not None]
-    p, simultaneous = [], []
+    """:func:`holm_selection` over settings trained N times, by an intersection-union test: the
+    skill over the class prior must exceed ``min_effect`` for every trained model, so a
+    setting's p is the largest of its per-seed paired p's (Berger 1982), Holm-adjusted over the
+    settings. ``skill_simultaneous`` is the pooled skill with its crossed interval at 0.05 over
+    the number of settings (descriptive), ``skill_between_seeds`` the t interval over models."""
+    have = [i for i, pair in enumerate(pairs) if pair is not None and pair[1] is not None]
     alpha = 0.05 / max(len(have), 1)
+    p = []
     for i in have:
+        own, prior = pairs[i]
+        p.append(max(paired_exceedance_p(a, b, margin=min_effect, seed=seed, n_boot=SEEDED_BOOTSTRAP)
+                     for a, b in zip(own, prior)))
+    for i, raw, adj in zip(have, p, holm(p) if p else []):
         diff = pairs[i][0] - pairs[i][1]
-        means = two_level_means(diff, seed=seed)
-        p.append(float((np.sum(means <= min_effect) + 1) / (len(means) + 1)))
-        simultaneous.append(pooled(diff, alpha=alpha, seed=seed))
-    for i, raw, adj, sim in zip(have, p, holm(p) if p else [], simultaneous):
-        rows[i].update(skill_p=raw, skill_p_holm=float(adj), skill_simultaneous=sim)
+        rows[i].update(skill_p=raw, skill_p_holm=float(adj), skill_simultaneous=pooled(diff, alpha=alpha, seed=seed),
+                       skill_between_seeds=between_seeds(diff))
     for i in set(range(len(rows))) - set(have):
-        rows[i].update(skill_p=None, skill_p_holm=None, skill_simultaneous=None)
+        rows[i].update(skill_p=None, skill_p_holm=None, skill_simultaneous=None, skill_between_seeds=None)
 
 
 def paired_pointing(run_dir: Path, store: str, cls: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -212,8 +228,8 @@ def markdown(report: dict[str, Any]) -> str:
         out.append(f"**{cls}** (n = {data['settings'][0]['pointing_game']['n']}"
                    + (f"; lesion removed: class-probability drop {est(rel['probability_drop'])}" if rel else "") + ")\n")
         out.append("| map | pointing game | pointing game @ tolerance | skill over the best uninformed map | "
-                   "skill over the class prior, simultaneous 95 % (Bonferroni) | Holm p (skill > min effect) | "
-                   "energy lift | ROAD deletion AUC |")
+                   "skill over the class prior, simultaneous 95 % (Bonferroni) | Holm p (skill over the class prior > "
+                   "min effect) | energy lift | ROAD deletion AUC |")
         out.append("|---|---|---|---|---|---|---|---|")
         for name in ("class_prior", "lungs", "lungs_blurred", "uniform", "random"):
             b = data["baselines"].get(name, {})
@@ -239,9 +255,12 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def seeded_report(groups: list[list[dict[str, Any]]], min_effect: float) -> dict[str, Any]:
-    """Per lesion class, every setting pooled over its seeds (:func:`seeded_scores`), Holm over
-    the settings, the cascade passed in every seed; printed as it goes."""
-    report: dict[str, Any] = {"seeds": sorted({f["seed"] for g in groups for f in g}), "classes": {}}
+    """Per lesion class, every setting pooled over its seeds (:func:`seeded_scores`), chosen by
+    :func:`seeded_holm_selection` and the cascade passed in every seed; printed as it goes."""
+    splits = sorted({f["split"] for g in groups for f in g})
+    report: dict[str, Any] = {"seeds": sorted({f["seed"] for g in groups for f in g}), "split": splits,
+                              "verb": "selected" if "test" not in splits else "meets the rule (a confirmation, not a choice)",
+                              "classes": {}}
     first = groups[0][0]["metrics"]
     for cls in LESION_CLASSES:
         baselines = first.get("baselines", {}).get(cls, {})
@@ -256,11 +275,11 @@ def seeded_report(groups: list[list[dict[str, Any]]], min_effect: float) -> dict
                 "pointing_game": pooled(pair[0]) if pair else None,
                 "pointing_game_per_seed": [float(np.nanmean(r)) for r in pair[0]] if pair else None,
                 "pointing_game_tolerance": pooled(tolerance[0]) if tolerance else None,
-                "skill": pooled(pair[0] - pair[1]) if pair else None,
+                "skill": pooled(pair[0] - pair[1]) if pair and pair[1] is not None else None,
                 "cascade_passes_in": sum(v is True for v in verdicts),
                 "cascade_passes": all(v is True for v in verdicts)})
         seeded_holm_selection(rows, pairs, min_effect=min_effect)
-        prior = next((pooled(p[1]) for p in pairs if p), None)
+        prior = next((pooled(p[1]) for p in pairs if p and p[1] is not None), None)
         for row in rows:
             row["beats_prior_holm"] = row["skill_p_holm"] is not None and row["skill_p_holm"] < 0.05
         eligible = [r for r in rows if r["beats_prior_holm"] and r["cascade_passes"]]
@@ -271,9 +290,10 @@ def seeded_report(groups: list[list[dict[str, Any]]], min_effect: float) -> dict
         for r in rows:
             print(f"   {r['setting']:24s} PG {est(r['pointing_game']):20s} per seed "
                   f"{' '.join(f'{v:.2f}' for v in r['pointing_game_per_seed'] or [])}  skill {est(r['skill'])} "
-                  f"simultaneous {est(r['skill_simultaneous'])} Holm p {_p(r['skill_p_holm'])} "
+                  f"simultaneous {est(r['skill_simultaneous'])} between seeds {est(r['skill_between_seeds'])} "
+                  f"Holm p {_p(r['skill_p_holm'])} "
                   f"cascade {r['cascade_passes_in']}/{r['seeds']}")
-        print(f"   selected: {best['setting'] if best else 'none'}")
+        print(f"   {report['verb']}: {best['setting'] if best else 'none'}")
         report["classes"][cls] = {"prior": prior, "baselines": baselines, "probability_drop_by_seed": drops,
                                   "n_images": n_images, "settings": rows, "selected": best["setting"] if best else None}
     report["selected"] = {cls: data["selected"] for cls, data in report["classes"].items()}
@@ -288,16 +308,17 @@ def seeded_markdown(report: dict[str, Any]) -> str:
         out.append(f"**{cls}** ({data['n_images']} images x {n_seeds} trained models; lesion removed: "
                    f"class-probability drop {drops} by seed)\n")
         out.append("| map | pointing game, pooled | by seed | pointing game @ tolerance | skill over the class prior | "
-                   "simultaneous 95 % (Bonferroni) | Holm p (skill > min effect) | cascade passes |")
-        out.append("|---|---|---|---|---|---|---|---|")
-        out.append(f"| *class_prior* | {_cell(data['prior'])} | | | | | | |")
+                   "simultaneous 95 % (Bonferroni) | between seeds (t) | Holm p (skill over the class prior > min "
+                   "effect for every seed) | cascade passes |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
+        out.append(f"| *class_prior* | {_cell(data['prior'])} | | | | | | | |")
         for r in data["settings"]:
             mark = "**" if r["beats_prior_holm"] and r["cascade_passes"] else ""
             per_seed = " / ".join(f"{v:.2f}" for v in r["pointing_game_per_seed"] or [])
             out.append(f"| {mark}{r['setting']}{mark} | {_cell(r['pointing_game'])} | {per_seed} | "
                        f"{_cell(r['pointing_game_tolerance'])} | {_cell(r['skill'])} | {_cell(r['skill_simultaneous'])} | "
-                       f"{_p(r['skill_p_holm'])} | {r['cascade_passes_in']} of {r['seeds']} |")
-        out.append(f"\nselected: {data['selected'] or 'none'}\n")
+                       f"{_cell(r['skill_between_seeds'])} | {_p(r['skill_p_holm'])} | {r['cascade_passes_in']} of {r['seeds']} |")
+        out.append(f"\n{report['verb']}: {data['selected'] or 'none'}\n")
     return "\n".join(out) + "\n"
 
 

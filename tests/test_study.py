@@ -117,43 +117,62 @@ def _localisation_benchmark():
 
 
 def test_the_localisation_benchmark_pools_seeds_and_their_variance(tmp_path):
-    """Over seeds, a setting's skill is pooled over models and images, and its interval carries
-    the models' spread: a setting that points at the lesion for one trained model only is not
-    chosen, while its images alone (seed 0) would choose it; seeds that scored other images are
-    refused."""
+    """Over seeds, a setting is chosen when its skill over the class prior exceeds the minimum
+    effect for every trained model (its p the largest per-model p, Holm over settings) and its
+    cascade passes for every model: one that points at the lesion for one model only is not
+    chosen, though that model's images alone, or all seed-image pairs pooled as one sample, would
+    choose it; seeds that scored other images are refused."""
     import h5py
+
+    from xaicxr.analysis.intervals import paired_exceedance_p
 
     bench = _localisation_benchmark()
     rng = np.random.default_rng(1)
     prior = (rng.random(60) < 0.3).astype(float)
     ids = np.array([f"i{i}" for i in range(60)], dtype=object)
 
-    def seed_run(name, hits, image_ids=ids):
+    def seed_run(name, hits, image_ids=ids, passes=True):
         run = tmp_path / name
         run.mkdir()
         with h5py.File(run / "quality.h5", "w") as h5:
             h5.create_dataset("scores/rise/virus/ids", data=image_ids, dtype=h5py.string_dtype())
             h5["scores/rise/virus/pointing"] = hits
+            h5["scores/rise/virus/pointing_tolerance"] = np.maximum(hits, prior)
             h5["baselines/rise/virus/class_prior/pointing"] = prior
-        return {"run_dir": run, "explainer": "rise", "variant": name}
+        metrics = {"sanity": {"rise": {"passes": passes}}, "reliance": {}, "baselines": {}}
+        return {"run_dir": run, "explainer": "rise", "variant": name, "split": "val",
+                "seed": int(name[-1]), "metrics": metrics}
 
     steady = [seed_run(f"steady{s}", np.where(rng.random(60) < 0.5, 1.0, prior)) for s in range(3)]
     lucky = [seed_run("lucky0", np.where(rng.random(60) < 0.6, 1.0, prior))] + [
-        seed_run(f"lucky{s}", np.where(rng.random(60) < 0.3, 0.0, prior)) for s in (1, 2)]
+        seed_run(f"lucky{s}", np.where(rng.random(60) < 0.1, 0.0, prior)) for s in (1, 2)]
+    shaky = [seed_run("shaky0", np.where(rng.random(60) < 0.5, 1.0, prior), passes=False)] + [
+        seed_run(f"shaky{s}", np.where(rng.random(60) < 0.5, 1.0, prior)) for s in (1, 2)]
     pairs = [bench.seeded_scores(g, "virus") for g in (steady, lucky)]
     assert pairs[0][0].shape == pairs[0][1].shape == (3, 60)
     rows = [{}, {}]
     bench.seeded_holm_selection(rows, pairs, min_effect=0.05)
     assert rows[0]["skill_p_holm"] < 0.01 and rows[1]["skill_p_holm"] > 0.05
-    one_seed = [{}, {}]
-    bench.holm_selection(one_seed, [bench.paired_pointing(g[0]["run_dir"], "rise", "virus") for g in (steady, lucky)],
-                         min_effect=0.05)
-    assert one_seed[1]["skill_p_holm"] < 0.01  # seed 0 alone would have chosen it
-    spread = bench.pooled(pairs[1][0] - pairs[1][1])
-    first_seed_only = bench.pooled(pairs[1][0][:1] - pairs[1][1][:1])
-    assert np.diff(spread["ci95"])[0] > np.diff(first_seed_only["ci95"])[0]
-    assert spread["n"] == 180
-    shuffled = seed_run("other", np.ones(60), image_ids=ids[::-1].copy())
+    own, base = pairs[1]
+    per_model = [paired_exceedance_p(a, b, margin=0.05, n_boot=bench.SEEDED_BOOTSTRAP) for a, b in zip(own, base)]
+    assert rows[1]["skill_p"] == max(per_model) and per_model[0] < 0.01  # its first model alone would pass
+    assert paired_exceedance_p(own.ravel(), base.ravel(), margin=0.05) < 0.05  # so would 180 pooled pairs
+    between, pooled = rows[1]["skill_between_seeds"], rows[1]["skill_simultaneous"]
+    assert between["n"] == 3 and np.diff(between["ci95"])[0] > np.diff(pooled["ci95"])[0]
+
+    groups = [steady, lucky, shaky]
+    for name, g in zip(("steady", "lucky", "shaky"), groups):
+        for f in g:
+            f["setting"] = name
+    report = bench.seeded_report(groups, 0.05)
+    virus = report["classes"]["virus"]
+    assert [r["cascade_passes_in"] for r in virus["settings"]] == [3, 3, 2]
+    assert virus["settings"][2]["beats_prior_holm"] and virus["selected"] == "steady"
+    assert virus["settings"][0]["pointing_game_per_seed"] == pytest.approx(list(pairs[0][0].mean(axis=1)))
+    assert report["classes"]["bacteria"]["selected"] is None
+    assert "| steady |" in bench.seeded_markdown(report).replace("**", "")
+
+    shuffled = seed_run("other9", np.ones(60), image_ids=ids[::-1].copy())
     with pytest.raises(SystemExit, match="not the other seeds'"):
         bench.seeded_scores(steady[:2] + [shuffled], "virus")
 

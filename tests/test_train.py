@@ -170,7 +170,8 @@ def test_metrics_against_hand_computed_values():
 
 
 # 100 per class: with 60, test accuracy ranged 0.46 to 0.71 over training seeds and TensorFlow
-# thread counts (the float order differs); with 100 it was 0.68 to 0.80 over 5 seeds and both
+# thread counts (the float order differs); with 100 it was 0.68 to 0.80 over 5 training seeds
+# with one thread and with the default thread count
 TINY_RUN = """
 [dataset]
 name = "phantom"

@@ -57,13 +57,15 @@ def bootstrap_mean(values: np.ndarray, *, seed: int = 0, n_boot: int = BOOTSTRAP
     return estimate(values.mean(), np.percentile(means, 2.5), np.percentile(means, 97.5), n)
 
 
-def crossed_bootstrap_mean(values: np.ndarray, *, seed: int = 0, n_boot: int = BOOTSTRAP) -> dict[str, Any]:
+def crossed_bootstrap_mean(values: np.ndarray, *, seed: int = 0, n_boot: int = BOOTSTRAP,
+                           alpha: float = 0.05) -> dict[str, Any]:
     """The mean over images of each image's mean over draws, for ``values`` (images, draws) where
     every draw is shared by all images (one re-initialisation of the weights explains every
     image), with a percentile interval that resamples images and draws independently, both with
     replacement (the bootstrap of a crossed design: McCullagh 2000, Owen 2007). Resampling the
     images alone would leave out the draw-to-draw variance; NaN entries are left out of their
-    image's mean, and images with none finite out of the figure (``n`` counts the rest)."""
+    image's mean, and images with none finite out of the figure (``n`` counts the rest). The
+    interval's level is 1 - ``alpha`` (a simultaneous one: alpha over the number compared)."""
     values = np.asarray(values, np.float64)
     values = values[:, None] if values.ndim == 1 else values
     values = values[np.isfinite(values).any(axis=1)]
@@ -84,7 +86,7 @@ def crossed_bootstrap_mean(values: np.ndarray, *, seed: int = 0, n_boot: int = B
             cols = rng.integers(0, draws, size=(size, draws))
             sample = values[rows[:, :, None], cols[:, None, :]]
             replicates[start:start + size] = np.nanmean(np.nanmean(sample, axis=2), axis=1)
-    lo, hi = np.nanpercentile(replicates, [2.5, 97.5])
+    lo, hi = np.nanpercentile(replicates, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return estimate(value, lo, hi, n)
 
 

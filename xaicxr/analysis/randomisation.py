@@ -459,16 +459,18 @@ def randomisation_test(model: Any, explainer: Any, images: np.ndarray, targets: 
 
     others = other_classes(targets, n_classes, seed) if n_classes > 1 else None
     seeds = [randomisation_seed(train_seed, draw + d) for d in range(draws)]
-    n_spans = -(-len(images) // BATCH)
-    with progress_bar(f"cascade {path or type(explainer).__name__}", n_spans * (1 + draws * n_run),
-                      unit="step") as advance:
+    cuts = [(start, min(start + BATCH, len(images))) for start in range(0, len(images), BATCH)]
+    per_span = 1 + draws * n_run
+    remote = executor is not None and not executor.executor.local
+    with progress_bar(f"cascade {path or type(explainer).__name__}", len(cuts) * per_span, unit="step") as advance:
         task = CascadeSpan(explainer, images, targets, others, path or None, target, seeds[0],
                            tuple(steps[:n_run]), tuple(fresh_weights(model, s, steps[:n_run]) for s in seeds), cut,
                            advance=advance)
-        if executor is None:
-            spans = [task(model, (start, min(start + BATCH, len(images)))) for start in range(0, len(images), BATCH)]
-        else:
-            spans = executor.map_spans(task, len(images), BATCH)
+        spans = []
+        for span in (task(model, c) for c in cuts) if executor is None else executor.map(task, cuts):
+            spans.append(span)
+            if remote:  # a worker's copy of the task cannot advance this process's bar
+                advance(per_span)
     trained = RankedMaps.of(np.concatenate([s["trained"] for s in spans]))
     by_draw = [[_joined([s["steps"][d][i] for s in spans]) for i in range(n_run)] for d in range(draws)]
     for i, step in enumerate(steps[:n_run]):

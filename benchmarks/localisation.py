@@ -45,7 +45,7 @@ import h5py
 import numpy as np
 
 from xaicxr.analysis.intervals import (crossed_bootstrap_mean, describe, estimate, paired_exceedance_p,
-                                      wholly_above)
+                                      t_interval, wholly_above)
 from xaicxr.analysis.stats import holm
 from xaicxr.study import SEED_SUFFIX
 
@@ -127,14 +127,7 @@ def pooled(values: np.ndarray, *, alpha: float = 0.05, seed: int = 0) -> dict[st
 def between_seeds(values: np.ndarray) -> dict[str, Any]:
     """The mean of the per-model means of a (seeds, images) array with Student's t interval over
     the models (as ``xaicxr study`` reports seeds): how far another trained model may land."""
-    from scipy import stats
-
-    means = np.nanmean(values, axis=1)
-    mean = float(means.mean())
-    if len(means) < 2:
-        return estimate(mean, None, None, len(means))
-    half = float(stats.t.ppf(0.975, len(means) - 1)) * float(means.std(ddof=1)) / np.sqrt(len(means))
-    return estimate(mean, mean - half, mean + half, len(means))
+    return t_interval(np.nanmean(values, axis=1))
 
 
 def seeded_holm_selection(rows: list[dict[str, Any]], pairs: list[tuple[np.ndarray, np.ndarray | None] | None], *,
@@ -200,6 +193,12 @@ def holm_selection(rows: list[dict[str, Any]], pairs: list[tuple[np.ndarray, np.
         rows[i].update(skill_p=None, skill_p_holm=None, skill_simultaneous=None)
 
 
+def verb(splits: list[str]) -> str:
+    """What meeting the rule means: a study of the test split confirms (or not) what validation
+    chose; it chooses nothing."""
+    return "selected" if "test" not in splits else "meets the rule (a confirmation, not a choice)"
+
+
 def name_settings(found: list[dict[str, Any]]) -> None:
     """``explainer@layer`` (or the explainer of a layer-free method); prefixed by the variant
     where one label names several settings (the same explainer in several models)."""
@@ -259,8 +258,7 @@ def seeded_report(groups: list[list[dict[str, Any]]], min_effect: float) -> dict
     :func:`seeded_holm_selection` and the cascade passed in every seed; printed as it goes."""
     splits = sorted({f["split"] for g in groups for f in g})
     report: dict[str, Any] = {"seeds": sorted({f["seed"] for g in groups for f in g}), "split": splits,
-                              "verb": "selected" if "test" not in splits else "meets the rule (a confirmation, not a choice)",
-                              "classes": {}}
+                              "verb": verb(splits), "classes": {}}
     first = groups[0][0]["metrics"]
     for cls in LESION_CLASSES:
         baselines = first.get("baselines", {}).get(cls, {})
@@ -351,8 +349,7 @@ def main() -> None:
     chosen: dict[str, Any] = {}
     report: dict[str, Any] = {"study": str(args.study_out), "split": sorted({f["split"] for f in found}),
                               "classes": {}}
-    # a study of the test split confirms (or not) what validation chose; it chooses nothing
-    report["verb"] = "selected" if "test" not in report["split"] else "meets the rule (a confirmation, not a choice)"
+    report["verb"] = verb(report["split"])
     first = found[0]["metrics"]
     for cls in LESION_CLASSES:
         baselines = first.get("baselines", {}).get(cls, {})

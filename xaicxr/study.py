@@ -235,7 +235,7 @@ def seed_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     and class: each numeric figure's ``mean``, ``sd`` and between-seed 95 % interval (``lo``,
     ``hi``: Student's t over the per-model values), each verdict's count of models it holds for
     (``<figure>_true``) out of ``n_models``. Empty when no variant has seeds."""
-    from scipy import stats
+    from .analysis.intervals import t_interval
 
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
@@ -257,13 +257,8 @@ def seed_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             numbers = numbers[np.isfinite(numbers)]
             if len(numbers) == 0:
                 continue
-            mean = float(numbers.mean())
-            sd = float(numbers.std(ddof=1)) if len(numbers) > 1 else None
-            half = (float(stats.t.ppf(0.975, len(numbers) - 1)) * sd / np.sqrt(len(numbers))
-                    if sd is not None else None)
-            entry[name] = {"mean": mean, "sd": sd, "ci95": [mean - half if half is not None else None,
-                                                             mean + half if half is not None else None],
-                           "n": int(len(numbers))}
+            between = t_interval(numbers)
+            entry[name] = {"mean": between["value"], "sd": between["sd"], "ci95": between["ci95"], "n": between["n"]}
         out.append(entry)
     return out
 

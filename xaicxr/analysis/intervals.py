@@ -25,6 +25,21 @@ def estimate(value: float | None, lo: float | None, hi: float | None, n: int) ->
     return {"value": _num(value), "ci95": [_num(lo), _num(hi)], "n": int(n)}
 
 
+def t_interval(values: "np.ndarray | list[float]") -> dict[str, Any]:
+    """The mean of a few independent values (one per trained model, say) with Student's t
+    interval over them, and their ``sd``: where one more such value may be expected to average;
+    no interval from fewer than two."""
+    from scipy import stats
+
+    values = np.asarray(values, np.float64)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return {**estimate(mean, None, None, len(values)), "sd": None}
+    sd = float(values.std(ddof=1))
+    half = float(stats.t.ppf(0.975, len(values) - 1)) * sd / np.sqrt(len(values))
+    return {**estimate(mean, mean - half, mean + half, len(values)), "sd": sd}
+
+
 def wilson(successes: float, n: int) -> dict[str, Any]:
     """A proportion and its Wilson score interval. ``successes`` may be fractional (an expected
     number of hits, e.g. a pointing game with ties broken at random)."""

@@ -100,10 +100,7 @@ def seeded_scores(members: list[dict[str, Any]], cls: str, score: str = "pointin
                 return None
             these = group["ids"][...]
             own.append(group[score][...])
-            prior.append(next((h5[f"baselines/{first}/{cls}/class_prior/{score}"][...]
-                               for first in h5.get("baselines", {})
-                               if f"baselines/{first}/{cls}/class_prior/{score}" in h5
-                               and np.array_equal(h5[f"scores/{first}/{cls}/ids"][...], these)), None))
+            prior.append(prior_scores(h5, cls, these, score))
         if ids is not None and not np.array_equal(ids, these):
             raise SystemExit(f"{f['variant']}: its {cls} images are not the other seeds' (a study over seeds "
                              "keeps the split: do not vary split.seed with them)")
@@ -162,12 +159,18 @@ def paired_pointing(run_dir: Path, store: str, cls: str) -> tuple[np.ndarray, np
         own = h5.get(f"scores/{store}/{cls}")
         if own is None or "pointing" not in own:
             return None
-        ids = own["ids"][...]
-        for first in h5.get("baselines", {}):
-            prior = h5.get(f"baselines/{first}/{cls}/class_prior/pointing")
-            same = h5.get(f"scores/{first}/{cls}/ids")
-            if prior is not None and same is not None and np.array_equal(same[...], ids):
-                return own["pointing"][...], prior[...]
+        prior = prior_scores(h5, cls, own["ids"][...], "pointing")
+        return None if prior is None else (own["pointing"][...], prior)
+
+
+def prior_scores(h5: h5py.File, cls: str, ids: np.ndarray, score: str) -> np.ndarray | None:
+    """The class prior's per-image ``score`` on the images ``ids`` from an open ``quality.h5``
+    (kept under the first store that explained those images), or None."""
+    for first in h5.get("baselines", {}):
+        prior = h5.get(f"baselines/{first}/{cls}/class_prior/{score}")
+        same = h5.get(f"scores/{first}/{cls}/ids")
+        if prior is not None and same is not None and np.array_equal(same[...], ids):
+            return prior[...]
     return None
 
 
